@@ -1,0 +1,145 @@
+//! The job as submitted: an immutable specification, parsed and validated from the
+//! job file (DESIGN.md "Job file"). Nothing here knows about queues or workers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One job, after defaults were merged and every field was checked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub id: String,
+    pub task: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub input: Option<Input>,
+    #[serde(default = "default_workdir")]
+    pub workdir: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub llm: LlmSpec,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub stuck: StuckThresholds,
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: u8,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Set by `fleet submit`; absent for `fleet run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+}
+
+pub fn default_workdir() -> String {
+    "/workspace".into()
+}
+
+/// Where the workspace's starting files come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, untagged)]
+pub enum Input {
+    Path { path: String },
+    Git { git: GitInput },
+    StoreKey { store_key: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GitInput {
+    pub url: String,
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_iterations: u32,
+    pub timeout_secs: u64,
+    pub max_cost_usd: Option<f64>,
+    pub command_timeout_secs: u64,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: i64,
+    pub network: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_iterations: 50,
+            timeout_secs: 1800,
+            max_cost_usd: None,
+            command_timeout_secs: 120,
+            memory_mb: 2048,
+            cpus: 1.0,
+            pids: 512,
+            network: "none".into(),
+        }
+    }
+}
+
+/// Stuck-detection thresholds (AGENT-SPEC.md), configurable per job.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StuckThresholds {
+    pub action_observation: usize,
+    pub action_error: usize,
+    pub monologue: usize,
+    pub alternating_pattern: usize,
+}
+
+impl Default for StuckThresholds {
+    fn default() -> Self {
+        StuckThresholds { action_observation: 4, action_error: 3, monologue: 3, alternating_pattern: 6 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}

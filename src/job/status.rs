@@ -1,0 +1,290 @@
+//! Job states, outcomes, the status record (status.json) and the result record
+//! (result.json). These are store contracts (DESIGN.md "Job states", "Store layout").
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a job stands. The last seven plus `rejected` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Stuck,
+    MaxIterations,
+    TimedOut,
+    BudgetExceeded,
+    Cancelled,
+    Rejected,
+}
+
+impl State {
+    pub const ALL: [State; 11] = [
+        State::Queued,
+        State::Running,
+        State::Retrying,
+        State::Succeeded,
+        State::Failed,
+        State::Stuck,
+        State::MaxIterations,
+        State::TimedOut,
+        State::BudgetExceeded,
+        State::Cancelled,
+        State::Rejected,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, State::Queued | State::Running | State::Retrying)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Retrying => "retrying",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Stuck => "stuck",
+            State::MaxIterations => "max_iterations",
+            State::TimedOut => "timed_out",
+            State::BudgetExceeded => "budget_exceeded",
+            State::Cancelled => "cancelled",
+            State::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a run ended. Every outcome is also a terminal [`State`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Stuck,
+    MaxIterations,
+    TimedOut,
+    BudgetExceeded,
+    Cancelled,
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Stuck,
+        Outcome::MaxIterations,
+        Outcome::TimedOut,
+        Outcome::BudgetExceeded,
+        Outcome::Cancelled,
+        Outcome::Rejected,
+    ];
+
+    pub fn state(self) -> State {
+        match self {
+            Outcome::Succeeded => State::Succeeded,
+            Outcome::Failed => State::Failed,
+            Outcome::Stuck => State::Stuck,
+            Outcome::MaxIterations => State::MaxIterations,
+            Outcome::TimedOut => State::TimedOut,
+            Outcome::BudgetExceeded => State::BudgetExceeded,
+            Outcome::Cancelled => State::Cancelled,
+            Outcome::Rejected => State::Rejected,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.state().as_str()
+    }
+
+    pub fn from_state(s: State) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.state() == s)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The phase of the pipeline an error happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Validate,
+    Claim,
+    Workspace,
+    Input,
+    Agent,
+    Llm,
+    Collect,
+    Store,
+    Queue,
+}
+
+/// What went wrong, as stored in result.json and status.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// A stable machine-readable cause, e.g. `image_not_found`, `llm_auth`, `store_unavailable`.
+    pub kind: String,
+    pub phase: Phase,
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// One state change, kept in status.json's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: State,
+    pub at: DateTime<Utc>,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// How a webhook delivery went; recorded in status.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    pub url: String,
+    pub delivery_id: String,
+    pub event: String,
+    pub delivered: bool,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// status.json: the job's state record. Written on every transition and heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub job_id: String,
+    pub state: State,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<DateTime<Utc>>,
+    /// A run whose heartbeat is older than this many seconds is taken to be dead.
+    #[serde(default)]
+    pub lease_secs: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Progress while running (steps so far, cost so far).
+    #[serde(default)]
+    pub steps: u32,
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookDelivery>,
+    pub history: Vec<Transition>,
+}
+
+impl StatusRecord {
+    pub fn queued(job_id: &str, batch_id: Option<String>) -> StatusRecord {
+        let now = Utc::now();
+        StatusRecord {
+            job_id: job_id.to_string(),
+            state: State::Queued,
+            attempt: 0,
+            worker: None,
+            heartbeat: None,
+            lease_secs: 0,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            batch_id,
+            cancel_requested: false,
+            error: None,
+            steps: 0,
+            cost_usd: 0.0,
+            webhooks: Vec::new(),
+            history: vec![Transition { state: State::Queued, at: now, attempt: 0, worker: None, note: None }],
+        }
+    }
+
+    /// Moves to `state`, appending to the history.
+    pub fn transition(&mut self, state: State, worker: Option<&str>, note: Option<String>) {
+        let now = Utc::now();
+        self.state = state;
+        self.updated_at = now;
+        if let Some(w) = worker {
+            self.worker = Some(w.to_string());
+        }
+        if state == State::Running {
+            self.started_at.get_or_insert(now);
+            self.heartbeat = Some(now);
+        }
+        if state.is_terminal() {
+            self.finished_at = Some(now);
+        }
+        self.history.push(Transition {
+            state,
+            at: now,
+            attempt: self.attempt,
+            worker: worker.map(str::to_string),
+            note,
+        });
+    }
+
+    /// True while a live run holds the job: running with a fresh heartbeat.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.state == State::Running
+            && self
+                .heartbeat
+                .is_some_and(|h| (now - h).num_milliseconds() < (self.lease_secs as i64) * 1000)
+    }
+}
+
+/// Token counts of one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// result.json: the job's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub job_id: String,
+    pub outcome: Outcome,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_message: Option<String>,
+    pub steps: u32,
+    pub cost_usd: f64,
+    pub tokens: Tokens,
+    pub duration_secs: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}

@@ -1,0 +1,40 @@
+//! agent-fleet: a fleet of stateless workers that run coding-agent jobs in batch.
+//!
+//! # Layout
+//!
+//! The modules follow one job's path from the producer to its results:
+//!
+//! 1. [`job`] — the job file is parsed and validated into immutable [`job::JobSpec`]s;
+//!    states, outcomes and the status/result records live here too.
+//! 2. [`store`] — `fleet run`/`fleet submit` write `job.json` and a `queued`
+//!    `status.json` (local directory or S3; every key built in [`store::keys`]).
+//! 3. [`queue`] — the job is published (in-memory queue for `fleet run`, RabbitMQ
+//!    for the fleet) and a worker receives it.
+//! 4. [`worker`] — claims the job through its status record (lease + heartbeat),
+//!    decides retry vs give-up from typed errors, and drives the pipeline below under
+//!    a deadline and a cancellation token.
+//! 5. [`workspace`] — a Docker container (or a local directory) is started with the
+//!    job's limits and its input is uploaded.
+//! 6. [`agent`] — the conversation runs: [`llm`] ⇄ tools in the workspace, with
+//!    events, stuck detection, condensation and secret masking.
+//! 7. [`results`] — the patch (workspace vs input), artifacts, events and metrics
+//!    are collected and uploaded; then the terminal status is written, the webhook
+//!    sent, and the message acked.
+//! 8. [`telemetry`] — tracing spans carry `job_id`/`attempt`; Prometheus series
+//!    (names in one place) are served on `/metrics` with `/healthz` and `/readyz`.
+//!
+//! [`mock_llm`] is the scripted OpenAI-compatible server used by tests, benchmarks
+//! and the offline quickstart; [`cli`] and [`config`] are the command-line surface.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod job;
+pub mod llm;
+pub mod mock_llm;
+pub mod queue;
+pub mod results;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+pub mod workspace;

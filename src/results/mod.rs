@@ -1,0 +1,1 @@
+//! Collecting results: the patch, artifacts, and uploading everything to the store.

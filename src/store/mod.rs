@@ -1,0 +1,148 @@
+//! The store: where jobs, their status records and their results live (DESIGN.md
+//! "Store layout"). A local directory is the embedded default; S3 is the fleet's.
+//! Both take the same keys ([`keys`]) and are reached through the [`Store`] enum.
+
+pub mod keys;
+pub mod local;
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+pub use keys::JobKeys;
+
+use crate::job::{StatusRecord};
+
+/// Store failures. Unavailability is an infrastructure fault (retried); a corrupt
+/// record is not.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store i/o on {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+    #[error("{key}: unsafe key")]
+    BadKey { key: String },
+    #[error("{key}: corrupt record: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("{key}: changed by someone else")]
+    Conflict { key: String },
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Io { .. } | StoreError::Conflict { .. })
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Io { .. } => "store_io",
+            StoreError::BadKey { .. } => "store_bad_key",
+            StoreError::Corrupt { .. } => "store_corrupt",
+            StoreError::Conflict { .. } => "store_conflict",
+        }
+    }
+}
+
+/// A version tag for compare-and-swap writes of status records.
+pub type Version = Option<String>;
+
+#[derive(Clone)]
+pub enum Store {
+    Local(local::LocalStore),
+}
+
+impl Store {
+    /// `s3://bucket/prefix` or a directory.
+    pub async fn open(spec: &str) -> Result<Store, StoreError> {
+        if spec.starts_with("s3://") {
+            return Err(StoreError::Unavailable(format!("{spec}: the S3 store is not built into this version")));
+        }
+        Ok(Store::Local(local::LocalStore::open(Path::new(spec))?))
+    }
+
+    /// Where a key is, for people (a path or an s3:// URL).
+    pub fn locate(&self, key: &str) -> String {
+        match self {
+            Store::Local(s) => s.locate(key),
+        }
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        check(key)?;
+        let n = body.len() as u64;
+        match self {
+            Store::Local(s) => s.put(key, body).await?,
+        }
+        crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
+        Ok(())
+    }
+
+    /// Uploads a file from disk (large objects stream, never held in memory whole).
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        check(key)?;
+        let n = match self {
+            Store::Local(s) => s.put_file(key, path).await?,
+        };
+        crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
+        Ok(n)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        check(key)?;
+        match self {
+            Store::Local(s) => s.get(key).await,
+        }
+    }
+
+    /// Keys under `prefix` (recursive), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(s) => s.list(prefix).await,
+        }
+    }
+
+    /// Reads a JSON record.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() }),
+        }
+    }
+
+    pub async fn put_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(value).expect("records serialise");
+        self.put(key, Bytes::from(body)).await
+    }
+
+    /// The job's status record.
+    pub async fn status(&self, job_id: &str) -> Result<Option<StatusRecord>, StoreError> {
+        self.get_json(&JobKeys(job_id).status()).await
+    }
+
+    /// Applies `f` to the job's status record and writes it back. `f` returns false
+    /// to leave it unchanged. Returns the record as stored after the call.
+    pub async fn update_status(
+        &self,
+        job_id: &str,
+        f: impl Fn(&mut StatusRecord) -> bool,
+    ) -> Result<Option<StatusRecord>, StoreError> {
+        let key = JobKeys(job_id).status();
+        match self {
+            Store::Local(s) => {
+                let _guard = s.lock_key(&key).await;
+                let Some(mut rec) = self.get_json::<StatusRecord>(&key).await? else { return Ok(None) };
+                if f(&mut rec) {
+                    self.put_json(&key, &rec).await?;
+                }
+                Ok(Some(rec))
+            }
+        }
+    }
+}
+
+fn check(key: &str) -> Result<(), StoreError> {
+    if keys::is_safe(key) { Ok(()) } else { Err(StoreError::BadKey { key: key.to_string() }) }
+}

@@ -1,0 +1,1 @@
+//! Workers: the job pipeline, claims, retries and the embedded batch runner.
