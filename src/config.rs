@@ -1,1 +1,127 @@
-//! Settings resolved once: flags > environment > defaults.
+//! Settings resolved once: flag > environment > default. Environment variable names
+//! live here and only here (DESIGN.md "CLI").
+
+use std::time::Duration;
+
+pub const ENV_QUEUE: &str = "FLEET_QUEUE";
+pub const ENV_STORE: &str = "FLEET_STORE";
+pub const ENV_CONCURRENCY: &str = "FLEET_CONCURRENCY";
+pub const ENV_DEFAULT_IMAGE: &str = "FLEET_DEFAULT_IMAGE";
+pub const ENV_METRICS_ADDR: &str = "FLEET_METRICS_ADDR";
+pub const ENV_WEBHOOK_URL: &str = "FLEET_WEBHOOK_URL";
+pub const ENV_WEBHOOK_SECRET: &str = "FLEET_WEBHOOK_SECRET";
+pub const ENV_S3_ENDPOINT: &str = "FLEET_S3_ENDPOINT";
+pub const ENV_LLM_MODEL: &str = "LLM_MODEL";
+pub const ENV_LLM_BASE_URL: &str = "LLM_BASE_URL";
+pub const ENV_LLM_API_KEY: &str = "LLM_API_KEY";
+/// First LLM retry wait in seconds (upstream: 8); doubled up to 8× that.
+pub const ENV_LLM_RETRY_MIN_SECS: &str = "FLEET_LLM_RETRY_MIN_SECS";
+/// Attempts a job gets for infrastructure faults before it is failed.
+pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
+
+pub const DEFAULT_STORE: &str = "./fleet-data";
+pub const DEFAULT_IMAGE: &str = "agent-fleet/workspace:latest";
+pub const DEFAULT_LLM_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Reads an environment variable, treating empty as unset.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// flag, else environment, else default.
+pub fn resolve(flag: Option<String>, env_name: &str, default: &str) -> String {
+    flag.or_else(|| env(env_name))
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The default image for jobs that name none.
+pub fn default_image() -> String {
+    env(ENV_DEFAULT_IMAGE).unwrap_or_else(|| DEFAULT_IMAGE.to_string())
+}
+
+/// How jobs are run, shared by `fleet run` and `fleet worker`.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub worker_id: String,
+    /// Heartbeat period while a job runs; the lease is a few periods.
+    pub heartbeat: Duration,
+    pub lease: Duration,
+    /// Attempts in all for infrastructure faults.
+    pub max_attempts: u32,
+    /// Waits before attempt 2, 3, … (the last repeats).
+    pub retry_delays: Vec<Duration>,
+    /// Base URL for jobs without `llm.base_url` (the scripted LLM under `--mock-llm`).
+    pub llm_base_url: String,
+    /// True when `llm_base_url` is the in-process scripted LLM (no API key needed).
+    pub mock_llm: bool,
+    pub llm_model: Option<String>,
+    pub llm_min_backoff: Duration,
+    /// Worker-wide webhook (in addition to each job's).
+    pub webhook_url: Option<String>,
+    pub webhook_secret_env: String,
+}
+
+impl RunSettings {
+    pub fn from_env(worker_id: String) -> RunSettings {
+        let min_backoff = env(ENV_LLM_RETRY_MIN_SECS)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(8.0);
+        RunSettings {
+            worker_id,
+            heartbeat: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            max_attempts: env(ENV_MAX_ATTEMPTS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3)
+                .max(1),
+            retry_delays: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(300),
+            ],
+            llm_base_url: env(ENV_LLM_BASE_URL).unwrap_or_else(|| DEFAULT_LLM_BASE_URL.to_string()),
+            mock_llm: false,
+            llm_model: env(ENV_LLM_MODEL),
+            llm_min_backoff: Duration::from_secs_f64(min_backoff.max(0.0)),
+            webhook_url: env(ENV_WEBHOOK_URL),
+            webhook_secret_env: ENV_WEBHOOK_SECRET.to_string(),
+        }
+    }
+
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let i = (attempt.saturating_sub(1) as usize).min(self.retry_delays.len().saturating_sub(1));
+        self.retry_delays
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(5))
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, and its host part names the host
+/// for cleaning up what dead runs of this host left.
+pub fn new_worker_id() -> String {
+    let host = hostname();
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_else(|| "localhost".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}

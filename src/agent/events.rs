@@ -40,6 +40,10 @@ pub enum EventKind {
         arguments: serde_json::Value,
         #[serde(default)]
         thought: String,
+        /// The LLM call (1-based) whose reply held this call: the calls of one
+        /// reply share it, so the history rebuilds them as one assistant message.
+        #[serde(default)]
+        step: u32,
     },
     ObservationEvent {
         tool_name: String,
@@ -49,6 +53,10 @@ pub enum EventKind {
         exit_code: Option<i64>,
         #[serde(default)]
         is_error: bool,
+        /// The command was still running when its timeout stopped it. Stuck
+        /// detection never counts such an observation as a repeat.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timed_out: bool,
     },
     AgentErrorEvent {
         tool_name: String,
@@ -87,7 +95,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn set_cost(&self, usd: f64) {
-        self.cost_micro_usd.store((usd * 1e6) as u64, Ordering::Relaxed);
+        self.cost_micro_usd
+            .store((usd * 1e6) as u64, Ordering::Relaxed);
     }
     pub fn cost(&self) -> f64 {
         self.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1e6
@@ -114,7 +123,11 @@ impl EventLog {
     pub fn create(path: &Path) -> std::io::Result<EventLog> {
         let file = std::fs::File::create(path)?;
         Ok(EventLog {
-            inner: Mutex::new(Inner { events: Vec::new(), file: Some(std::io::BufWriter::new(file)), bytes: 0 }),
+            inner: Mutex::new(Inner {
+                events: Vec::new(),
+                file: Some(std::io::BufWriter::new(file)),
+                bytes: 0,
+            }),
             progress: Arc::new(Progress::default()),
         })
     }
@@ -122,7 +135,11 @@ impl EventLog {
     /// A log kept in memory only (unit tests).
     pub fn in_memory() -> EventLog {
         EventLog {
-            inner: Mutex::new(Inner { events: Vec::new(), file: None, bytes: 0 }),
+            inner: Mutex::new(Inner {
+                events: Vec::new(),
+                file: None,
+                bytes: 0,
+            }),
             progress: Arc::new(Progress::default()),
         }
     }
@@ -130,7 +147,12 @@ impl EventLog {
     /// Appends an event (already masked by the caller) and writes it through.
     pub fn append(&self, source: Source, kind: EventKind) -> Event {
         let mut inner = self.inner.lock().expect("event log lock");
-        let event = Event { id: inner.events.len() as u64, timestamp: Utc::now(), source, kind };
+        let event = Event {
+            id: inner.events.len() as u64,
+            timestamp: Utc::now(),
+            source,
+            kind,
+        };
         if let Some(f) = inner.file.as_mut() {
             let mut line = serde_json::to_vec(&event).expect("events serialise");
             line.push(b'\n');

@@ -4,8 +4,14 @@
 //! returns how the conversation ended. Wall-clock timeout and cancellation are the
 //! caller's (it drops this future and kills the workspace).
 
+pub mod condense;
 pub mod events;
+mod history;
+mod loop_;
+pub mod prompt;
 pub mod secrets;
+pub mod stuck;
+pub mod tools;
 
 use std::collections::BTreeMap;
 
@@ -33,7 +39,9 @@ pub struct AgentRun<'a> {
 pub enum AgentEnd {
     /// The finish tool, or a final text reply.
     Finished,
-    Stuck { pattern: String },
+    Stuck {
+        pattern: String,
+    },
     MaxIterations,
     BudgetExceeded,
     /// The run could not go on (LLM refused or unavailable, workspace gone…).
@@ -59,8 +67,8 @@ pub struct AgentReport {
     pub tool_calls: BTreeMap<String, ToolCount>,
 }
 
-/// Runs the conversation to its end.
+/// Runs the conversation to its end. Every event is appended to `run.events` as
+/// it happens; the report sums up steps, cost, tokens and tool calls.
 pub async fn run(run: AgentRun<'_>) -> AgentReport {
-    let _ = run;
-    todo!("agent loop")
+    loop_::run(run).await
 }

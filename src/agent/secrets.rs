@@ -41,6 +41,9 @@ mod tests {
     #[test]
     fn masks_longest_first() {
         let m = Masker::new(["abcd".to_string(), "abcdefgh".to_string(), "x".to_string()]);
-        assert_eq!(m.mask("k=abcdefgh; j=abcd; x"), "k=<secret-hidden>; j=<secret-hidden>; x");
+        assert_eq!(
+            m.mask("k=abcdefgh; j=abcd; x"),
+            "k=<secret-hidden>; j=<secret-hidden>; x"
+        );
     }
 }

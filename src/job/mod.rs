@@ -5,6 +5,6 @@ pub mod parse;
 pub mod spec;
 pub mod status;
 
-pub use parse::{job_from_value, parse_job_file, parse_jobs, JobFileError, ParseOptions};
+pub use parse::{JobFileError, ParseOptions, job_from_value, parse_job_file, parse_jobs};
 pub use spec::{Input, JobSpec, Limits, LlmSpec, Price, StuckThresholds, WebhookSpec};
 pub use status::{ErrorInfo, JobResult, Outcome, Phase, State, StatusRecord, Tokens, Transition};

@@ -12,13 +12,25 @@ use super::spec::{Input, JobSpec};
 #[derive(Debug, thiserror::Error)]
 pub enum JobFileError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid JSON: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: {message}")]
     Shape { path: String, message: String },
     #[error("{path}: job {index}{id}: {field}: {message}")]
-    Job { path: String, index: usize, id: String, field: String, message: String },
+    Job {
+        path: String,
+        index: usize,
+        id: String,
+        field: String,
+        message: String,
+    },
 }
 
 /// What the parser needs from the resolved settings.
@@ -33,8 +45,10 @@ pub struct ParseOptions {
 /// Reads and validates a job file. Nothing is started when this fails.
 pub fn parse_job_file(path: &Path, opts: &ParseOptions) -> Result<Vec<JobSpec>, JobFileError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| JobFileError::Read { path: name.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| JobFileError::Read {
+        path: name.clone(),
+        source,
+    })?;
     let mut opts = opts.clone();
     if opts.base_dir.as_os_str().is_empty() {
         opts.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -43,15 +57,26 @@ pub fn parse_job_file(path: &Path, opts: &ParseOptions) -> Result<Vec<JobSpec>, 
 }
 
 /// Parses job-file text; `name` is used in error messages.
-pub fn parse_jobs(name: &str, text: &str, opts: &ParseOptions) -> Result<Vec<JobSpec>, JobFileError> {
-    let shape = |message: String| JobFileError::Shape { path: name.to_string(), message };
-    let root: Value = serde_json::from_str(text)
-        .map_err(|source| JobFileError::Json { path: name.to_string(), source })?;
+pub fn parse_jobs(
+    name: &str,
+    text: &str,
+    opts: &ParseOptions,
+) -> Result<Vec<JobSpec>, JobFileError> {
+    let shape = |message: String| JobFileError::Shape {
+        path: name.to_string(),
+        message,
+    };
+    let root: Value = serde_json::from_str(text).map_err(|source| JobFileError::Json {
+        path: name.to_string(),
+        source,
+    })?;
     let (defaults, jobs) = match root {
         Value::Array(jobs) => (None, jobs),
         Value::Object(mut map) => {
             if let Some(k) = map.keys().find(|k| *k != "defaults" && *k != "jobs") {
-                return Err(shape(format!("unknown top-level field `{k}` (expected `defaults` and `jobs`)")));
+                return Err(shape(format!(
+                    "unknown top-level field `{k}` (expected `defaults` and `jobs`)"
+                )));
             }
             let jobs = match map.remove("jobs") {
                 Some(Value::Array(jobs)) => jobs,
@@ -65,7 +90,11 @@ pub fn parse_jobs(name: &str, text: &str, opts: &ParseOptions) -> Result<Vec<Job
             };
             (defaults, jobs)
         }
-        _ => return Err(shape("expected an array of jobs or {\"defaults\": …, \"jobs\": […]}".into())),
+        _ => {
+            return Err(shape(
+                "expected an array of jobs or {\"defaults\": …, \"jobs\": […]}".into(),
+            ));
+        }
     };
     if jobs.is_empty() {
         return Err(shape("no jobs in the file".into()));
@@ -77,7 +106,10 @@ pub fn parse_jobs(name: &str, text: &str, opts: &ParseOptions) -> Result<Vec<Job
         let err = |field: &str, message: String| JobFileError::Job {
             path: name.to_string(),
             index,
-            id: id_hint.as_ref().map(|i| format!(" (id {i:?})")).unwrap_or_default(),
+            id: id_hint
+                .as_ref()
+                .map(|i| format!(" (id {i:?})"))
+                .unwrap_or_default(),
             field: field.to_string(),
             message,
         };
@@ -110,9 +142,17 @@ pub fn job_from_value(mut job: Value, opts: &ParseOptions) -> Result<JobSpec, (S
     let mut spec: JobSpec = serde_path_to_error::deserialize(job).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
         // serde names the unknown field in its message; the path is its parent.
-        let field = if path == "." { "(job)".to_string() } else { path };
+        let field = if path == "." {
+            "(job)".to_string()
+        } else {
+            path
+        };
         (field, inner)
     })?;
     if spec.image.is_none() {
@@ -120,9 +160,16 @@ pub fn job_from_value(mut job: Value, opts: &ParseOptions) -> Result<JobSpec, (S
     }
     if let Some(Input::Path { path }) = &mut spec.input {
         let p = Path::new(path.as_str());
-        let resolved = if p.is_absolute() { p.to_path_buf() } else { opts.base_dir.join(p) };
+        let resolved = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            opts.base_dir.join(p)
+        };
         if !resolved.is_dir() {
-            return Err(("input.path".into(), format!("{} is not a directory", resolved.display())));
+            return Err((
+                "input.path".into(),
+                format!("{} is not a directory", resolved.display()),
+            ));
         }
         *path = resolved.display().to_string();
     }
@@ -158,7 +205,9 @@ pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id != "."
         && id != ".."
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Docker image references: no whitespace or control characters, a sane charset.
@@ -174,18 +223,31 @@ fn valid_image(image: &str) -> bool {
 fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     let bad = |f: &str, m: String| Err((f.to_string(), m));
     if !valid_id(&s.id) {
-        return bad("id", format!("{:?} must match [A-Za-z0-9._-]{{1,64}}", s.id));
+        return bad(
+            "id",
+            format!("{:?} must match [A-Za-z0-9._-]{{1,64}}", s.id),
+        );
     }
     if s.task.trim().is_empty() {
         return bad("task", "must not be empty".into());
     }
     match &s.image {
-        None => return bad("image", "missing, and no default image is set (FLEET_DEFAULT_IMAGE)".into()),
-        Some(i) if !valid_image(i) => return bad("image", format!("{i:?} is not a valid image reference")),
+        None => {
+            return bad(
+                "image",
+                "missing, and no default image is set (FLEET_DEFAULT_IMAGE)".into(),
+            );
+        }
+        Some(i) if !valid_image(i) => {
+            return bad("image", format!("{i:?} is not a valid image reference"));
+        }
         _ => {}
     }
     if !s.workdir.starts_with('/') || s.workdir.split('/').any(|c| c == "..") {
-        return bad("workdir", format!("{:?} must be an absolute path without `..`", s.workdir));
+        return bad(
+            "workdir",
+            format!("{:?} must be an absolute path without `..`", s.workdir),
+        );
     }
     for k in s.env.keys() {
         if !is_name(k) {
@@ -194,12 +256,18 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     }
     for (i, k) in s.secrets.iter().enumerate() {
         if !is_name(k) {
-            return bad(&format!("secrets[{i}]"), format!("{k:?} is not a valid variable name"));
+            return bad(
+                &format!("secrets[{i}]"),
+                format!("{k:?} is not a valid variable name"),
+            );
         }
     }
     if let Some(k) = &s.llm.api_key_env {
         if !is_name(k) {
-            return bad("llm.api_key_env", format!("{k:?} is not a valid variable name"));
+            return bad(
+                "llm.api_key_env",
+                format!("{k:?} is not a valid variable name"),
+            );
         }
     }
     if let Some(u) = &s.llm.base_url {
@@ -228,7 +296,10 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         return bad("limits.command_timeout_secs", "must be at least 1".into());
     }
     if l.memory_mb < 6 {
-        return bad("limits.memory_mb", "must be at least 6 (Docker's minimum)".into());
+        return bad(
+            "limits.memory_mb",
+            "must be at least 6 (Docker's minimum)".into(),
+        );
     }
     if !(l.cpus > 0.0 && l.cpus <= 1024.0) {
         return bad("limits.cpus", format!("{} must be > 0", l.cpus));
@@ -242,9 +313,15 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         }
     }
     if l.network.is_empty()
-        || !l.network.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        || !l
+            .network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
-        return bad("limits.network", format!("{:?} is not a network name", l.network));
+        return bad(
+            "limits.network",
+            format!("{:?} is not a network name", l.network),
+        );
     }
     let st = &s.stuck;
     for (name, v) in [
@@ -263,7 +340,10 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         }
         if let Some(k) = &w.secret_env {
             if !is_name(k) {
-                return bad("webhook.secret_env", format!("{k:?} is not a valid variable name"));
+                return bad(
+                    "webhook.secret_env",
+                    format!("{k:?} is not a valid variable name"),
+                );
             }
         }
     }
@@ -273,7 +353,10 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     for (i, g) in s.artifacts.iter().enumerate() {
         let field = format!("artifacts[{i}]");
         if g.starts_with('/') || g.split('/').any(|c| c == "..") || g.contains('\0') {
-            return bad(&field, format!("{g:?} must be relative to the workdir, without `..`"));
+            return bad(
+                &field,
+                format!("{g:?} must be relative to the workdir, without `..`"),
+            );
         }
         if let Err(e) = globset::Glob::new(g) {
             return bad(&field, format!("invalid glob: {e}"));
@@ -283,8 +366,13 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         Some(Input::Git { git }) if git.url.trim().is_empty() => {
             return bad("input.git.url", "must not be empty".into());
         }
-        Some(Input::StoreKey { store_key }) if store_key.split('/').any(|c| c == "..") || store_key.is_empty() => {
-            return bad("input.store_key", format!("{store_key:?} is not a valid store key"));
+        Some(Input::StoreKey { store_key })
+            if store_key.split('/').any(|c| c == "..") || store_key.is_empty() =>
+        {
+            return bad(
+                "input.store_key",
+                format!("{store_key:?} is not a valid store key"),
+            );
         }
         _ => {}
     }
@@ -296,7 +384,10 @@ mod tests {
     use super::*;
 
     fn opts() -> ParseOptions {
-        ParseOptions { default_image: Some("busybox".into()), base_dir: PathBuf::from(".") }
+        ParseOptions {
+            default_image: Some("busybox".into()),
+            base_dir: PathBuf::from("."),
+        }
     }
     fn parse(text: &str) -> Result<Vec<JobSpec>, String> {
         parse_jobs("jobs.json", text, &opts()).map_err(|e| e.to_string())
@@ -304,8 +395,10 @@ mod tests {
 
     #[test]
     fn array_and_defaults_merge() {
-        let jobs = parse(r#"{"defaults": {"limits": {"max_iterations": 7}, "labels": {"a": "1"}},
-            "jobs": [{"id": "x", "task": "t", "limits": {"timeout_secs": 9}}]}"#)
+        let jobs = parse(
+            r#"{"defaults": {"limits": {"max_iterations": 7}, "labels": {"a": "1"}},
+            "jobs": [{"id": "x", "task": "t", "limits": {"timeout_secs": 9}}]}"#,
+        )
         .unwrap();
         assert_eq!(jobs[0].limits.max_iterations, 7);
         assert_eq!(jobs[0].limits.timeout_secs, 9);
@@ -317,9 +410,14 @@ mod tests {
 
     #[test]
     fn errors_name_job_and_field() {
-        let e = parse(r#"[{"id": "a", "task": "t"}, {"id": "b", "task": "t", "limits": {"max_iters": 1}}]"#)
-            .unwrap_err();
-        assert!(e.contains("job 1 (id \"b\")") && e.contains("limits") && e.contains("max_iters"), "{e}");
+        let e = parse(
+            r#"[{"id": "a", "task": "t"}, {"id": "b", "task": "t", "limits": {"max_iters": 1}}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("job 1 (id \"b\")") && e.contains("limits") && e.contains("max_iters"),
+            "{e}"
+        );
         let e = parse(r#"[{"id": "a"}]"#).unwrap_err();
         assert!(e.contains("job 0") && e.contains("task"), "{e}");
         let e = parse(r#"[{"id": "a", "task": "t"}, {"id": "a", "task": "u"}]"#).unwrap_err();

@@ -87,7 +87,8 @@ pub struct Price {
 
 impl Price {
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok)
+        (prompt_tokens as f64 * self.input_per_mtok
+            + completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
 }
@@ -132,7 +133,12 @@ pub struct StuckThresholds {
 
 impl Default for StuckThresholds {
     fn default() -> Self {
-        StuckThresholds { action_observation: 4, action_error: 3, monologue: 3, alternating_pattern: 6 }
+        StuckThresholds {
+            action_observation: 4,
+            action_error: 3,
+            monologue: 3,
+            alternating_pattern: 6,
+        }
     }
 }
 

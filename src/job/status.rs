@@ -223,7 +223,13 @@ impl StatusRecord {
             steps: 0,
             cost_usd: 0.0,
             webhooks: Vec::new(),
-            history: vec![Transition { state: State::Queued, at: now, attempt: 0, worker: None, note: None }],
+            history: vec![Transition {
+                state: State::Queued,
+                at: now,
+                attempt: 0,
+                worker: None,
+                note: None,
+            }],
         }
     }
 

@@ -1,29 +1,333 @@
-//! The HTTP client for one job's conversation.
+//! The HTTP client for one job's conversation: one `complete` call is one agent
+//! step, made of one or more HTTP attempts under the policy in [`super::retry`].
+//!
+//! Every attempt is counted twice, in the job's [`LlmStats`] (stored in
+//! metrics.json) and in the process metrics, with exactly one outcome per attempt:
+//! `ok`, `retried`, `rate_limited` (any 429) or `error` (the attempt that ended the
+//! call). Logs carry statuses and timings, never the key or the messages.
 
-use super::{ChatMessage, Completion, LlmError, LlmSettings, LlmStats};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::retry::{self, AttemptError, Failure};
+use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
+use crate::telemetry::metrics;
 
 pub struct LlmClient {
     settings: LlmSettings,
     http: reqwest::Client,
-    stats: std::sync::Mutex<LlmStats>,
+    /// `{base_url}/chat/completions`, built once.
+    url: String,
+    stats: Mutex<LlmStats>,
+}
+
+/// The wire form of [`super::ChatRequest`], borrowing the conversation so a step
+/// does not copy the whole history before serialising it (a unit test keeps the
+/// two identical on the wire).
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [serde_json::Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
 }
 
 impl LlmClient {
     pub fn new(http: reqwest::Client, settings: LlmSettings) -> LlmClient {
-        LlmClient { settings, http, stats: Default::default() }
+        let url = format!(
+            "{}/chat/completions",
+            settings.base_url.trim_end_matches('/')
+        );
+        LlmClient {
+            settings,
+            http,
+            url,
+            stats: Default::default(),
+        }
     }
 
     pub fn settings(&self) -> &LlmSettings {
         &self.settings
     }
 
-    /// One completion, with the client's own retries.
-    pub async fn complete(&self, messages: &[ChatMessage], tools: &[serde_json::Value]) -> Result<Completion, LlmError> {
-        let _ = (messages, tools, &self.http);
-        todo!("llm client")
+    /// One completion, with the client's own retries (see [`super::retry`]).
+    pub async fn complete(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<Completion, LlmError> {
+        let body = RequestBody {
+            model: &self.settings.model,
+            messages,
+            tools,
+            temperature: self.settings.temperature,
+        };
+        // Serialised once: every retry sends the same bytes.
+        let body = Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| LlmError::Protocol(format!("request: {e}")))?,
+        );
+        let attempts = AtomicU32::new(0);
+        let max_backoff = self.settings.max_backoff;
+
+        let result = (|| self.attempt(body.clone(), &attempts))
+            .retry(retry::backoff(&self.settings))
+            .when(AttemptError::transient)
+            .adjust(|e: &AttemptError, wait| {
+                wait.map(|w| retry::next_wait(w, e.retry_after, max_backoff))
+            })
+            .notify(|e: &AttemptError, wait: Duration| {
+                self.on_retry(e, wait, attempts.load(Ordering::Relaxed))
+            })
+            .await;
+
+        result.map_err(|e| {
+            let attempts = attempts.load(Ordering::Relaxed);
+            self.on_final_failure(&e, attempts);
+            e.into_llm_error(attempts)
+        })
     }
 
     pub fn stats(&self) -> LlmStats {
-        self.stats.lock().expect("stats lock").clone()
+        self.lock_stats().clone()
+    }
+
+    fn lock_stats(&self) -> MutexGuard<'_, LlmStats> {
+        // Stats are plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One HTTP attempt: send, read the whole reply under the request deadline,
+    /// classify it. Counts the request and its latency whatever the result.
+    async fn attempt(&self, body: Bytes, attempts: &AtomicU32) -> Result<Completion, AttemptError> {
+        let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = Instant::now();
+        let reply = self.send(body).await;
+        let elapsed = started.elapsed();
+        self.record_request(elapsed);
+
+        let result = match reply {
+            Err(e) => Err(e),
+            Ok((status, _, bytes)) if (200..300).contains(&status) => {
+                self.read_completion(status, &bytes)
+            }
+            Ok((status, headers, bytes)) => Err(retry::classify(
+                status,
+                &bytes,
+                retry::retry_after(&headers),
+            )),
+        };
+        match &result {
+            Ok(c) => {
+                tracing::debug!(
+                    attempt = n,
+                    latency_ms = elapsed.as_millis() as u64,
+                    prompt_tokens = c.usage.prompt_tokens,
+                    completion_tokens = c.usage.completion_tokens,
+                    "llm request ok"
+                );
+                self.record_success(c);
+            }
+            Err(e) => {
+                tracing::debug!(attempt = n, status = e.status, latency_ms = elapsed.as_millis() as u64, failure = ?e.failure,
+                    "llm request failed");
+                if e.status == Some(429) {
+                    metrics()
+                        .llm_requests
+                        .with_label_values(&["rate_limited"])
+                        .inc();
+                    self.lock_stats().rate_limited += 1;
+                }
+            }
+        }
+        result
+    }
+
+    /// Sends the request and reads the body; `reqwest`'s per-request timeout covers
+    /// connecting through the end of the body.
+    async fn send(
+        &self,
+        body: Bytes,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Bytes), AttemptError> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .timeout(self.settings.request_timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = self.settings.api_key.as_deref().filter(|k| !k.is_empty()) {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
+        Ok((status, headers, bytes))
+    }
+
+    fn read_completion(&self, status: u16, body: &[u8]) -> Result<Completion, AttemptError> {
+        let protocol = |message: String| AttemptError {
+            failure: Failure::Protocol,
+            status: Some(status),
+            retry_after: None,
+            message,
+        };
+        let reply: ChatResponse = serde_json::from_slice(body)
+            .map_err(|e| protocol(format!("HTTP {status} body: {e}")))?;
+        let usage = reply.usage.unwrap_or_default();
+        let Some(choice) = reply.choices.into_iter().next() else {
+            // Upstream treats an empty choice list as a provider hiccup, not an answer.
+            return Err(AttemptError {
+                failure: Failure::Transient,
+                status: Some(status),
+                retry_after: None,
+                message: "reply had no choices".into(),
+            });
+        };
+        let cost_usd = self
+            .settings
+            .price
+            .cost(usage.prompt_tokens, usage.completion_tokens);
+        Ok(Completion {
+            message: choice.message,
+            usage,
+            cost_usd,
+        })
+    }
+
+    fn record_request(&self, elapsed: Duration) {
+        metrics()
+            .llm_request_duration
+            .observe(elapsed.as_secs_f64());
+        let ms = elapsed.as_millis().min(u64::MAX as u128) as u64;
+        let mut s = self.lock_stats();
+        s.requests += 1;
+        s.latency_ms_total += ms;
+        s.latency_ms_max = s.latency_ms_max.max(ms);
+    }
+
+    fn record_success(&self, c: &Completion) {
+        let m = metrics();
+        m.llm_requests.with_label_values(&["ok"]).inc();
+        m.llm_tokens
+            .with_label_values(&["prompt"])
+            .inc_by(c.usage.prompt_tokens);
+        m.llm_tokens
+            .with_label_values(&["completion"])
+            .inc_by(c.usage.completion_tokens);
+        // A counter must not go down: a negative or NaN price never reaches it.
+        if c.cost_usd.is_finite() && c.cost_usd > 0.0 {
+            m.llm_cost.inc_by(c.cost_usd);
+        }
+        let mut s = self.lock_stats();
+        s.prompt_tokens += c.usage.prompt_tokens;
+        s.completion_tokens += c.usage.completion_tokens;
+        s.cost_usd += c.cost_usd;
+    }
+
+    /// Called by the retry loop just before it sleeps: the failed attempt was retried.
+    fn on_retry(&self, e: &AttemptError, wait: Duration, attempt: u32) {
+        let m = metrics();
+        if e.status != Some(429) {
+            m.llm_requests.with_label_values(&["retried"]).inc();
+        }
+        m.llm_retries.inc();
+        self.lock_stats().retries += 1;
+        tracing::warn!(
+            attempt,
+            max_attempts = self.settings.max_attempts,
+            status = e.status,
+            wait_ms = wait.as_millis() as u64,
+            retry_after_ms = e.retry_after.map(|d| d.as_millis() as u64),
+            error = %e.message,
+            "llm request failed, retrying"
+        );
+    }
+
+    /// The attempt that ended the call (given up, or not retryable).
+    fn on_final_failure(&self, e: &AttemptError, attempts: u32) {
+        if e.status != Some(429) {
+            metrics().llm_requests.with_label_values(&["error"]).inc();
+        }
+        self.lock_stats().failures += 1;
+        tracing::warn!(attempts, status = e.status, failure = ?e.failure, error = %e.message, "llm request failed");
+    }
+}
+
+/// A request that got no HTTP reply. Timeouts and connection failures are
+/// transient; a body cut off mid-way is too (the server or a proxy went away).
+/// Anything else (a URL reqwest refuses, a TLS set-up error) will not improve.
+fn transport_error(e: &reqwest::Error) -> AttemptError {
+    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    // reqwest's Display names the URL, not the headers, so the key never shows.
+    let message = if e.is_timeout() {
+        format!("request timed out: {e}")
+    } else {
+        format!("{e:#}")
+    };
+    AttemptError {
+        failure: if transient {
+            Failure::Transient
+        } else {
+            Failure::Protocol
+        },
+        status: None,
+        retry_after: None,
+        message: retry::trim(&message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{ChatRequest, Role};
+
+    #[test]
+    fn borrowed_body_matches_chat_request() {
+        let messages = vec![
+            ChatMessage::text(Role::System, "s"),
+            ChatMessage::text(Role::User, "u"),
+        ];
+        for (tools, temperature) in [
+            (vec![], None),
+            (vec![serde_json::json!({"type": "function"})], Some(0.2)),
+        ] {
+            let owned = ChatRequest {
+                model: "m".into(),
+                messages: messages.clone(),
+                tools: tools.clone(),
+                temperature,
+            };
+            let borrowed = RequestBody {
+                model: "m",
+                messages: &messages,
+                tools: &tools,
+                temperature,
+            };
+            assert_eq!(
+                serde_json::to_value(&owned).unwrap(),
+                serde_json::to_value(&borrowed).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn url_trims_a_trailing_slash() {
+        let c = LlmClient::new(
+            reqwest::Client::new(),
+            LlmSettings::new("m", "http://h:1/v1/"),
+        );
+        assert_eq!(c.url, "http://h:1/v1/chat/completions");
+        let c = LlmClient::new(
+            reqwest::Client::new(),
+            LlmSettings::new("m", "http://h:1/v1"),
+        );
+        assert_eq!(c.url, "http://h:1/v1/chat/completions");
     }
 }

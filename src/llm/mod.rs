@@ -4,6 +4,7 @@
 //! `Retry-After`; never retries 400/401/403/404/422. Accumulates usage and cost.
 
 pub mod client;
+mod retry;
 pub mod types;
 
 use std::time::Duration;
@@ -11,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client::LlmClient;
-pub use types::{ChatMessage, ChatRequest, ChatResponse, Choice, FunctionCall, Role, ToolCall, Usage};
+pub use types::{
+    ChatMessage, ChatRequest, ChatResponse, Choice, FunctionCall, Role, ToolCall, Usage,
+};
 
 use crate::job::Price;
 
@@ -87,7 +90,11 @@ pub enum LlmError {
     #[error("LLM rejected the request (HTTP {status}): {message}")]
     BadRequest { status: u16, message: String },
     #[error("LLM unavailable after {attempts} attempts: {message}")]
-    Unavailable { attempts: u32, status: Option<u16>, message: String },
+    Unavailable {
+        attempts: u32,
+        status: Option<u16>,
+        message: String,
+    },
     #[error("LLM reply could not be read: {0}")]
     Protocol(String),
 }
@@ -99,7 +106,9 @@ impl LlmError {
             LlmError::NotFound { .. } => "llm_not_found",
             LlmError::ContextLength { .. } => "llm_context_length",
             LlmError::BadRequest { .. } => "llm_bad_request",
-            LlmError::Unavailable { status: Some(429), .. } => "llm_rate_limited",
+            LlmError::Unavailable {
+                status: Some(429), ..
+            } => "llm_rate_limited",
             LlmError::Unavailable { .. } => "llm_unavailable",
             LlmError::Protocol(_) => "llm_protocol",
         }

@@ -44,5 +44,10 @@ pub const JOBS_PREFIX: &str = "jobs/";
 
 /// A key is safe when no segment is empty, `.` or `..`.
 pub fn is_safe(key: &str) -> bool {
-    !key.is_empty() && !key.starts_with('/') && key.split('/').all(|s| !s.is_empty() && s != "." && s != "..") && !key.contains('\0')
+    !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+        && !key.contains('\0')
 }

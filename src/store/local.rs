@@ -18,9 +18,18 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
-        std::fs::create_dir_all(root).map_err(|source| StoreError::Io { key: root.display().to_string(), source })?;
-        let root = root.canonicalize().map_err(|source| StoreError::Io { key: root.display().to_string(), source })?;
-        Ok(LocalStore { root, locks: Default::default() })
+        std::fs::create_dir_all(root).map_err(|source| StoreError::Io {
+            key: root.display().to_string(),
+            source,
+        })?;
+        let root = root.canonicalize().map_err(|source| StoreError::Io {
+            key: root.display().to_string(),
+            source,
+        })?;
+        Ok(LocalStore {
+            root,
+            locks: Default::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -32,19 +41,30 @@ impl LocalStore {
     }
 
     pub async fn lock_key(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self.locks.lock().expect("locks").entry(key.to_string()).or_default().clone();
+        let m = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
         m.lock_owned().await
     }
 
     fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io { key: key.to_string(), source }
+        move |source| StoreError::Io {
+            key: key.to_string(),
+            source,
+        }
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         let path = self.root.join(key);
         let tmp = tmp_path(&path);
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(Self::io(key))?;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(Self::io(key))?;
         }
         tokio::fs::write(&tmp, &body).await.map_err(Self::io(key))?;
         tokio::fs::rename(&tmp, &path).await.map_err(Self::io(key))
@@ -54,10 +74,14 @@ impl LocalStore {
         let path = self.root.join(key);
         let tmp = tmp_path(&path);
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(Self::io(key))?;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(Self::io(key))?;
         }
         let n = tokio::fs::copy(src, &tmp).await.map_err(Self::io(key))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(Self::io(key))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(Self::io(key))?;
         Ok(n)
     }
 
@@ -90,12 +114,17 @@ impl LocalStore {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".tmp-{}-{name}", uuid::Uuid::new_v4().simple()))
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in rd.flatten() {
         let p = entry.path();
         match entry.file_type() {

@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod local;
+pub mod s3;
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use bytes::Bytes;
 
 pub use keys::JobKeys;
 
-use crate::job::{StatusRecord};
+use crate::job::StatusRecord;
 
 /// Store failures. Unavailability is an infrastructure fault (retried); a corrupt
 /// record is not.
@@ -31,7 +32,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Io { .. } | StoreError::Conflict { .. })
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Io { .. } | StoreError::Conflict { .. }
+        )
     }
     pub fn kind(&self) -> &'static str {
         match self {
@@ -50,13 +54,16 @@ pub type Version = Option<String>;
 #[derive(Clone)]
 pub enum Store {
     Local(local::LocalStore),
+    S3(s3::S3Store),
 }
 
 impl Store {
     /// `s3://bucket/prefix` or a directory.
     pub async fn open(spec: &str) -> Result<Store, StoreError> {
         if spec.starts_with("s3://") {
-            return Err(StoreError::Unavailable(format!("{spec}: the S3 store is not built into this version")));
+            return Ok(Store::S3(
+                s3::S3Store::connect(s3::S3Settings::from_spec(spec)?).await?,
+            ));
         }
         Ok(Store::Local(local::LocalStore::open(Path::new(spec))?))
     }
@@ -65,6 +72,7 @@ impl Store {
     pub fn locate(&self, key: &str) -> String {
         match self {
             Store::Local(s) => s.locate(key),
+            Store::S3(s) => s.locate(key),
         }
     }
 
@@ -73,6 +81,7 @@ impl Store {
         let n = body.len() as u64;
         match self {
             Store::Local(s) => s.put(key, body).await?,
+            Store::S3(s) => s.put(key, body).await?,
         }
         crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
         Ok(())
@@ -83,6 +92,7 @@ impl Store {
         check(key)?;
         let n = match self {
             Store::Local(s) => s.put_file(key, path).await?,
+            Store::S3(s) => s.put_file(key, path).await?,
         };
         crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
         Ok(n)
@@ -92,6 +102,7 @@ impl Store {
         check(key)?;
         match self {
             Store::Local(s) => s.get(key).await,
+            Store::S3(s) => s.get(key).await,
         }
     }
 
@@ -99,20 +110,31 @@ impl Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Local(s) => s.list(prefix).await,
+            Store::S3(s) => s.list(prefix).await,
         }
     }
 
     /// Reads a JSON record.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.get(key).await? {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() }),
+                .map_err(|e| StoreError::Corrupt {
+                    key: key.to_string(),
+                    message: e.to_string(),
+                }),
         }
     }
 
-    pub async fn put_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+    pub async fn put_json<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_vec_pretty(value).expect("records serialise");
         self.put(key, Bytes::from(body)).await
     }
@@ -133,16 +155,73 @@ impl Store {
         match self {
             Store::Local(s) => {
                 let _guard = s.lock_key(&key).await;
-                let Some(mut rec) = self.get_json::<StatusRecord>(&key).await? else { return Ok(None) };
+                let Some(mut rec) = self.get_json::<StatusRecord>(&key).await? else {
+                    return Ok(None);
+                };
                 if f(&mut rec) {
                     self.put_json(&key, &rec).await?;
                 }
                 Ok(Some(rec))
             }
+            Store::S3(s) => {
+                let (rec, written) = s.update_status(&key, f).await?;
+                crate::telemetry::metrics()
+                    .store_uploaded_bytes
+                    .inc_by(written);
+                Ok(rec)
+            }
+        }
+    }
+
+    /// Writes `body` only when nothing is stored at `key` yet (S3: `If-None-Match: *`).
+    /// Returns false, writing nothing, when something is.
+    pub async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
+        check(key)?;
+        let n = body.len() as u64;
+        let written = match self {
+            Store::Local(s) => {
+                let _guard = s.lock_key(key).await;
+                if s.get(key).await?.is_some() {
+                    false
+                } else {
+                    s.put(key, body).await?;
+                    true
+                }
+            }
+            Store::S3(s) => s.put_if(key, body, &s3::Precondition::IfAbsent).await?,
+        };
+        if written {
+            crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
+        }
+        Ok(written)
+    }
+
+    /// Whether the store answers, for readiness probes: the directory exists, or the
+    /// bucket answers HeadBucket within a few seconds.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => match tokio::fs::metadata(s.root()).await {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(StoreError::Unavailable(format!(
+                    "{}: not a directory",
+                    s.root().display()
+                ))),
+                Err(e) => Err(StoreError::Io {
+                    key: s.root().display().to_string(),
+                    source: e,
+                }),
+            },
+            Store::S3(s) => s.ping().await,
         }
     }
 }
 
 fn check(key: &str) -> Result<(), StoreError> {
-    if keys::is_safe(key) { Ok(()) } else { Err(StoreError::BadKey { key: key.to_string() }) }
+    if keys::is_safe(key) {
+        Ok(())
+    } else {
+        Err(StoreError::BadKey {
+            key: key.to_string(),
+        })
+    }
 }

@@ -14,20 +14,36 @@ use crate::job::Outcome;
 /// Label values known in advance, pre-created at zero.
 pub const LLM_OUTCOMES: [&str; 4] = ["ok", "retried", "error", "rate_limited"];
 pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
-pub const TOOLS: [&str; 6] = ["terminal", "file_editor", "task_tracker", "think", "finish", "unknown"];
+pub const TOOLS: [&str; 6] = [
+    "terminal",
+    "file_editor",
+    "task_tracker",
+    "think",
+    "finish",
+    "unknown",
+];
 pub const TOOL_OUTCOMES: [&str; 2] = ["ok", "error"];
-pub const STUCK_PATTERNS: [&str; 4] = ["action_observation", "action_error", "monologue", "alternating_pattern"];
+pub const STUCK_PATTERNS: [&str; 4] = [
+    "action_observation",
+    "action_error",
+    "monologue",
+    "alternating_pattern",
+];
 pub const RETRY_REASONS: [&str; 5] = ["workspace", "store", "llm", "broker", "worker_lost"];
 pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "retried"];
 
 /// Buckets for whole jobs: seconds to four hours.
-const JOB_BUCKETS: &[f64] =
-    &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0];
+const JOB_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
 /// Buckets for queue wait: tens of milliseconds to hours.
-const WAIT_BUCKETS: &[f64] =
-    &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0];
+const WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+];
 /// Buckets for LLM requests: fast mocks to slow reasoning models.
-const LLM_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const LLM_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 /// Buckets for container start.
 const START_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
@@ -57,7 +73,8 @@ pub struct Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -65,17 +82,30 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let m = Metrics {
-            jobs_started: reg(&r, IntCounter::new("fleet_jobs_started_total", "Jobs a worker started running").unwrap()),
+            jobs_started: reg(
+                &r,
+                IntCounter::new("fleet_jobs_started_total", "Jobs a worker started running")
+                    .unwrap(),
+            ),
             jobs_finished: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_jobs_finished_total", "Jobs that reached a terminal state"), &["outcome"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new(
+                        "fleet_jobs_finished_total",
+                        "Jobs that reached a terminal state",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
             ),
             job_duration: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("fleet_job_duration_seconds", "Wall time of a job run, start to terminal state")
-                        .buckets(JOB_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "fleet_job_duration_seconds",
+                        "Wall time of a job run, start to terminal state",
+                    )
+                    .buckets(JOB_BUCKETS.to_vec()),
                     &["outcome"],
                 )
                 .unwrap(),
@@ -83,74 +113,150 @@ impl Metrics {
             queue_wait: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("fleet_job_queue_wait_seconds", "Time from enqueue to a worker starting the job")
-                        .buckets(WAIT_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "fleet_job_queue_wait_seconds",
+                        "Time from enqueue to a worker starting the job",
+                    )
+                    .buckets(WAIT_BUCKETS.to_vec()),
                 )
                 .unwrap(),
             ),
-            jobs_running: reg(&r, IntGauge::new("fleet_jobs_running", "Jobs running on this worker now").unwrap()),
-            worker_slots: reg(&r, IntGauge::new("fleet_worker_slots", "Concurrent job slots of this worker").unwrap()),
-            agent_steps: reg(&r, IntCounter::new("fleet_agent_steps_total", "Agent steps (LLM calls) taken").unwrap()),
+            jobs_running: reg(
+                &r,
+                IntGauge::new("fleet_jobs_running", "Jobs running on this worker now").unwrap(),
+            ),
+            worker_slots: reg(
+                &r,
+                IntGauge::new("fleet_worker_slots", "Concurrent job slots of this worker").unwrap(),
+            ),
+            agent_steps: reg(
+                &r,
+                IntCounter::new("fleet_agent_steps_total", "Agent steps (LLM calls) taken")
+                    .unwrap(),
+            ),
             llm_requests: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_llm_requests_total", "LLM HTTP requests by outcome"), &["outcome"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new("fleet_llm_requests_total", "LLM HTTP requests by outcome"),
+                    &["outcome"],
+                )
+                .unwrap(),
             ),
             llm_request_duration: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("fleet_llm_request_duration_seconds", "Latency of one LLM HTTP request")
-                        .buckets(LLM_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "fleet_llm_request_duration_seconds",
+                        "Latency of one LLM HTTP request",
+                    )
+                    .buckets(LLM_BUCKETS.to_vec()),
                 )
                 .unwrap(),
             ),
             llm_tokens: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_llm_tokens_total", "LLM tokens by kind"), &["kind"]).unwrap(),
+                IntCounterVec::new(
+                    Opts::new("fleet_llm_tokens_total", "LLM tokens by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
             ),
-            llm_cost: reg(&r, Counter::new("fleet_llm_cost_usd_total", "LLM cost in US dollars (job price tables)").unwrap()),
-            llm_retries: reg(&r, IntCounter::new("fleet_llm_retries_total", "LLM requests retried after a transient error").unwrap()),
+            llm_cost: reg(
+                &r,
+                Counter::new(
+                    "fleet_llm_cost_usd_total",
+                    "LLM cost in US dollars (job price tables)",
+                )
+                .unwrap(),
+            ),
+            llm_retries: reg(
+                &r,
+                IntCounter::new(
+                    "fleet_llm_retries_total",
+                    "LLM requests retried after a transient error",
+                )
+                .unwrap(),
+            ),
             tool_calls: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_tool_calls_total", "Tool calls by tool and outcome"), &["tool", "outcome"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new("fleet_tool_calls_total", "Tool calls by tool and outcome"),
+                    &["tool", "outcome"],
+                )
+                .unwrap(),
             ),
             stuck_detections: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_stuck_detections_total", "Stuck detections by pattern"), &["pattern"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new(
+                        "fleet_stuck_detections_total",
+                        "Stuck detections by pattern",
+                    ),
+                    &["pattern"],
+                )
+                .unwrap(),
             ),
             workspace_start: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("fleet_workspace_start_seconds", "Time to create and start a workspace")
-                        .buckets(START_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "fleet_workspace_start_seconds",
+                        "Time to create and start a workspace",
+                    )
+                    .buckets(START_BUCKETS.to_vec()),
                 )
                 .unwrap(),
             ),
             job_retries: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_job_retries_total", "Job attempts retried after an infrastructure fault"), &["reason"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new(
+                        "fleet_job_retries_total",
+                        "Job attempts retried after an infrastructure fault",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
             ),
             webhook_deliveries: reg(
                 &r,
-                IntCounterVec::new(Opts::new("fleet_webhook_deliveries_total", "Webhook delivery attempts by outcome"), &["outcome"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new(
+                        "fleet_webhook_deliveries_total",
+                        "Webhook delivery attempts by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
             ),
             store_uploaded_bytes: reg(
                 &r,
-                IntCounter::new("fleet_store_uploaded_bytes_total", "Bytes written to the store").unwrap(),
+                IntCounter::new(
+                    "fleet_store_uploaded_bytes_total",
+                    "Bytes written to the store",
+                )
+                .unwrap(),
             ),
             queue_messages: reg(
                 &r,
-                GaugeVec::new(Opts::new("fleet_queue_messages", "Messages ready in a fleet queue"), &["queue"]).unwrap(),
+                GaugeVec::new(
+                    Opts::new("fleet_queue_messages", "Messages ready in a fleet queue"),
+                    &["queue"],
+                )
+                .unwrap(),
             ),
             queue_consumers: reg(
                 &r,
-                GaugeVec::new(Opts::new("fleet_queue_consumers", "Consumers of a fleet queue"), &["queue"]).unwrap(),
+                GaugeVec::new(
+                    Opts::new("fleet_queue_consumers", "Consumers of a fleet queue"),
+                    &["queue"],
+                )
+                .unwrap(),
             ),
-            up: reg(&r, Gauge::new("fleet_worker_up", "1 while this worker process runs").unwrap()),
+            up: reg(
+                &r,
+                Gauge::new("fleet_worker_up", "1 while this worker process runs").unwrap(),
+            ),
             registry: r,
         };
         for o in Outcome::ALL {
@@ -184,14 +290,22 @@ impl Metrics {
     /// The text exposition of every series.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).unwrap_or_default()
     }
 
     /// Counts a tool call; unknown tool names share one label value.
     pub fn tool_call(&self, tool: &str, ok: bool) {
-        let tool = if TOOLS.contains(&tool) { tool } else { "unknown" };
-        self.tool_calls.with_label_values(&[tool, if ok { "ok" } else { "error" }]).inc();
+        let tool = if TOOLS.contains(&tool) {
+            tool
+        } else {
+            "unknown"
+        };
+        self.tool_calls
+            .with_label_values(&[tool, if ok { "ok" } else { "error" }])
+            .inc();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tracing set-up and Prometheus metrics (names in [`metrics`]).
 
 pub mod metrics;
+pub mod server;
 
 pub use metrics::metrics;
 
@@ -8,8 +9,15 @@ pub use metrics::metrics;
 /// display, `info` for workers). `FLEET_LOG_FORMAT=json` for machine-readable logs.
 pub fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("FLEET_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

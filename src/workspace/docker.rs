@@ -1,8 +1,60 @@
 //! Docker workspaces through bollard: one container per job.
+//!
+//! This file owns the container's life: connecting (with API version negotiation,
+//! the engines we meet speak older APIs than bollard's default), creating and starting
+//! the container with its limits and labels, removing it, and removing what dead runs
+//! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`.
+//!
+//! Every Docker call runs under a deadline: a wedged engine turns into a retryable
+//! [`WorkspaceError::Deadline`], never a stuck worker slot.
 
+mod archive;
+mod exec;
+mod paths;
+
+use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+
 use super::{ExecOutput, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
+
+/// Deadline of ordinary API calls (create, start, inspect, remove, list).
+const API_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline of `ping`, which feeds /readyz and must answer fast.
+const PING_DEADLINE: Duration = Duration::from_secs(5);
+
+/// PID 1 of every workspace: does nothing, needs only a POSIX `sh`, exits on TERM.
+/// `wait` also reaps the orphans the agent's commands leave behind, so zombies do
+/// not eat into the pids limit.
+const KEEPALIVE: &str = r#"trap "exit 0" TERM; while :; do sleep 3600 & wait; done"#;
+
+/// Capabilities a container keeps (all others are dropped): what package managers
+/// and ordinary builds need (file ownership, setuid to an unprivileged build user,
+/// signalling their own processes, binding low ports in tests).
+const KEEP_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
+/// Labels every fleet container carries; `cleanup_stale` selects on them.
+const LABEL_FLEET: &str = "agent-fleet";
+const LABEL_HOST: &str = "fleet.host";
+const LABEL_PID: &str = "fleet.pid";
+/// Start time (clock ticks after boot) of the process in `fleet.pid`: tells a live
+/// worker from an unrelated process that got the same pid later.
+const LABEL_PID_START: &str = "fleet.pid_start";
 
 #[derive(Clone)]
 pub struct DockerBackend {
@@ -16,55 +68,438 @@ impl DockerBackend {
     /// Connects to the local Docker engine (DOCKER_HOST or the default socket),
     /// negotiating the API version.
     pub async fn connect(host_prefix: &str) -> Result<DockerBackend, WorkspaceError> {
-        let _ = host_prefix;
-        todo!()
+        let docker = bollard::Docker::connect_with_local_defaults()
+            .map_err(|e| WorkspaceError::Unavailable(e.to_string()))?;
+        let docker = within(API_DEADLINE, docker.negotiate_version())
+            .await?
+            .map_err(unavailable)?;
+        tracing::debug!(api_version = %docker.client_version(), "connected to docker");
+        Ok(DockerBackend {
+            docker,
+            host_prefix: host_prefix.to_string(),
+        })
     }
 
     pub async fn start(&self, spec: &WorkspaceSpec) -> Result<DockerWorkspace, WorkspaceError> {
-        let _ = (spec, &self.docker, &self.host_prefix);
-        todo!()
+        // Checked first so a missing image is its own, non-retryable error rather
+        // than a 404 from create that could also mean a missing network.
+        match within(API_DEADLINE, self.docker.inspect_image(&spec.image)).await? {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(WorkspaceError::ImageNotFound {
+                    image: spec.image.clone(),
+                });
+            }
+            Err(e) => return Err(from_bollard(e)),
+        }
+
+        let name = container_name(&spec.job_id, spec.attempt, rand::random::<u32>());
+        let body = create_body(
+            spec,
+            &self.host_prefix,
+            std::process::id(),
+            own_start_time(),
+        );
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        within(
+            API_DEADLINE,
+            self.docker.create_container(Some(options), body),
+        )
+        .await?
+        .map_err(from_bollard)?;
+        tracing::debug!(container = %name, image = %spec.image, "workspace container created");
+
+        let ws = DockerWorkspace {
+            docker: self.docker.clone(),
+            name,
+            workdir: spec.workdir.clone(),
+            removed: false,
+        };
+        // From here on `ws` owns the container: on error it is removed explicitly
+        // (and by Drop, should that removal fail too).
+        match ws.boot().await {
+            Ok(()) => Ok(ws),
+            Err(e) => {
+                if let Err(rm) = ws.destroy().await {
+                    tracing::warn!(error = %rm, "could not remove a workspace container that failed to start");
+                }
+                Err(e)
+            }
+        }
     }
 
+    /// Removes this host's fleet containers whose owning process is gone.
     pub async fn cleanup_stale(&self) -> Result<usize, WorkspaceError> {
-        todo!()
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_FLEET}=1"),
+                format!("{LABEL_HOST}={}", self.host_prefix),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = within(API_DEADLINE, self.docker.list_containers(Some(options)))
+            .await?
+            .map_err(from_bollard)?;
+        let mut removed = 0;
+        for c in containers {
+            let Some(id) = c.id else { continue };
+            let labels = c.labels.unwrap_or_default();
+            if owner_alive(labels.get(LABEL_PID), labels.get(LABEL_PID_START)) {
+                continue;
+            }
+            match remove_container(&self.docker, &id).await {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(container = %id, job_id = ?labels.get("fleet.job_id"), "removed stale workspace container");
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not remove stale workspace container")
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub async fn ping(&self) -> bool {
-        todo!()
+        matches!(
+            tokio::time::timeout(PING_DEADLINE, self.docker.ping()).await,
+            Ok(Ok(_))
+        )
     }
 }
 
-pub struct DockerWorkspace {}
+/// One job's container. End it with [`DockerWorkspace::destroy`]; `Drop` only
+/// schedules a best-effort removal.
+pub struct DockerWorkspace {
+    docker: bollard::Docker,
+    /// Container name (unique per start), used for every call.
+    name: String,
+    workdir: String,
+    /// Set once the container is known to be gone, so Drop has nothing to do.
+    removed: bool,
+}
 
 impl DockerWorkspace {
     pub fn workdir(&self) -> &str {
-        todo!()
+        &self.workdir
     }
-    pub async fn exec(&self, script: &str, cwd: &str, timeout: Duration, max_chars: usize) -> Result<ExecOutput, WorkspaceError> {
-        let _ = (script, cwd, timeout, max_chars);
-        todo!()
+
+    /// The container's name (`fleet-<job_id>-<attempt>-<random>`), for logs.
+    pub fn container_name(&self) -> &str {
+        &self.name
     }
+
+    pub async fn exec(
+        &self,
+        script: &str,
+        cwd: &str,
+        timeout: Duration,
+        max_chars: usize,
+    ) -> Result<ExecOutput, WorkspaceError> {
+        exec::run(self, script, cwd, timeout, max_chars).await
+    }
+
     pub async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
-        let _ = path;
-        todo!()
+        archive::read_file(self, path).await
     }
+
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), WorkspaceError> {
-        let _ = (path, data);
-        todo!()
+        archive::write_file(self, path, data).await
     }
+
     pub async fn stat(&self, path: &str) -> Result<Option<PathKind>, WorkspaceError> {
-        let _ = path;
-        todo!()
+        archive::stat(self, path).await
     }
+
     pub async fn put_tar(&self, dest: &str, tar: Vec<u8>) -> Result<(), WorkspaceError> {
-        let _ = (dest, tar);
-        todo!()
+        archive::put_tar(self, dest, tar).await
     }
-    pub async fn snapshot(&self, dir: &str, max_file_bytes: u64, max_total_bytes: u64) -> Result<Snapshot, WorkspaceError> {
-        let _ = (dir, max_file_bytes, max_total_bytes);
-        todo!()
+
+    pub async fn snapshot(
+        &self,
+        dir: &str,
+        max_file_bytes: u64,
+        max_total_bytes: u64,
+    ) -> Result<Snapshot, WorkspaceError> {
+        archive::snapshot(self, dir, max_file_bytes, max_total_bytes).await
     }
-    pub async fn destroy(self) -> Result<(), WorkspaceError> {
-        todo!()
+
+    /// Force-removes the container (killing whatever runs in it). Removing a
+    /// container that is already gone is not an error.
+    pub async fn destroy(mut self) -> Result<(), WorkspaceError> {
+        remove_container(&self.docker, &self.name).await?;
+        self.removed = true;
+        tracing::debug!(container = %self.name, "workspace container removed");
+        Ok(())
+    }
+
+    /// Starts the created container and makes sure the workdir exists.
+    async fn boot(&self) -> Result<(), WorkspaceError> {
+        within(API_DEADLINE, self.docker.start_container(&self.name, None))
+            .await?
+            .map_err(from_bollard)?;
+        // Docker makes the WorkingDir itself; this also catches a workdir that
+        // exists in the image as a file.
+        archive::ensure_dir(self, &self.workdir).await
+    }
+}
+
+impl Drop for DockerWorkspace {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // Last resort only: the owner should have called destroy on every path.
+        tracing::warn!(container = %self.name, "workspace dropped without destroy; removing it in the background");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let docker = self.docker.clone();
+            let name = std::mem::take(&mut self.name);
+            rt.spawn(async move {
+                if let Err(e) = remove_container(&docker, &name).await {
+                    tracing::warn!(container = %name, error = %e, "background removal failed");
+                }
+            });
+        }
+    }
+}
+
+async fn remove_container(docker: &bollard::Docker, name: &str) -> Result<(), WorkspaceError> {
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match within(API_DEADLINE, docker.remove_container(name, Some(options))).await? {
+        Ok(()) => Ok(()),
+        // Already gone, or another removal (Drop, cleanup) is on it.
+        Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
+        Err(e) => Err(from_bollard(e)),
+    }
+}
+
+/// `fleet-<job_id>-<attempt>-<random>`: unique per start, readable in `docker ps`.
+fn container_name(job_id: &str, attempt: u32, nonce: u32) -> String {
+    format!("fleet-{job_id}-{attempt}-{nonce:08x}")
+}
+
+/// The container configuration: limits, hardening, labels, env, keep-alive.
+fn create_body(
+    spec: &WorkspaceSpec,
+    host_prefix: &str,
+    pid: u32,
+    pid_start: Option<u64>,
+) -> ContainerCreateBody {
+    let mut labels = HashMap::from([
+        (LABEL_FLEET.to_string(), "1".to_string()),
+        ("fleet.job_id".to_string(), spec.job_id.clone()),
+        ("fleet.attempt".to_string(), spec.attempt.to_string()),
+        ("fleet.worker_id".to_string(), spec.worker_id.clone()),
+        (LABEL_HOST.to_string(), host_prefix.to_string()),
+        (LABEL_PID.to_string(), pid.to_string()),
+    ]);
+    if let Some(start) = pid_start {
+        labels.insert(LABEL_PID_START.to_string(), start.to_string());
+    }
+    let memory = (spec.memory_mb > 0).then(|| (spec.memory_mb as i64).saturating_mul(1024 * 1024));
+    let network = if spec.network.is_empty() {
+        "none".to_string()
+    } else {
+        spec.network.clone()
+    };
+    let host_config = HostConfig {
+        memory,
+        // Swap equal to memory: the limit is a real limit, not memory plus as much swap.
+        memory_swap: memory,
+        nano_cpus: (spec.cpus > 0.0).then(|| (spec.cpus * 1e9) as i64),
+        pids_limit: (spec.pids > 0).then_some(spec.pids),
+        network_mode: Some(network),
+        privileged: Some(false),
+        security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        cap_add: Some(KEEP_CAPS.iter().map(|c| c.to_string()).collect()),
+        // No init process: PID 1 must be the keep-alive shell so a `kill -9 -1`
+        // fallback inside the container cannot end the workspace.
+        init: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        // Entrypoint, not Cmd: an image's own ENTRYPOINT would otherwise wrap it.
+        entrypoint: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            KEEPALIVE.into(),
+            "fleet-keepalive".into(),
+        ]),
+        cmd: None,
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: Some(spec.workdir.clone()),
+        labels: Some(labels),
+        attach_stdin: Some(false),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// Whether the process a container is labelled with still runs (and is the same
+/// process, not a later one that reused the pid).
+fn owner_alive(pid: Option<&String>, pid_start: Option<&String>) -> bool {
+    let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    match (
+        pid_start.and_then(|s| s.parse::<u64>().ok()),
+        parse_start_time(&stat),
+    ) {
+        (Some(want), Some(have)) => want == have,
+        // An older label without the start time: a live pid is given the benefit
+        // of the doubt (leaking a container beats killing a running job).
+        _ => true,
+    }
+}
+
+fn own_start_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(parse_start_time)
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its closing `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Runs a Docker call under a deadline. The outer error is the deadline; the inner
+/// one is Docker's, left to the caller because some statuses (404) mean something.
+async fn within<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, BollardError>>,
+) -> Result<Result<T, BollardError>, WorkspaceError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .map_err(|_| WorkspaceError::Deadline(deadline))
+}
+
+/// The HTTP status of an engine answer, when the error is one.
+fn status_of(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn from_bollard(e: BollardError) -> WorkspaceError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => WorkspaceError::Docker(format!("{message} (status {status_code})")),
+        other => unavailable(other),
+    }
+}
+
+/// Transport-level failures: the engine could not be reached or the connection broke.
+fn unavailable(e: BollardError) -> WorkspaceError {
+    match e {
+        BollardError::DockerResponseServerError { .. } | BollardError::JsonDataError { .. } => {
+            WorkspaceError::Docker(e.to_string())
+        }
+        other => WorkspaceError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec() -> WorkspaceSpec {
+        WorkspaceSpec {
+            job_id: "job-1".into(),
+            attempt: 2,
+            worker_id: "host-a-1".into(),
+            image: "img".into(),
+            workdir: "/workspace".into(),
+            env: BTreeMap::from([("A".to_string(), "b=c".to_string())]),
+            memory_mb: 512,
+            cpus: 1.5,
+            pids: 100,
+            network: String::new(),
+        }
+    }
+
+    #[test]
+    fn body_carries_limits_labels_and_hardening() {
+        let body = create_body(&spec(), "host-a", 42, Some(7));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.memory, Some(512 * 1024 * 1024));
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.pids_limit, Some(100));
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.privileged, Some(false));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert!(hc.cap_add.unwrap().contains(&"CHOWN".to_string()));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels["agent-fleet"], "1");
+        assert_eq!(labels["fleet.attempt"], "2");
+        assert_eq!(labels["fleet.host"], "host-a");
+        assert_eq!(labels["fleet.pid"], "42");
+        assert_eq!(labels["fleet.pid_start"], "7");
+        assert_eq!(body.env, Some(vec!["A=b=c".to_string()]));
+        assert_eq!(body.entrypoint.unwrap()[0], "sh");
+    }
+
+    #[test]
+    fn zero_limits_mean_unlimited() {
+        let mut s = spec();
+        s.memory_mb = 0;
+        s.cpus = 0.0;
+        s.pids = 0;
+        s.network = "bridge".into();
+        let hc = create_body(&s, "h", 1, None).host_config.unwrap();
+        assert_eq!((hc.memory, hc.nano_cpus, hc.pids_limit), (None, None, None));
+        assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn start_time_is_read_after_the_command_name() {
+        let stat =
+            "1234 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99887 20 21";
+        assert_eq!(parse_start_time(stat), Some(99887));
+        assert_eq!(parse_start_time("garbage"), None);
+        assert!(own_start_time().is_some());
+    }
+
+    #[test]
+    fn liveness_of_owners() {
+        let me = std::process::id().to_string();
+        let start = own_start_time().map(|s| s.to_string());
+        assert!(owner_alive(Some(&me), start.as_ref()));
+        assert!(owner_alive(Some(&me), None));
+        assert!(!owner_alive(Some(&me), Some(&"1".to_string())));
+        assert!(!owner_alive(Some(&"not-a-pid".to_string()), None));
+        assert!(!owner_alive(None, None));
+        // Above the kernel's pid_max: never a live process.
+        assert!(!owner_alive(Some(&"4294967".to_string()), None));
+    }
+
+    #[test]
+    fn container_names_are_docker_safe() {
+        assert_eq!(
+            container_name("a.b_c-1", 3, 0xab),
+            "fleet-a.b_c-1-3-000000ab"
+        );
     }
 }

@@ -87,7 +87,12 @@ impl WorkspaceError {
 
     /// Infrastructure faults are worth another attempt; a missing image is not.
     pub fn retryable(&self) -> bool {
-        matches!(self, WorkspaceError::Unavailable(_) | WorkspaceError::Docker(_) | WorkspaceError::Deadline(_))
+        matches!(
+            self,
+            WorkspaceError::Unavailable(_)
+                | WorkspaceError::Docker(_)
+                | WorkspaceError::Deadline(_)
+        )
     }
 }
 

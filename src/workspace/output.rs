@@ -13,7 +13,12 @@ impl HeadTail {
     /// `limit` is the number of characters the final text may hold (before the notice).
     pub fn new(limit: usize) -> HeadTail {
         let half = (limit / 2).max(1);
-        HeadTail { half, head: Vec::new(), tail: std::collections::VecDeque::new(), total: 0 }
+        HeadTail {
+            half,
+            head: Vec::new(),
+            tail: std::collections::VecDeque::new(),
+            total: 0,
+        }
     }
 
     pub fn push(&mut self, mut bytes: &[u8]) {
@@ -66,7 +71,10 @@ pub fn truncate_middle(text: &str, limit: usize) -> String {
     let half = limit / 2;
     let head: String = text.chars().take(half).collect();
     let tail: String = text.chars().skip(n - half).collect();
-    format!("{head}\n<response clipped: {} characters were cut from the middle>\n{tail}", n - 2 * half)
+    format!(
+        "{head}\n<response clipped: {} characters were cut from the middle>\n{tail}",
+        n - 2 * half
+    )
 }
 
 #[cfg(test)]

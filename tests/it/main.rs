@@ -1,1 +1,13 @@
+//! The integration tests: one binary, against real services (Docker, and for the
+//! fleet tests RabbitMQ and an S3 API). `scripts/test.sh` installs and starts them;
+//! a test whose service is missing fails, it never skips.
 
+mod util;
+
+mod amqp;
+mod cli;
+mod llm;
+mod run;
+mod s3;
+mod webhook;
+mod workspace;

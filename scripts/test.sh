@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README "Quickstart"): installs and starts what the tests need —
+# the workspace image, RabbitMQ, an S3 API server — then runs every test.
+# Idempotent: fine to run again with everything already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "workspace image"
+bash scripts/build-images.sh
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  step "cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+step "building"
+cargo build --locked --bin fleet --tests
+
+step "tests"
+cargo nextest run --locked --no-fail-fast "$@"

@@ -1,0 +1,651 @@
+//! One attempt of one job, from workspace up to results stored: start the
+//! workspace, place the input, run the agent under the job's deadline, collect the
+//! patch and artifacts, tear the workspace down (on every path, panics included),
+//! and upload events, patch and metrics. The caller writes result.json and the
+//! terminal status (it alone knows whether an infrastructure fault is retried).
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
+use crate::config::RunSettings;
+use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
+use crate::llm::{LlmClient, LlmSettings, LlmStats};
+use crate::results::{diff, input, match_artifacts};
+use crate::store::{JobKeys, Store, StoreError};
+use crate::telemetry::metrics;
+use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
+
+/// Snapshot limits: files over this are listed but not diffed or collected.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
+const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+/// Inputs may inflate to at most this.
+const MAX_INPUT_BYTES: u64 = 1 << 30;
+
+/// What every job runner shares.
+pub struct Services {
+    pub store: Store,
+    pub backend: workspace::Backend,
+    pub http: reqwest::Client,
+    pub settings: RunSettings,
+    /// Where per-job scratch files (the live events.jsonl) go.
+    pub scratch: PathBuf,
+}
+
+/// How an attempt ended.
+pub enum AttemptEnd {
+    /// A final outcome: the caller stores `result` and the terminal status.
+    Final(JobResult),
+    /// An infrastructure fault: another attempt may succeed.
+    Retry(JobResult),
+    /// Stopped by worker shutdown before it could finish: requeue it.
+    Aborted,
+}
+
+/// Per-phase wall times in seconds (metrics.json).
+#[derive(Debug, Default, Serialize)]
+struct Phases {
+    workspace_start: f64,
+    input: f64,
+    agent: f64,
+    collect: f64,
+    teardown: f64,
+    store: f64,
+}
+
+#[derive(Serialize)]
+struct MetricsFile<'a> {
+    job_id: &'a str,
+    attempt: u32,
+    outcome: Outcome,
+    steps: u32,
+    tokens: Tokens,
+    cost_usd: f64,
+    llm: LlmStats,
+    phases_secs: &'a Phases,
+    tools: &'a BTreeMap<String, ToolCount>,
+    events: usize,
+    events_bytes: u64,
+    patch_bytes: usize,
+    artifacts: usize,
+    duration_secs: f64,
+}
+
+/// Cancellation of one running job: `cancel` ends it as `cancelled` (user cancel,
+/// Ctrl-C of `fleet run`); `abort` stops it for requeueing (worker shutdown).
+#[derive(Clone, Default)]
+pub struct JobControl {
+    pub cancel: CancellationToken,
+    pub abort: CancellationToken,
+}
+
+enum Stop {
+    Report(AgentReport),
+    TimedOut,
+    Cancelled,
+    Aborted,
+}
+
+fn err(kind: &str, phase: Phase, retryable: bool, message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo {
+        kind: kind.into(),
+        phase,
+        retryable,
+        message: message.into(),
+    }
+}
+
+fn ws_err(e: &WorkspaceError, phase: Phase) -> ErrorInfo {
+    err(e.kind(), phase, e.retryable(), e.to_string())
+}
+
+/// Resolves the job's secrets and API key from this worker's environment.
+fn resolve_secrets(
+    spec: &JobSpec,
+    s: &RunSettings,
+) -> Result<(BTreeMap<String, String>, Option<String>), ErrorInfo> {
+    let mut env = BTreeMap::new();
+    for name in &spec.secrets {
+        match crate::config::env(name) {
+            Some(v) => {
+                env.insert(name.clone(), v);
+            }
+            None => {
+                return Err(err(
+                    "secret_missing",
+                    Phase::Validate,
+                    false,
+                    format!("secret {name} is not set in the worker's environment"),
+                ));
+            }
+        }
+    }
+    let key_env = spec
+        .llm
+        .api_key_env
+        .clone()
+        .unwrap_or_else(|| crate::config::ENV_LLM_API_KEY.to_string());
+    let api_key = crate::config::env(&key_env);
+    let uses_mock = s.mock_llm && spec.llm.base_url.is_none();
+    if api_key.is_none() && !uses_mock && spec.llm.api_key_env.is_some() {
+        return Err(err(
+            "secret_missing",
+            Phase::Validate,
+            false,
+            format!("API key variable {key_env} is not set"),
+        ));
+    }
+    Ok((env, api_key))
+}
+
+fn llm_settings(
+    spec: &JobSpec,
+    s: &RunSettings,
+    api_key: Option<String>,
+) -> Result<LlmSettings, ErrorInfo> {
+    let model = spec
+        .llm
+        .model
+        .clone()
+        .or_else(|| s.llm_model.clone())
+        .ok_or_else(|| {
+            err(
+                "llm_model_missing",
+                Phase::Validate,
+                false,
+                "no llm.model in the job and LLM_MODEL is not set",
+            )
+        })?;
+    let base = spec
+        .llm
+        .base_url
+        .clone()
+        .unwrap_or_else(|| s.llm_base_url.clone());
+    let mut l = LlmSettings::new(model, base);
+    l.api_key = api_key;
+    l.temperature = spec.llm.temperature;
+    l.price = spec.llm.price.unwrap_or_default();
+    l.min_backoff = s.llm_min_backoff;
+    l.max_backoff = s.llm_min_backoff * 8;
+    Ok(l)
+}
+
+/// Runs one attempt. Store errors while uploading are returned as `Retry`.
+pub async fn run_attempt(
+    svc: &Services,
+    spec: &JobSpec,
+    attempt: u32,
+    ctl: &JobControl,
+    events: &EventLog,
+) -> AttemptEnd {
+    let t0 = Instant::now();
+    let started_at = Utc::now();
+    let mut phases = Phases::default();
+    let keys = JobKeys(&spec.id);
+    let mut result = JobResult {
+        job_id: spec.id.clone(),
+        outcome: Outcome::Failed,
+        attempt,
+        final_message: None,
+        steps: 0,
+        cost_usd: 0.0,
+        tokens: Tokens::default(),
+        duration_secs: 0.0,
+        stuck_pattern: None,
+        error: None,
+        started_at,
+        finished_at: started_at,
+        worker: Some(svc.settings.worker_id.clone()),
+    };
+    let mut retry = false;
+    let mut patch = String::new();
+    let mut tools = BTreeMap::new();
+    let mut llm_stats = LlmStats::default();
+    let mut artifacts = 0usize;
+
+    let prepared = resolve_secrets(spec, &svc.settings).and_then(|(env, key)| {
+        llm_settings(spec, &svc.settings, key.clone()).map(|l| (env, key, l))
+    });
+    match prepared {
+        Err(e) => result.error = Some(e),
+        Ok((secret_env, api_key, llm_cfg)) => {
+            let masker = Masker::new(secret_env.values().cloned().chain(api_key.clone()));
+            let mut env = spec.env.clone();
+            env.extend(secret_env);
+            let ws_spec = WorkspaceSpec {
+                job_id: spec.id.clone(),
+                attempt,
+                worker_id: svc.settings.worker_id.clone(),
+                image: spec
+                    .image
+                    .clone()
+                    .unwrap_or_else(crate::config::default_image),
+                workdir: spec.workdir.clone(),
+                env,
+                memory_mb: spec.limits.memory_mb,
+                cpus: spec.limits.cpus,
+                pids: spec.limits.pids,
+                network: spec.limits.network.clone(),
+            };
+            let t = Instant::now();
+            let started = tokio::select! {
+                r = svc.backend.start(&ws_spec) => Some(r),
+                _ = ctl.abort.cancelled() => None,
+            };
+            phases.workspace_start = t.elapsed().as_secs_f64();
+            metrics().workspace_start.observe(phases.workspace_start);
+            match started {
+                None => return AttemptEnd::Aborted,
+                Some(Err(e)) => {
+                    retry = e.retryable();
+                    result.error = Some(ws_err(&e, Phase::Workspace));
+                }
+                Some(Ok(ws)) => {
+                    let llm = LlmClient::new(svc.http.clone(), llm_cfg);
+                    let body = AssertUnwindSafe(in_workspace(
+                        svc,
+                        spec,
+                        &ws,
+                        &llm,
+                        &masker,
+                        events,
+                        ctl,
+                        &mut phases,
+                    ))
+                    .catch_unwind()
+                    .await;
+                    let t = Instant::now();
+                    if let Err(e) = ws.destroy().await {
+                        warn!(error = %e, "workspace teardown failed");
+                    }
+                    phases.teardown = t.elapsed().as_secs_f64();
+                    llm_stats = llm.stats();
+                    match body {
+                        Err(panic) => {
+                            let msg = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "panic".into());
+                            result.error = Some(err("internal_panic", Phase::Agent, false, msg));
+                        }
+                        Ok(InWorkspace::Aborted) => return AttemptEnd::Aborted,
+                        Ok(InWorkspace::Done {
+                            stop,
+                            patch: p,
+                            artifacts: n,
+                            error,
+                        }) => {
+                            patch = p;
+                            artifacts = n;
+                            if let Some(e) = error {
+                                retry = e.retryable;
+                                result.error = Some(e);
+                            }
+                            apply_stop(&mut result, &mut tools, &mut retry, stop, spec);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = &result.error {
+        if result.outcome == Outcome::Failed || result.outcome == Outcome::Succeeded {
+            result.outcome = Outcome::Failed;
+        }
+        if !events.is_empty() || e.phase != Phase::Validate {
+            events.append(
+                Source::Environment,
+                EventKind::ConversationErrorEvent {
+                    code: e.kind.clone(),
+                    detail: e.message.clone(),
+                },
+            );
+        }
+    }
+
+    // Upload events, patch, metrics. A store failure here is an infrastructure fault.
+    let t = Instant::now();
+    let events_path = events_path(svc, &spec.id, attempt);
+    let upload = async {
+        if events_path.exists() {
+            svc.store.put_file(&keys.events(), &events_path).await?;
+        } else {
+            svc.store.put(&keys.events(), Bytes::new()).await?;
+        }
+        svc.store
+            .put(&keys.patch(), Bytes::from(patch.clone()))
+            .await?;
+        Ok::<(), StoreError>(())
+    };
+    let upload_err = upload.await.err();
+    phases.store = t.elapsed().as_secs_f64();
+    result.finished_at = Utc::now();
+    result.duration_secs = t0.elapsed().as_secs_f64();
+    let m = MetricsFile {
+        job_id: &spec.id,
+        attempt,
+        outcome: result.outcome,
+        steps: result.steps,
+        tokens: result.tokens,
+        cost_usd: result.cost_usd,
+        llm: llm_stats,
+        phases_secs: &phases,
+        tools: &tools,
+        events: events.len(),
+        events_bytes: events.bytes_written(),
+        patch_bytes: patch.len(),
+        artifacts,
+        duration_secs: result.duration_secs,
+    };
+    let metrics_err = svc.store.put_json(&keys.metrics(), &m).await.err();
+    if let Some(e) = upload_err.or(metrics_err) {
+        warn!(error = %e, "uploading results failed");
+        result.outcome = Outcome::Failed;
+        result.error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
+        return if e.retryable() {
+            AttemptEnd::Retry(result)
+        } else {
+            AttemptEnd::Final(result)
+        };
+    }
+    info!(outcome = %result.outcome, steps = result.steps, secs = result.duration_secs, "attempt finished");
+    if retry {
+        AttemptEnd::Retry(result)
+    } else {
+        AttemptEnd::Final(result)
+    }
+}
+
+fn apply_stop(
+    result: &mut JobResult,
+    tools: &mut BTreeMap<String, ToolCount>,
+    retry: &mut bool,
+    stop: Option<Stop>,
+    spec: &JobSpec,
+) {
+    let Some(stop) = stop else { return };
+    match stop {
+        Stop::Report(r) => {
+            result.steps = r.steps;
+            result.cost_usd = r.cost_usd;
+            result.tokens = r.tokens;
+            result.final_message = r.final_message;
+            *tools = r.tool_calls;
+            match r.end {
+                AgentEnd::Finished if result.error.is_none() => result.outcome = Outcome::Succeeded,
+                AgentEnd::Finished => result.outcome = Outcome::Failed,
+                AgentEnd::Stuck { pattern } => {
+                    result.outcome = Outcome::Stuck;
+                    result.stuck_pattern = Some(pattern);
+                }
+                AgentEnd::MaxIterations => result.outcome = Outcome::MaxIterations,
+                AgentEnd::BudgetExceeded => result.outcome = Outcome::BudgetExceeded,
+                AgentEnd::Failed(e) => {
+                    *retry = e.retryable;
+                    result.outcome = Outcome::Failed;
+                    result.error = Some(e);
+                }
+            }
+        }
+        Stop::TimedOut => {
+            result.outcome = Outcome::TimedOut;
+            result.error = Some(err(
+                "timed_out",
+                Phase::Agent,
+                false,
+                format!(
+                    "the job ran past limits.timeout_secs = {}",
+                    spec.limits.timeout_secs
+                ),
+            ));
+        }
+        Stop::Cancelled => {
+            result.outcome = Outcome::Cancelled;
+        }
+        Stop::Aborted => {}
+    }
+}
+
+enum InWorkspace {
+    Done {
+        stop: Option<Stop>,
+        patch: String,
+        artifacts: usize,
+        error: Option<ErrorInfo>,
+    },
+    Aborted,
+}
+
+/// Everything that needs the live workspace. Never destroys it (the caller does).
+#[allow(clippy::too_many_arguments)]
+async fn in_workspace(
+    svc: &Services,
+    spec: &JobSpec,
+    ws: &Workspace,
+    llm: &LlmClient,
+    masker: &Masker,
+    events: &EventLog,
+    ctl: &JobControl,
+    phases: &mut Phases,
+) -> InWorkspace {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.limits.timeout_secs);
+    let workdir = ws.workdir().to_string();
+
+    // Input, then the base snapshot the patch is computed against.
+    let t = Instant::now();
+    let placed = tokio::select! {
+        r = place_input(svc, spec, ws) => Some(r),
+        _ = tokio::time::sleep_until(deadline) => None,
+        _ = ctl.abort.cancelled() => return InWorkspace::Aborted,
+    };
+    let base = match placed {
+        None => {
+            return InWorkspace::Done {
+                stop: Some(Stop::TimedOut),
+                patch: String::new(),
+                artifacts: 0,
+                error: None,
+            };
+        }
+        Some(Err(e)) => {
+            return InWorkspace::Done {
+                stop: None,
+                patch: String::new(),
+                artifacts: 0,
+                error: Some(e),
+            };
+        }
+        Some(Ok(())) => match ws
+            .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+            .await
+        {
+            Ok(s) => s.files,
+            Err(e) => {
+                return InWorkspace::Done {
+                    stop: None,
+                    patch: String::new(),
+                    artifacts: 0,
+                    error: Some(ws_err(&e, Phase::Input)),
+                };
+            }
+        },
+    };
+    phases.input = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let run = agent::run(agent::AgentRun {
+        job: spec,
+        workspace: ws,
+        llm,
+        masker,
+        events,
+    });
+    let stop = tokio::select! {
+        r = run => Stop::Report(r),
+        _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,
+        _ = ctl.cancel.cancelled() => Stop::Cancelled,
+        _ = ctl.abort.cancelled() => Stop::Aborted,
+    };
+    phases.agent = t.elapsed().as_secs_f64();
+    match &stop {
+        Stop::TimedOut => {
+            events.append(
+                Source::Environment,
+                EventKind::ConversationErrorEvent {
+                    code: "TimedOut".into(),
+                    detail: format!("job exceeded its timeout of {} s", spec.limits.timeout_secs),
+                },
+            );
+        }
+        Stop::Cancelled => {
+            events.append(
+                Source::Environment,
+                EventKind::ConversationErrorEvent {
+                    code: "Cancelled".into(),
+                    detail: "the job was cancelled".into(),
+                },
+            );
+        }
+        Stop::Aborted => return InWorkspace::Aborted,
+        Stop::Report(_) => {}
+    }
+
+    // Collect: the patch against the input, then artifacts.
+    let t = Instant::now();
+    let (patch, artifacts, error) = match ws
+        .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+        .await
+    {
+        Err(e) => (String::new(), 0, Some(ws_err(&e, Phase::Collect))),
+        Ok(after) => {
+            let clip = |f: &BTreeMap<String, Option<Vec<u8>>>| -> diff::Files {
+                f.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.clone().filter(|b| b.len() <= MAX_DIFF_FILE_BYTES),
+                        )
+                    })
+                    .collect()
+            };
+            let patch = masker.mask(&diff::unified(&clip(&base), &clip(&after.files)));
+            let mut n = 0;
+            let mut error = None;
+            for path in match_artifacts(&spec.artifacts, after.files.keys()) {
+                if let Some(Some(body)) = after.files.get(path) {
+                    let key = JobKeys(&spec.id).artifact(path);
+                    if let Err(e) = svc.store.put(&key, Bytes::from(body.clone())).await {
+                        error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            (patch, n, error)
+        }
+    };
+    phases.collect = t.elapsed().as_secs_f64();
+    InWorkspace::Done {
+        stop: Some(stop),
+        patch,
+        artifacts,
+        error,
+    }
+}
+
+async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(), ErrorInfo> {
+    let workdir = ws.workdir().to_string();
+    match &spec.input {
+        None => Ok(()),
+        Some(Input::Path { path }) => {
+            let dir = PathBuf::from(path);
+            let tar = tokio::task::spawn_blocking(move || input::tar_dir(&dir))
+                .await
+                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
+                .map_err(|e| {
+                    err(
+                        "input_unreadable",
+                        Phase::Input,
+                        false,
+                        format!("{path}: {e}"),
+                    )
+                })?;
+            ws.put_tar(&workdir, tar)
+                .await
+                .map_err(|e| ws_err(&e, Phase::Input))
+        }
+        Some(Input::StoreKey { store_key }) => {
+            let gz = svc
+                .store
+                .get(store_key)
+                .await
+                .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?
+                .ok_or_else(|| {
+                    err(
+                        "input_missing",
+                        Phase::Input,
+                        false,
+                        format!("{store_key} is not in the store"),
+                    )
+                })?;
+            let tar = tokio::task::spawn_blocking(move || input::gunzip(&gz, MAX_INPUT_BYTES))
+                .await
+                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
+                .map_err(|e| {
+                    err(
+                        "input_unreadable",
+                        Phase::Input,
+                        false,
+                        format!("{store_key}: {e}"),
+                    )
+                })?;
+            ws.put_tar(&workdir, tar)
+                .await
+                .map_err(|e| ws_err(&e, Phase::Input))
+        }
+        Some(Input::Git { git }) => {
+            let mut script = format!("git clone --quiet {} . 2>&1", input::sh_quote(&git.url));
+            if let Some(r) = &git.git_ref {
+                script.push_str(&format!(
+                    " && git checkout --quiet {} 2>&1",
+                    input::sh_quote(r)
+                ));
+            }
+            let out = ws
+                .exec(
+                    &script,
+                    &workdir,
+                    Duration::from_secs(spec.limits.command_timeout_secs.max(300)),
+                    4000,
+                )
+                .await
+                .map_err(|e| ws_err(&e, Phase::Input))?;
+            if out.exit_code == Some(0) {
+                Ok(())
+            } else {
+                Err(err(
+                    "git_clone_failed",
+                    Phase::Input,
+                    false,
+                    format!("git clone failed: {}", out.output.trim()),
+                ))
+            }
+        }
+    }
+}
+
+/// Where an attempt's live event log is written before it is uploaded.
+pub fn events_path(svc: &Services, job_id: &str, attempt: u32) -> PathBuf {
+    svc.scratch.join(format!("{job_id}-{attempt}.events.jsonl"))
+}

@@ -1,0 +1,606 @@
+//! Files in a container through Docker's archive API (`GET`/`PUT`/`HEAD
+//! /containers/{id}/archive`), so reading, writing and snapshotting need no tool in
+//! the image — not even `sh`.
+//!
+//! Downloads are streamed: the HTTP body is fed through a small bounded channel into
+//! a tar reader on a blocking thread, which keeps only what it returns. A snapshot of
+//! a huge tree therefore costs the snapshot, not the tree; when the reader stops
+//! early (a limit hit, a directory where a file was expected) the transfer is dropped.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::paths::{clean_abs, resolve_link, split};
+use super::{API_DEADLINE, DockerWorkspace, from_bollard, status_of, within};
+use crate::workspace::{PathKind, Snapshot, WorkspaceError};
+
+/// Deadline of one upload or download (a snapshot of a large tree takes a while).
+const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
+/// Symlinks followed before giving up (a loop, or a silly chain).
+const MAX_LINK_HOPS: usize = 8;
+/// Go's `os.FileMode` bits, as Docker reports them in a path stat.
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+/// Chunks in flight between the HTTP body and the tar reader.
+const CHANNEL_CHUNKS: usize = 8;
+
+/// What Docker says is at a path, symlinks not followed.
+struct RawStat {
+    mode: u32,
+    size: u64,
+    /// The link's target, already resolved to an absolute container path by Docker.
+    link_target: String,
+}
+
+impl RawStat {
+    fn is_dir(&self) -> bool {
+        self.mode & GO_MODE_DIR != 0
+    }
+    fn is_symlink(&self) -> bool {
+        self.mode & GO_MODE_SYMLINK != 0
+    }
+}
+
+async fn raw_stat(ws: &DockerWorkspace, path: &str) -> Result<Option<RawStat>, WorkspaceError> {
+    let options = ContainerArchiveInfoOptionsBuilder::new().path(path).build();
+    match within(
+        API_DEADLINE,
+        ws.docker
+            .get_container_archive_info(&ws.name, Some(options)),
+    )
+    .await?
+    {
+        Ok(s) => Ok(Some(RawStat {
+            mode: s.file_mode,
+            size: s.size.max(0) as u64,
+            link_target: s.link_target,
+        })),
+        Err(e) if status_of(&e) == Some(404) => Ok(None),
+        Err(e) => Err(from_bollard(e)),
+    }
+}
+
+/// The stat of what `path` leads to, and that path: symlinks are followed.
+async fn resolved_stat(
+    ws: &DockerWorkspace,
+    path: &str,
+) -> Result<(String, Option<RawStat>), WorkspaceError> {
+    let mut path = clean_abs(path)?;
+    for _ in 0..MAX_LINK_HOPS {
+        match raw_stat(ws, &path).await? {
+            Some(s) if s.is_symlink() && !s.link_target.is_empty() => {
+                path = clean_abs(&s.link_target)?
+            }
+            other => return Ok((path, other)),
+        }
+    }
+    Err(WorkspaceError::Path {
+        path,
+        message: "too many levels of symbolic links".into(),
+    })
+}
+
+pub(super) async fn stat(
+    ws: &DockerWorkspace,
+    path: &str,
+) -> Result<Option<PathKind>, WorkspaceError> {
+    let (_, st) = resolved_stat(ws, path).await?;
+    Ok(st.map(|s| {
+        if s.is_dir() {
+            PathKind::Dir
+        } else {
+            PathKind::File { size: s.size }
+        }
+    }))
+}
+
+/// Makes `dir` (and missing parents) exist as a directory.
+pub(super) async fn ensure_dir(ws: &DockerWorkspace, dir: &str) -> Result<(), WorkspaceError> {
+    let dir = clean_abs(dir)?;
+    // Walk up to the deepest ancestor that exists; everything below it is made by
+    // one upload of directory entries.
+    let mut missing: Vec<&str> = Vec::new();
+    let mut at = dir.as_str();
+    loop {
+        let (_, st) = resolved_stat(ws, at).await?;
+        match st {
+            Some(s) if s.is_dir() => break,
+            Some(_) => {
+                return Err(WorkspaceError::Path {
+                    path: at.to_string(),
+                    message: "exists and is not a directory".into(),
+                });
+            }
+            None => match split(at) {
+                Some((parent, name)) => {
+                    missing.push(name);
+                    at = parent;
+                }
+                // `/` always exists; not finding it means the container is gone.
+                None => {
+                    return Err(WorkspaceError::Docker(format!(
+                        "{}: the container has no root directory",
+                        ws.name
+                    )));
+                }
+            },
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.reverse();
+    let rel: Vec<String> = (1..=missing.len())
+        .map(|n| missing[..n].join("/"))
+        .collect();
+    let tar = build_tar(&rel, None)?;
+    upload(ws, at, tar).await
+}
+
+pub(super) async fn write_file(
+    ws: &DockerWorkspace,
+    path: &str,
+    data: &[u8],
+) -> Result<(), WorkspaceError> {
+    // Writing through a symlink updates its target, as an editor would.
+    let (path, st) = resolved_stat(ws, path).await?;
+    let Some((parent, name)) = split(&path) else {
+        return Err(WorkspaceError::Path {
+            path,
+            message: "is a directory".into(),
+        });
+    };
+    let mode = match &st {
+        Some(s) if s.is_dir() => {
+            return Err(WorkspaceError::Path {
+                path,
+                message: "is a directory".into(),
+            });
+        }
+        // Keep the permission bits: an edited script must stay executable.
+        Some(s) => s.mode & 0o777,
+        None => {
+            ensure_dir(ws, parent).await?;
+            0o644
+        }
+    };
+    let tar = build_tar(&[], Some((name, data, mode)))?;
+    upload(ws, parent, tar).await
+}
+
+pub(super) async fn put_tar(
+    ws: &DockerWorkspace,
+    dest: &str,
+    tar: Vec<u8>,
+) -> Result<(), WorkspaceError> {
+    let dest = clean_abs(dest)?;
+    ensure_dir(ws, &dest).await?;
+    upload(ws, &dest, tar).await
+}
+
+pub(super) async fn read_file(
+    ws: &DockerWorkspace,
+    path: &str,
+) -> Result<Option<Vec<u8>>, WorkspaceError> {
+    let mut path = clean_abs(path)?;
+    for _ in 0..MAX_LINK_HOPS {
+        let shown = path.clone();
+        match download(ws, &path, move |r| first_file(r, &shown)).await? {
+            None => return Ok(None),
+            Some(Entry::File(data)) => return Ok(Some(data)),
+            Some(Entry::Link(target)) => {
+                let dir = split(&path).map_or("/", |(d, _)| d);
+                path = resolve_link(dir, &target)?;
+            }
+        }
+    }
+    Err(WorkspaceError::Path {
+        path,
+        message: "too many levels of symbolic links".into(),
+    })
+}
+
+/// The files below `dir`. A missing `dir` gives an empty snapshot (the agent may
+/// have deleted its workdir; the patch then shows every file removed).
+pub(super) async fn snapshot(
+    ws: &DockerWorkspace,
+    dir: &str,
+    max_file_bytes: u64,
+    max_total_bytes: u64,
+) -> Result<Snapshot, WorkspaceError> {
+    let mut dir = clean_abs(dir)?;
+    for _ in 0..MAX_LINK_HOPS {
+        let shown = dir.clone();
+        match download(ws, &dir, move |r| {
+            read_tree(r, &shown, max_file_bytes, max_total_bytes)
+        })
+        .await?
+        {
+            None => return Ok(Snapshot::default()),
+            Some(Tree::Dir(s)) => return Ok(s),
+            Some(Tree::Link(target)) => {
+                let parent = split(&dir).map_or("/", |(d, _)| d);
+                dir = resolve_link(parent, &target)?;
+            }
+        }
+    }
+    Err(WorkspaceError::Path {
+        path: dir,
+        message: "too many levels of symbolic links".into(),
+    })
+}
+
+async fn upload(ws: &DockerWorkspace, dir: &str, tar: Vec<u8>) -> Result<(), WorkspaceError> {
+    let options = UploadToContainerOptionsBuilder::new()
+        .path(dir)
+        // Never let an archive entry replace a directory by a file (Docker would
+        // delete the directory) or the other way round.
+        .no_overwrite_dir_non_dir("true")
+        // Files belong to the container's user, so a non-root image can edit them.
+        .copy_uidgid("true")
+        .build();
+    let body = bollard::body_full(Bytes::from(tar));
+    match within(
+        TRANSFER_DEADLINE,
+        ws.docker.upload_to_container(&ws.name, Some(options), body),
+    )
+    .await?
+    {
+        Ok(()) => Ok(()),
+        Err(e) => match (status_of(&e), e) {
+            (
+                Some(400 | 403 | 404),
+                bollard::errors::Error::DockerResponseServerError { message, .. },
+            ) => Err(WorkspaceError::Path {
+                path: dir.to_string(),
+                message,
+            }),
+            (_, e) => Err(from_bollard(e)),
+        },
+    }
+}
+
+/// Streams the tar of `path` into `parse` (run on a blocking thread). `Ok(None)`
+/// when nothing is at `path`.
+async fn download<T: Send + 'static>(
+    ws: &DockerWorkspace,
+    path: &str,
+    parse: impl FnOnce(&mut dyn Read) -> Result<T, WorkspaceError> + Send + 'static,
+) -> Result<Option<T>, WorkspaceError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let parser = tokio::task::spawn_blocking(move || {
+        parse(&mut ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        })
+    });
+    let options = DownloadFromContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    let stream = ws.docker.download_from_container(&ws.name, Some(options));
+    let pump = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            // A closed channel means the parser has all it wants: stop the transfer.
+            if tx.send(chunk?).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), bollard::errors::Error>(())
+    };
+    // The pump (and with it the sender) is gone before the parser is awaited, so
+    // the parser always sees the end of its input.
+    let pumped = tokio::time::timeout(TRANSFER_DEADLINE, pump).await;
+    let parsed = parser
+        .await
+        .map_err(|e| WorkspaceError::Docker(format!("archive reader failed: {e}")))?;
+    match pumped {
+        Err(_) => Err(WorkspaceError::Deadline(TRANSFER_DEADLINE)),
+        Ok(Err(e)) if status_of(&e) == Some(404) => Ok(None),
+        Ok(Err(e)) => Err(from_bollard(e)),
+        Ok(Ok(())) => parsed.map(Some),
+    }
+}
+
+/// A blocking `Read` over the chunks of an async stream.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// An archive of directory entries (`rel_dirs`, in order, mode 0755) and at most
+/// one file, all relative to the directory it is uploaded to.
+fn build_tar(
+    rel_dirs: &[String],
+    file: Option<(&str, &[u8], u32)>,
+) -> Result<Vec<u8>, WorkspaceError> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in rel_dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+    }
+    if let Some((name, data, mode)) = file {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, name, data)?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// The single entry Docker sends for a file path.
+#[derive(Debug, PartialEq)]
+enum Entry {
+    File(Vec<u8>),
+    Link(String),
+}
+
+fn first_file(reader: &mut dyn Read, shown: &str) -> Result<Entry, WorkspaceError> {
+    let path_err = |message: &str| WorkspaceError::Path {
+        path: shown.to_string(),
+        message: message.to_string(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries()?;
+    let Some(entry) = entries.next() else {
+        return Err(path_err("empty archive from docker"));
+    };
+    let mut entry = entry?;
+    match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data)?;
+            Ok(Entry::File(data))
+        }
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Ok(Entry::Link(target))
+        }
+        tar::EntryType::Directory => Err(path_err("is a directory")),
+        _ => Err(path_err("is not a regular file")),
+    }
+}
+
+#[derive(Debug)]
+enum Tree {
+    Dir(Snapshot),
+    Link(String),
+}
+
+/// Reads a directory's archive (entries named `<dirname>/…`) into a snapshot.
+/// Symlinks are kept as files whose content is the link target (as git does), and
+/// hard links as a copy of the file they point at.
+fn read_tree(
+    reader: &mut dyn Read,
+    shown: &str,
+    max_file: u64,
+    max_total: u64,
+) -> Result<Tree, WorkspaceError> {
+    let mut snap = Snapshot::default();
+    let mut total = 0u64;
+    let mut archive = tar::Archive::new(reader);
+    for (i, entry) in archive.entries()?.enumerate() {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(rel) = strip_root(&name) else {
+            if i > 0 {
+                continue;
+            }
+            // The first entry is `dir` itself.
+            match kind {
+                tar::EntryType::Directory => continue,
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned());
+                    return Ok(Tree::Link(target.unwrap_or_default()));
+                }
+                _ => {
+                    return Err(WorkspaceError::Path {
+                        path: shown.to_string(),
+                        message: "is not a directory".into(),
+                    });
+                }
+            }
+        };
+        let content = match kind {
+            tar::EntryType::Directory => {
+                snap.dirs.push(rel);
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if entry.size() > max_file {
+                    snap.files.insert(rel, None);
+                    continue;
+                }
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data)?;
+                data
+            }
+            tar::EntryType::Symlink => entry
+                .link_name_bytes()
+                .map(|b| b.into_owned())
+                .unwrap_or_default(),
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                match strip_root(&target).and_then(|t| snap.files.get(&t).cloned()) {
+                    Some(Some(data)) => data,
+                    _ => {
+                        snap.files.insert(rel, None);
+                        continue;
+                    }
+                }
+            }
+            // Devices, fifos: nothing to diff or collect.
+            _ => continue,
+        };
+        if total + content.len() as u64 > max_total {
+            snap.truncated = true;
+            break;
+        }
+        total += content.len() as u64;
+        snap.files.insert(rel, Some(content));
+    }
+    snap.dirs.sort();
+    Ok(Tree::Dir(snap))
+}
+
+/// `dirname/a/b` → `a/b`; `None` for the root entry itself (`dirname`, `dirname/`, `.`).
+fn strip_root(name: &str) -> Option<String> {
+    let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+    parts.next()?;
+    let rest: Vec<&str> = parts.collect();
+    (!rest.is_empty()).then(|| rest.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar shaped like Docker's download of `/workspace`.
+    fn docker_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("workspace/", tar::EntryType::Directory, b"", None);
+        add("workspace/a.txt", tar::EntryType::Regular, b"hello", None);
+        add(
+            "workspace/big.bin",
+            tar::EntryType::Regular,
+            &[0u8; 100],
+            None,
+        );
+        add("workspace/sub/", tar::EntryType::Directory, b"", None);
+        add(
+            "workspace/sub/b.txt",
+            tar::EntryType::Regular,
+            b"world",
+            None,
+        );
+        add(
+            "workspace/sub/hard",
+            tar::EntryType::Link,
+            b"",
+            Some("workspace/sub/b.txt"),
+        );
+        add("workspace/ln", tar::EntryType::Symlink, b"", Some("a.txt"));
+        b.into_inner().unwrap()
+    }
+
+    fn tree(tar: &[u8], max_file: u64, max_total: u64) -> Tree {
+        read_tree(&mut &tar[..], "/workspace", max_file, max_total).unwrap()
+    }
+
+    #[test]
+    fn snapshot_maps_files_dirs_and_links() {
+        let Tree::Dir(s) = tree(&docker_tar(), 50, 1000) else {
+            panic!("not a dir")
+        };
+        assert_eq!(s.dirs, vec!["sub".to_string()]);
+        assert_eq!(s.files["a.txt"].as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            s.files["big.bin"], None,
+            "over max_file_bytes: listed, no content"
+        );
+        assert_eq!(s.files["sub/hard"].as_deref(), Some(&b"world"[..]));
+        assert_eq!(s.files["ln"].as_deref(), Some(&b"a.txt"[..]));
+        assert!(!s.truncated);
+    }
+
+    #[test]
+    fn snapshot_stops_at_the_total_limit() {
+        let Tree::Dir(s) = tree(&docker_tar(), 50, 7) else {
+            panic!("not a dir")
+        };
+        assert!(s.truncated);
+        assert_eq!(
+            s.files.get("a.txt").cloned().flatten().as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert!(!s.files.contains_key("sub/b.txt"));
+    }
+
+    #[test]
+    fn reads_single_entries() {
+        let file = build_tar(&[], Some(("f.txt", b"data", 0o755))).unwrap();
+        assert_eq!(
+            first_file(&mut &file[..], "/f.txt").unwrap(),
+            Entry::File(b"data".to_vec())
+        );
+        let dir = build_tar(&["d".to_string()], None).unwrap();
+        assert!(matches!(
+            first_file(&mut &dir[..], "/d"),
+            Err(WorkspaceError::Path { .. })
+        ));
+        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, 10);
+        assert!(
+            matches!(not_dir, Err(WorkspaceError::Path { .. })),
+            "{not_dir:?}"
+        );
+    }
+
+    #[test]
+    fn built_tars_nest_directories() {
+        let t = build_tar(&["a".into(), "a/b".into()], Some(("a/b/c", b"x", 0o600))).unwrap();
+        let mut ar = tar::Archive::new(&t[..]);
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["a/", "a/b/", "a/b/c"]);
+    }
+
+    #[test]
+    fn strips_the_root_component() {
+        assert_eq!(strip_root("workspace/a/b"), Some("a/b".into()));
+        assert_eq!(strip_root("workspace/"), None);
+        assert_eq!(strip_root("./"), None);
+    }
+}

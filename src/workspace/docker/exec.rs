@@ -1,0 +1,240 @@
+//! Commands in a container: `docker exec` of `sh -c`, output streamed into a
+//! bounded [`HeadTail`], and on timeout the command's whole process tree killed so
+//! the workspace stays usable for the next command.
+//!
+//! Finding "the command's processes" inside a container needs no tool beyond
+//! busybox: every exec carries a random marker in its environment
+//! (`FLEET_EXEC=<hex>`), inherited by everything it starts. The kill is a second
+//! exec (as root) that seeds on the marker, adds descendants by walking
+//! `/proc/*/status` `PPid` (for children that scrubbed their environment), stops
+//! them while walking so nothing forks away, then SIGKILLs them and their process
+//! groups. If the command still runs after that, `kill -9 -1` ends every process
+//! but PID 1 (the keep-alive, which the kernel shields from signals it does not
+//! handle) as a last resort.
+
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use futures_util::StreamExt;
+
+use super::paths::clean_abs;
+use super::{API_DEADLINE, DockerWorkspace, from_bollard, within};
+use crate::workspace::{ExecOutput, HeadTail, WorkspaceError};
+
+/// The environment variable that marks a command's processes.
+const MARKER_VAR: &str = "FLEET_EXEC";
+
+/// Runs the script in `cwd` (`$1`) as its own `sh` (`$2`). A missing `cwd` fails
+/// the command the way a terminal would (sh's message, exit 1), not the call.
+const WRAPPER: &str = r#"cd "$1" || exit 1; exec sh -c "$2""#;
+
+/// Kills every process of the command marked `$1` (see the module doc).
+const KILL_SCRIPT: &str = r#"
+m="FLEET_EXEC=$1"
+pids=" "
+for e in $(grep -l -F "$m" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${e#/proc/}; p=${p%/environ}
+    [ "$p" = "$$" ] || [ "$p" = 1 ] || pids="$pids$p "
+done
+[ "$pids" = " " ] && exit 0
+kill -STOP $pids 2>/dev/null
+while :; do
+    added=
+    for s in /proc/[0-9]*/status; do
+        p=${s#/proc/}; p=${p%/status}
+        case "$pids" in *" $p "*) continue ;; esac
+        [ "$p" = "$$" ] && continue
+        pp=
+        { while read -r k v; do [ "$k" = "PPid:" ] && { pp=$v; break; }; done < "$s"; } 2>/dev/null
+        case "$pids" in *" $pp "*) pids="$pids$p "; kill -STOP "$p" 2>/dev/null; added=1 ;; esac
+    done
+    [ -n "$added" ] || break
+done
+for p in $pids; do kill -9 "-$p" 2>/dev/null; done
+kill -9 $pids 2>/dev/null
+exit 0
+"#;
+
+/// How long the kill exec may take.
+const KILL_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a finished stream may wait for the engine to report the exit code,
+/// and a killed command to be reported gone.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Read buffer of the attached stream; larger than bollard's 8 KiB default so a
+/// flood of output is read in fewer, larger chunks.
+const READ_CAPACITY: usize = 64 * 1024;
+
+pub(super) async fn run(
+    ws: &DockerWorkspace,
+    script: &str,
+    cwd: &str,
+    timeout: Duration,
+    max_chars: usize,
+) -> Result<ExecOutput, WorkspaceError> {
+    let cwd = clean_abs(cwd)?;
+    let marker = format!("{:016x}", rand::random::<u64>());
+    let config = CreateExecOptions {
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        env: Some(vec![format!("{MARKER_VAR}={marker}")]),
+        cmd: Some(
+            vec!["sh", "-c", WRAPPER, "fleet-exec", &cwd, script]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let exec_id = create(ws, config).await?;
+    let options = StartExecOptions {
+        detach: false,
+        tty: false,
+        output_capacity: Some(READ_CAPACITY),
+    };
+    let started = within(API_DEADLINE, ws.docker.start_exec(&exec_id, Some(options)))
+        .await?
+        .map_err(from_bollard)?;
+    let StartExecResults::Attached { mut output, input } = started else {
+        return Err(WorkspaceError::Docker(
+            "exec started detached although attached was asked for".into(),
+        ));
+    };
+    // Held until the end: dropping the write half early could close the connection.
+    let _input = input;
+
+    let mut captured = HeadTail::new(max_chars);
+    let read_all = async {
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message },
+                ) => captured.push(&message),
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    let finished = tokio::time::timeout(timeout, read_all).await;
+    drop(output);
+    let total_bytes = captured.total_bytes();
+    match finished {
+        Ok(Ok(())) => {
+            let exit_code = exit_code(ws, &exec_id).await?;
+            Ok(ExecOutput {
+                output: captured.finish(),
+                exit_code,
+                timed_out: false,
+                total_bytes,
+            })
+        }
+        Ok(Err(e)) => Err(from_bollard(e)),
+        Err(_) => {
+            tracing::debug!(container = %ws.name, ?timeout, "command timed out; killing it");
+            kill(ws, &exec_id, &marker).await;
+            Ok(ExecOutput {
+                output: captured.finish(),
+                exit_code: None,
+                timed_out: true,
+                total_bytes,
+            })
+        }
+    }
+}
+
+async fn create(
+    ws: &DockerWorkspace,
+    config: CreateExecOptions<String>,
+) -> Result<String, WorkspaceError> {
+    Ok(
+        within(API_DEADLINE, ws.docker.create_exec(&ws.name, config))
+            .await?
+            .map_err(from_bollard)?
+            .id,
+    )
+}
+
+/// The exit code once the engine has it. The stream can end a moment before the
+/// engine marks the exec finished, hence the short poll.
+async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, WorkspaceError> {
+    let until = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let info = within(API_DEADLINE, ws.docker.inspect_exec(exec_id))
+            .await?
+            .map_err(from_bollard)?;
+        if info.running != Some(true) {
+            return Ok(info.exit_code);
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(container = %ws.name, "exec output ended but the engine still reports it running");
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Kills the marked command's processes; best effort (a failure is logged: the
+/// caller has its answer, and a broken container fails the next call anyway).
+async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
+    if let Err(e) = run_as_root(ws, vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker]).await {
+        tracing::warn!(container = %ws.name, error = %e, "killing a timed-out command failed");
+    }
+    if still_running_after(ws, exec_id, SETTLE).await {
+        tracing::warn!(container = %ws.name, "timed-out command survived the targeted kill; killing all processes");
+        if let Err(e) = run_as_root(ws, vec!["sh", "-c", "kill -9 -1"]).await {
+            tracing::warn!(container = %ws.name, error = %e, "kill -9 -1 failed");
+        }
+    }
+}
+
+async fn still_running_after(ws: &DockerWorkspace, exec_id: &str, wait: Duration) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        match within(API_DEADLINE, ws.docker.inspect_exec(exec_id)).await {
+            Ok(Ok(info)) if info.running == Some(true) => {}
+            // Not running, or unknown: nothing more to do from here.
+            _ => return false,
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a helper command as root and waits for it, discarding its output.
+async fn run_as_root(ws: &DockerWorkspace, cmd: Vec<&str>) -> Result<(), WorkspaceError> {
+    let config = CreateExecOptions {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        user: Some("0".to_string()),
+        cmd: Some(cmd.into_iter().map(String::from).collect()),
+        ..Default::default()
+    };
+    let drained = async {
+        let exec_id = create(ws, config).await?;
+        match ws
+            .docker
+            .start_exec(&exec_id, None)
+            .await
+            .map_err(from_bollard)?
+        {
+            StartExecResults::Attached { mut output, input } => {
+                let _input = input;
+                while let Some(frame) = output.next().await {
+                    frame.map_err(from_bollard)?;
+                }
+            }
+            StartExecResults::Detached => {}
+        }
+        Ok(())
+    };
+    tokio::time::timeout(KILL_DEADLINE, drained)
+        .await
+        .map_err(|_| WorkspaceError::Deadline(KILL_DEADLINE))?
+}
