@@ -354,9 +354,11 @@ async fn repeated_bad_call_is_nudged_once_then_stuck() {
         n[0]
     );
     // The nudge came after the third error and before the fourth.
-    let at =
-        |pred: &dyn Fn(&Event) -> bool| ran.events.iter().position(|e| pred(e)).expect("event");
-    let nudge_at = at(&|e| matches!(&e.kind, EventKind::MessageEvent { nudge: true, .. }));
+    let nudge_at = ran
+        .events
+        .iter()
+        .position(|e| matches!(&e.kind, EventKind::MessageEvent { nudge: true, .. }))
+        .expect("nudge");
     let errors_before = ran.events[..nudge_at]
         .iter()
         .filter(|e| matches!(e.kind, EventKind::AgentErrorEvent { .. }))

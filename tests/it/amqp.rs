@@ -405,28 +405,18 @@ async fn stop_consuming_puts_prefetched_messages_back() {
 /// The broker closes this handle's connection (as on a node failure).
 async fn kill_connection(tag: &str) {
     let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--formatter",
-            "json",
-        ])
+        .args(["-q", "-s", "list_connections", "pid", "client_properties"])
         .output()
         .await
         .expect("rabbitmqctl (scripts/services/rabbitmq.sh installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-    let pid = conns
-        .iter()
-        .find(|c| c["client_properties"].to_string().contains(tag))
-        .and_then(|c| c["pid"].as_str())
-        .unwrap_or_else(|| panic!("no connection named {tag}"))
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // One connection a line: its pid (`<rabbit@host.1.2.0>`), then its properties.
+    let pid = text
+        .lines()
+        .find(|l| l.contains(tag))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {tag} in {text}"))
         .to_string();
     let st = tokio::process::Command::new("rabbitmqctl")
         .args(["-q", "close_connection", &pid, "test: connection killed"])

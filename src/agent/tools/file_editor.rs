@@ -16,6 +16,11 @@ use serde::Deserialize;
 
 use super::{Observation, fatal};
 use crate::workspace::{PathKind, Snapshot, Workspace, WorkspaceError};
+#[cfg(test)]
+use view::{
+    DIRECTORY_CONTENT_TRUNCATED_NOTICE, TEXT_FILE_CONTENT_TRUNCATED_NOTICE, maybe_truncate,
+};
+use view::{make_output, view_dir, view_file};
 
 /// Output beyond this many characters is cut in the middle (upstream's constant).
 pub const MAX_RESPONSE_LEN_CHAR: usize = 16_000;
@@ -28,9 +33,6 @@ pub const MAX_HISTORY_PER_FILE: usize = 10;
 const MAX_HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// Lines shown around an edit.
 const SNIPPET_CONTEXT_WINDOW: usize = 4;
-
-const TEXT_FILE_CONTENT_TRUNCATED_NOTICE: &str = "<response clipped><NOTE>Due to the max output limit, only part of this file has been shown to you. You should retry this tool after you have searched inside the file with `grep -n` in order to find the line numbers of what you are looking for.</NOTE>";
-const DIRECTORY_CONTENT_TRUNCATED_NOTICE: &str = "<response clipped><NOTE>Due to the max output limit, only part of this directory has been shown to you. You should use `ls -la` instead to view large directories incrementally.</NOTE>";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -440,122 +442,6 @@ async fn read_text<F: Fs>(fs: &F, path: &str, kind: Option<PathKind>) -> Result<
     })
 }
 
-async fn view_file<F: Fs>(
-    fs: &F,
-    path: &str,
-    kind: Option<PathKind>,
-    range: Option<&[i64]>,
-) -> Result<String> {
-    let content = read_text(fs, path, kind).await?;
-    let range = match range {
-        None | Some([]) => return Ok(make_output(&content, path, 1)),
-        Some(r) => r,
-    };
-    let shown = format!("{range:?}");
-    let &[start, end] = range else {
-        return Err(invalid(
-            "view_range",
-            &shown,
-            "It should be a list of two integers.",
-        ));
-    };
-    let num_lines = content.split_inclusive('\n').count() as i64;
-    if start < 1 || start > num_lines {
-        return Err(invalid(
-            "view_range",
-            &shown,
-            &format!(
-                "Its first element `{start}` should be within the range of lines of the file: [1, {num_lines}]."
-            ),
-        ));
-    }
-    let mut warning = None;
-    let end = if end == -1 {
-        num_lines
-    } else if end > num_lines {
-        warning = Some(format!(
-            "We only show up to {num_lines} since there're only {num_lines} lines in this file."
-        ));
-        num_lines
-    } else {
-        end
-    };
-    if end < start {
-        return Err(invalid(
-            "view_range",
-            &shown,
-            &format!(
-                "Its second element `{end}` should be greater than or equal to the first element `{start}`."
-            ),
-        ));
-    }
-    let part = lines_between(&content, start as usize - 1, end as usize);
-    let part: Vec<&str> = part.lines().collect();
-    let out = make_output(&part.join("\n"), path, start as usize);
-    Ok(match warning {
-        Some(w) => format!("NOTE: {w}\n{out}"),
-        None => out,
-    })
-}
-
-async fn view_dir<F: Fs>(fs: &F, path: &str, range: Option<&[i64]>) -> Result<String> {
-    if let Some(r) = range.filter(|r| !r.is_empty()) {
-        return Err(invalid(
-            "view_range",
-            format!("{r:?}"),
-            "The `view_range` parameter is not allowed when `path` points to a directory.",
-        ));
-    }
-    let snap = fs.list(path).await.map_err(|e| io_error(e, "read", path))?;
-    let dirs: std::collections::HashSet<&str> =
-        snap.dirs.iter().map(|d| d.trim_end_matches('/')).collect();
-    let mut entries: Vec<&str> = snap
-        .files
-        .keys()
-        .map(|k| k.as_str())
-        .chain(dirs.iter().copied())
-        .collect();
-    entries.sort_unstable();
-    entries.dedup();
-    let hidden = entries
-        .iter()
-        .filter(|e| !e.contains('/') && e.starts_with('.'))
-        .count();
-    let visible = |e: &&&str| !e.split('/').any(|p| p.starts_with('.') || p.is_empty());
-    let base = if path == "/" { "" } else { path };
-    let line = |e: &str| format!("{base}/{e}{}", if dirs.contains(e) { "/" } else { "" });
-    let mut lines = vec![format!("{base}/")];
-    // Upstream's order: each top-level entry, then (for a directory) its children.
-    for top in entries.iter().filter(|e| !e.contains('/')).filter(visible) {
-        lines.push(line(top));
-        let prefix = format!("{top}/");
-        lines.extend(
-            entries
-                .iter()
-                .filter(|e| {
-                    e.strip_prefix(&prefix)
-                        .is_some_and(|rest| !rest.contains('/'))
-                })
-                .filter(visible)
-                .map(|e| line(e)),
-        );
-    }
-    let mut msg = format!(
-        "Here's the files and directories up to 2 levels deep in {path}, excluding hidden items:\n{}",
-        lines.join("\n")
-    );
-    if hidden > 0 {
-        msg.push_str(&format!(
-            "\n\n{hidden} hidden files/directories in this directory are excluded. You can use 'ls -la {path}' to see them."
-        ));
-    }
-    Ok(maybe_truncate(
-        &msg,
-        MAX_RESPONSE_LEN_CHAR,
-        DIRECTORY_CONTENT_TRUNCATED_NOTICE,
-    ))
-}
-
 /// 1-based line number of byte offset `idx`.
 fn line_of(content: &str, idx: usize) -> usize {
     content[..idx].matches('\n').count() + 1
@@ -570,42 +456,8 @@ fn lines_between(content: &str, start: usize, end: usize) -> String {
         .collect()
 }
 
-/// Upstream's `_make_output`: cut, then numbered like `cat -n`.
-fn make_output(content: &str, description: &str, start_line: usize) -> String {
-    let content = maybe_truncate(
-        content,
-        MAX_RESPONSE_LEN_CHAR,
-        TEXT_FILE_CONTENT_TRUNCATED_NOTICE,
-    );
-    let numbered: Vec<String> = content
-        .split('\n')
-        .enumerate()
-        .map(|(i, line)| format!("{:6}\t{line}", i + start_line))
-        .collect();
-    format!(
-        "Here's the result of running `cat -n` on {description}:\n{}\n",
-        numbered.join("\n")
-    )
-}
-
-/// Upstream's `maybe_truncate`: at most `limit` characters, the notice in the
-/// middle, the head getting the odd character.
-fn maybe_truncate(content: &str, limit: usize, notice: &str) -> String {
-    let n = content.chars().count();
-    if n <= limit {
-        return content.to_string();
-    }
-    let notice_len = notice.chars().count();
-    if notice_len >= limit {
-        return notice.chars().take(limit).collect();
-    }
-    let available = limit - notice_len;
-    let head = available / 2 + available % 2;
-    let tail = available - head;
-    let head_str: String = content.chars().take(head).collect();
-    let tail_str: String = content.chars().skip(n - tail).collect();
-    format!("{head_str}{notice}{tail_str}")
-}
+#[path = "file_editor_view.rs"]
+mod view;
 
 #[cfg(test)]
 #[path = "file_editor_tests.rs"]
