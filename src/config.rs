@@ -20,6 +20,7 @@ pub const ENV_LLM_RETRY_MIN_SECS: &str = "FLEET_LLM_RETRY_MIN_SECS";
 pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
 
 pub const DEFAULT_STORE: &str = "./fleet-data";
+pub const DEFAULT_QUEUE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_IMAGE: &str = "agent-fleet/workspace:latest";
 pub const DEFAULT_LLM_BASE_URL: &str = "https://api.openai.com/v1";
 

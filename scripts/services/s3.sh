@@ -2,10 +2,10 @@
 # An S3 API for the tests and fault drills: moto's server on 127.0.0.1 with the
 # bucket `fleet-test`.
 #
-#   s3.sh [up]    install moto[server] when missing (pip; a venv under the user's
-#                 cache dir when the system Python refuses), start it unless something
-#                 already answers on the port, wait until ready, create the bucket,
-#                 print the environment to use (eval-able `export` lines on stdout)
+#   s3.sh [up]    install moto[server] (pinned, in a venv under the user's cache
+#                 dir) when missing, start it unless something already answers on
+#                 the port, wait until ready, create the bucket, print the
+#                 environment to use (eval-able `export` lines on stdout)
 #   s3.sh stop    take the endpoint down and keep its state: SIGSTOP the server we
 #                 started (by its saved PID). Connections still open at the kernel
 #                 level but nothing answers, so clients see timeouts.
@@ -23,7 +23,8 @@
 # did not start.
 set -euo pipefail
 
-MOTO_VERSION=5.2.1
+# 5.1.x: 5.2.0-5.2.5 answer CompleteMultipartUpload with <CompleteMultipartUploadResponse>.
+MOTO_VERSION=5.1.22
 HOST=127.0.0.1
 PORT=${FLEET_TEST_S3_PORT:-9000}
 BUCKET=${FLEET_TEST_S3_BUCKET:-fleet-test}
@@ -36,25 +37,26 @@ VENV="${XDG_CACHE_HOME:-$HOME/.cache}/agent-fleet/moto-$MOTO_VERSION"
 log() { echo "s3.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-# The Python interpreter that can import moto's server, installing it when needed.
+# The Python interpreter of our venv with the pinned moto, installing it when
+# needed. A venv of our own: the pin must win over any moto already installed
+# (5.2.x answers CompleteMultipartUpload with a root element the Rust SDK rejects),
+# and a Debian system Python refuses pip. It sees the system's site-packages, so
+# dependencies already there (boto3, flask, ...) are not downloaded again.
 moto_python() {
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import moto.server' 2>/dev/null; then
-        echo "$VENV/bin/python"; return
+    local py="$VENV/bin/python"
+    if [ -x "$py" ] && "$py" -c "import moto.server, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+        echo "$py"; return
     fi
     command -v python3 >/dev/null || die "python3 is required"
-    if python3 -c 'import moto.server, flask' 2>/dev/null; then
-        python3 -c 'import sys; print(sys.executable)'; return
-    fi
-    log "installing moto[server]==$MOTO_VERSION"
-    if python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 \
-        && python3 -c 'import moto.server' 2>/dev/null; then
-        python3 -c 'import sys; print(sys.executable)'; return
-    fi
-    # A Debian system Python refuses pip (externally managed): use a venv of our own.
-    log "pip into the system Python failed; using a venv at $VENV"
-    python3 -m venv "$VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
-    echo "$VENV/bin/python"
+    log "installing moto[server]==$MOTO_VERSION into $VENV"
+    mkdir -p "$(dirname "$VENV")"
+    # --without-pip: Debian's python3 lacks ensurepip unless python3-venv is installed;
+    # the system pip installs into the venv instead (pip >= 22.3).
+    [ -x "$py" ] || python3 -m venv --system-site-packages --without-pip "$VENV" >&2 || die "python3 -m venv failed"
+    python3 -m pip --python "$py" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 \
+        || die "pip install moto[server]==$MOTO_VERSION failed"
+    "$py" -c 'import moto.server' || die "moto is not importable after the install"
+    echo "$py"
 }
 
 # True when anything answers HTTP on the port (any status code).

@@ -63,14 +63,20 @@ pub enum EventKind {
         tool_call_id: String,
         error: String,
     },
+    /// The agent logs `execution_status` = `finished` | `stuck` | `error` last.
     ConversationStateUpdateEvent {
         key: String,
         value: serde_json::Value,
     },
+    /// Why the run ended when it did not finish: `MaxIterationsReached`,
+    /// `BudgetExceeded`, `Stuck`, or the error kind of a failed LLM call or
+    /// workspace (`llm_auth`, `docker_error`, …).
     ConversationErrorEvent {
         code: String,
         detail: String,
     },
+    /// The history the LLM sees leaves out these events from here on, and shows
+    /// the summary in their place (see `agent::condense`).
     Condensation {
         forgotten_event_ids: Vec<u64>,
         summary: String,

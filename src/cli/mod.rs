@@ -1,12 +1,15 @@
 //! The command-line surface: clap definitions (doc comments are the help text) and
 //! dispatch to one file per subcommand. Library code below knows nothing of clap.
 
+pub mod cancel;
 pub mod logs;
 pub mod mock_llm;
 pub mod progress;
 pub mod run;
 pub mod status;
+pub mod submit;
 pub mod table;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -32,8 +35,16 @@ pub enum Command {
     /// queue, local-directory store). Exit 0 iff all succeeded, 1 if any did not,
     /// 2 on bad input.
     Run(run::RunArgs),
-    /// Show where a job, a batch, or the whole store stands.
+    /// A fleet worker: consume jobs from RabbitMQ, run them, store the results.
+    /// SIGTERM/SIGINT drains gracefully.
+    Worker(worker::WorkerArgs),
+    /// Validate, store and publish jobs (a job file, or one job with --task); prints
+    /// the job ids and the batch id. With --wait, exit codes as `run`.
+    Submit(submit::SubmitArgs),
+    /// Show where a job, a batch, or the fleet stands.
     Status(status::StatusArgs),
+    /// Cancel a queued or running job.
+    Cancel(cancel::CancelArgs),
     /// Print a job's events, human-readable.
     Logs(logs::LogsArgs),
     /// Serve scripted OpenAI-compatible chat completions (tests, benchmarks, the
@@ -59,6 +70,21 @@ impl StoreArg {
     }
 }
 
+/// Where the broker is.
+#[derive(Debug, Args, Clone)]
+pub struct QueueArg {
+    /// The queue: amqp://user:pass@host:port/vhost, or `memory` (embedded only)
+    /// [env: FLEET_QUEUE] [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    pub queue: Option<String>,
+}
+
+impl QueueArg {
+    pub fn resolve(&self) -> String {
+        crate::config::resolve(self.queue.clone(), crate::config::ENV_QUEUE, crate::config::DEFAULT_QUEUE)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WorkspaceKind {
     /// A Docker container per job (the default).
@@ -71,7 +97,10 @@ pub enum WorkspaceKind {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run::run(a).await,
+        Command::Worker(a) => worker::run(a).await,
+        Command::Submit(a) => submit::run(a).await,
         Command::Status(a) => status::run(a).await,
+        Command::Cancel(a) => cancel::run(a).await,
         Command::Logs(a) => logs::run(a).await,
         Command::MockLlm(a) => mock_llm::run(a).await,
     }

@@ -22,6 +22,11 @@ pub struct StatusArgs {
     pub batch: Option<String>,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Show the broker's queues too (fleet view): depth, consumers, dead letters.
+    #[arg(long)]
+    pub fleet: bool,
+    #[command(flatten)]
+    pub queue: super::QueueArg,
     /// JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -123,6 +128,15 @@ pub async fn batch_ids(store: &Store, batch: &str) -> anyhow::Result<Vec<String>
         .await?
         .ok_or_else(|| UsageError(format!("batch {batch:?} not found in the store")))?;
     Ok(b.job_ids)
+}
+
+/// The broker's queues (depth and consumers), or why they could not be read.
+async fn queue_stats(spec: &str) -> Result<Vec<crate::queue::QueueStat>, String> {
+    let opts = crate::queue::AmqpOptions { connect_timeout: Duration::from_secs(3), ..Default::default() };
+    let q = crate::queue::Queue::open(spec, opts).await.map_err(|e| e.to_string())?;
+    let stats = q.queue_stats().await.map_err(|e| e.to_string());
+    q.close().await;
+    stats
 }
 
 fn render_job(v: &JobView) -> String {
@@ -237,11 +251,29 @@ async fn once(a: &StatusArgs, store: &Store) -> anyhow::Result<Result<String, Us
         None => ("store".to_string(), all_job_ids(store).await?),
     };
     let s = summary(store, &ids).await?;
-    Ok(Ok(if a.json {
-        serde_json::to_string_pretty(&s)?
-    } else {
-        render_summary(&title, &s)
-    }))
+    let queues = if a.fleet && a.batch.is_none() { Some(queue_stats(&a.queue.resolve()).await) } else { None };
+    if a.json {
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(q) = &queues {
+            v["queues"] = match q {
+                Ok(q) => serde_json::to_value(q)?,
+                Err(e) => serde_json::json!({"error": e}),
+            };
+        }
+        return Ok(Ok(serde_json::to_string_pretty(&v)?));
+    }
+    let mut text = render_summary(&title, &s);
+    match queues {
+        Some(Ok(q)) => {
+            let rows: Vec<Vec<String>> =
+                q.iter().map(|q| vec![q.name.clone(), q.messages.to_string(), q.consumers.to_string()]).collect();
+            text.push('\n');
+            text.push_str(&table::render(&["QUEUE", "READY", "CONSUMERS"], &rows));
+        }
+        Some(Err(e)) => text.push_str(&format!("\nbroker: {e}\n")),
+        None => {}
+    }
+    Ok(Ok(text))
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {

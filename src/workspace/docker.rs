@@ -3,7 +3,8 @@
 //! This file owns the container's life: connecting (with API version negotiation,
 //! the engines we meet speak older APIs than bollard's default), creating and starting
 //! the container with its limits and labels, removing it, and removing what dead runs
-//! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`.
+//! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
+//! (API calls) and `docker/tarball.rs` (the archives themselves).
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.
@@ -11,6 +12,7 @@
 mod archive;
 mod exec;
 mod paths;
+mod tarball;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,3 +11,4 @@ mod run;
 mod s3;
 mod webhook;
 mod workspace;
+mod prometheus;

@@ -27,6 +27,7 @@ fn settings(endpoint: &str, bucket: &str) -> S3Settings {
     s.region = "us-east-1".to_string();
     s.credentials = Some(Credentials::new("test", "test", None, None, "fleet-tests"));
     s.retry_budget = Duration::from_secs(20);
+    s.validate_download_checksums = false;
     s
 }
 

@@ -17,9 +17,7 @@ use serde::Deserialize;
 use super::{Observation, fatal};
 use crate::workspace::{PathKind, Snapshot, Workspace, WorkspaceError};
 #[cfg(test)]
-use view::{
-    DIRECTORY_CONTENT_TRUNCATED_NOTICE, TEXT_FILE_CONTENT_TRUNCATED_NOTICE, maybe_truncate,
-};
+use view::{TEXT_FILE_CONTENT_TRUNCATED_NOTICE, maybe_truncate};
 use view::{make_output, view_dir, view_file};
 
 /// Output beyond this many characters is cut in the middle (upstream's constant).

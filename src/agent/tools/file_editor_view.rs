@@ -2,11 +2,10 @@
 //! or a directory two levels deep; both cut at [`MAX_RESPONSE_LEN_CHAR`] with
 //! upstream's notices.
 
-use super::{
-    EditError, Fs, MAX_RESPONSE_LEN_CHAR, Result, invalid, io_error, lines_between, read_text,
-};
+use super::{Fs, MAX_RESPONSE_LEN_CHAR, Result, invalid, io_error, lines_between, read_text};
 use crate::workspace::PathKind;
 
+/// Upstream's notices, verbatim: models trained on them know what to do next.
 pub(super) const TEXT_FILE_CONTENT_TRUNCATED_NOTICE: &str = "<response clipped><NOTE>Due to the max output limit, only part of this file has been shown to you. You should retry this tool after you have searched inside the file with `grep -n` in order to find the line numbers of what you are looking for.</NOTE>";
 pub(super) const DIRECTORY_CONTENT_TRUNCATED_NOTICE: &str = "<response clipped><NOTE>Due to the max output limit, only part of this directory has been shown to you. You should use `ls -la` instead to view large directories incrementally.</NOTE>";
 

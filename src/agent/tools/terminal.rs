@@ -5,8 +5,9 @@
 //! end of each command and sourced at the start of the next) and the working
 //! directory (printed after a unique marker line at the end of the output, parsed
 //! off and remembered). Shell functions, aliases and unexported variables do not
-//! carry over. The state directory lies outside the workdir (so it never shows in
-//! the patch) and goes with the workspace.
+//! carry over. The script uses shell builtins only, and its state file lies
+//! outside the workdir (so it never shows in the patch) and goes with the
+//! workspace.
 //!
 //! Output is cut in the middle to [`MAX_OUTPUT_CHARS`] by the workspace. A command
 //! that outlives its timeout is killed (upstream leaves it running) and the
@@ -36,7 +37,8 @@ pub struct Args {
 /// The terminal of one conversation.
 pub struct Terminal {
     workdir: String,
-    state_dir: String,
+    /// The file the exported variables are saved to between commands.
+    env_file: String,
     cwd: String,
     /// Starts the line that reports exit code and directory; unique per run so a
     /// command's own output cannot fake it.
@@ -46,27 +48,25 @@ pub struct Terminal {
 impl Terminal {
     pub fn new(workspace: &Workspace) -> Terminal {
         let workdir = workspace.workdir().to_string();
-        let state_dir = match workspace {
+        // A plain file in an existing directory: saving it needs no `mkdir`, so
+        // an image with nothing but `sh` keeps its variables too.
+        let env_file = match workspace {
             // A container is the job's own: its /tmp is private and goes with it.
-            Workspace::Docker(_) => "/tmp/.fleet-terminal".to_string(),
+            Workspace::Docker(_) => "/tmp/.fleet-terminal-env".to_string(),
             // A local workdir sits in the job directory, deleted on destroy.
             Workspace::Local(_) => match std::path::Path::new(&workdir)
                 .parent()
                 .and_then(|p| p.to_str())
             {
-                Some(parent) if parent != "/" => format!("{parent}/.fleet-terminal"),
-                _ => format!("/tmp/.fleet-terminal-{}", uuid::Uuid::new_v4().simple()),
+                Some(parent) if parent != "/" => format!("{parent}/.fleet-terminal-env"),
+                _ => format!("/tmp/.fleet-terminal-env-{}", uuid::Uuid::new_v4().simple()),
             },
         };
-        Terminal::with_state_dir(workdir, state_dir)
-    }
-
-    fn with_state_dir(workdir: String, state_dir: String) -> Terminal {
         let marker = format!("__FLEET_CMD_END_{}__", uuid::Uuid::new_v4().simple());
         Terminal {
             cwd: workdir.clone(),
             workdir,
-            state_dir,
+            env_file,
             marker,
         }
     }
@@ -156,15 +156,15 @@ impl Terminal {
     /// and `export` take effect), save state, report exit code and directory.
     fn script(&self, command: &str) -> String {
         format!(
-            "__fleet_state={state}\n\
-             if [ -r \"$__fleet_state/env\" ]; then . \"$__fleet_state/env\" >/dev/null 2>&1; fi\n\
-             cd -- {cwd} 2>/dev/null || cd -- {workdir} 2>/dev/null\n\
+            "__fleet_env={env}\n\
+             if [ -r \"$__fleet_env\" ]; then . \"$__fleet_env\" >/dev/null 2>&1; fi\n\
+             cd {cwd} 2>/dev/null || cd {workdir} 2>/dev/null\n\
              eval {command}\n\
              __fleet_ec=$?\n\
-             mkdir -p \"$__fleet_state\" 2>/dev/null && (umask 077 && export -p > \"$__fleet_state/env\") 2>/dev/null\n\
+             (umask 077 && export -p > \"$__fleet_env\") 2>/dev/null\n\
              printf '\\n%s %s %s\\n' {marker} \"$__fleet_ec\" \"$(pwd)\"\n\
              exit \"$__fleet_ec\"\n",
-            state = sh_quote(&self.state_dir),
+            env = sh_quote(&self.env_file),
             cwd = sh_quote(&self.cwd),
             workdir = sh_quote(&self.workdir),
             command = sh_quote(command),

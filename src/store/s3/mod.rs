@@ -22,7 +22,7 @@ use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region, SharedCredentialsProvider};
+use aws_sdk_s3::config::{BehaviorVersion, Region, ResponseChecksumValidation, SharedCredentialsProvider};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use bytes::Bytes;
 use rand::Rng;
@@ -92,6 +92,9 @@ impl S3Store {
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
         if let Some(endpoint) = &settings.endpoint {
             conf = conf.endpoint_url(endpoint).force_path_style(true);
+        }
+        if !settings.validate_download_checksums {
+            conf = conf.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
         Ok(S3Store {
             client: Client::from_conf(conf.build()),

@@ -38,6 +38,11 @@ pub struct S3Settings {
     pub retry_budget: Duration,
     /// The deadline of [`super::S3Store::ping`].
     pub ping_timeout: Duration,
+    /// Check downloads against the checksum the server reports. On by default for
+    /// AWS, off for other endpoints: S3-compatible servers differ in how they report
+    /// multipart checksums (moto 5.1 sends a composite CRC32 without its `-N` parts
+    /// suffix, so the SDK would reject correct data). Uploads always carry checksums.
+    pub validate_download_checksums: bool,
 }
 
 /// The SDK's per-call deadlines.
@@ -79,6 +84,7 @@ impl S3Settings {
             sdk_max_attempts: 3,
             retry_budget: Duration::from_secs(120),
             ping_timeout: Duration::from_secs(3),
+            validate_download_checksums: true,
         }
     }
 
@@ -88,6 +94,7 @@ impl S3Settings {
         let (bucket, prefix) = parse_spec(spec)?;
         let mut s = S3Settings::new(&bucket, &prefix);
         s.endpoint = env_nonempty(ENDPOINT_ENV);
+        s.validate_download_checksums = s.endpoint.is_none();
         s.region = env_nonempty("AWS_REGION")
             .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| DEFAULT_REGION.to_string());

@@ -4,7 +4,9 @@
 //!
 //! Finding "the command's processes" inside a container needs no tool beyond
 //! busybox: every exec carries a random marker in its environment
-//! (`FLEET_EXEC=<hex>`), inherited by everything it starts. The kill is a second
+//! (`FLEET_EXEC=<hex>`), inherited by everything it starts, found with
+//! `grep -z` over `/proc/*/environ` (a plain grep stops at the first NUL of a
+//! process's environment, so it would miss the marker). The kill is a second
 //! exec (as root) that seeds on the marker, adds descendants by walking
 //! `/proc/*/status` `PPid` (for children that scrubbed their environment), stops
 //! them while walking so nothing forks away, then SIGKILLs them and their process
@@ -32,8 +34,17 @@ const WRAPPER: &str = r#"cd "$1" || exit 1; exec sh -c "$2""#;
 /// Kills every process of the command marked `$1` (see the module doc).
 const KILL_SCRIPT: &str = r#"
 m="FLEET_EXEC=$1"
+if printf 'x\0' | grep -q -z -x x 2>/dev/null; then
+    found=$(grep -l -s -z -x -F "$m" /proc/[0-9]*/environ)
+else
+    # No NUL-separated records in this grep: one small pipeline per process.
+    found=
+    for e in /proc/[0-9]*/environ; do
+        tr '\0' '\n' <"$e" 2>/dev/null | grep -q -x -F "$m" && found="$found $e"
+    done
+fi
 pids=" "
-for e in $(grep -l -F "$m" /proc/[0-9]*/environ 2>/dev/null); do
+for e in $found; do
     p=${e#/proc/}; p=${p%/environ}
     [ "$p" = "$$" ] || [ "$p" = 1 ] || pids="$pids$p "
 done

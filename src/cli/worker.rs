@@ -1,0 +1,168 @@
+//! `fleet worker`: consume jobs from RabbitMQ, run them, store results in the store
+//! (S3 or a directory shared by the workers). SIGTERM/SIGINT drains: stop taking
+//! jobs, let running ones finish within `--grace-secs`, then stop the rest, remove
+//! their containers and requeue them.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tracing::{info, warn};
+
+use super::{run::{backend, concurrency, http_client}, QueueArg, StoreArg, UsageError, WorkspaceKind};
+use crate::config::{self, RunSettings};
+use crate::queue::{AmqpOptions, ControlMsg, Queue};
+use crate::store::Store;
+use crate::telemetry::metrics;
+use crate::worker::{Services, Shutdown, Worker};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Jobs run at once (also the broker prefetch) [env: FLEET_CONCURRENCY] [default: 4]
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Address for /metrics, /healthz and /readyz [env: FLEET_METRICS_ADDR] [default: 127.0.0.1:9464]
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// After SIGTERM, how long running jobs may take to finish before they are
+    /// stopped and requeued.
+    #[arg(long, default_value_t = 600)]
+    pub grace_secs: u64,
+    /// Where jobs run.
+    #[arg(long, value_enum, default_value = "docker")]
+    pub workspace: WorkspaceKind,
+    /// Use quorum queues (HA clusters) instead of classic queues with priorities.
+    #[arg(long)]
+    pub quorum: bool,
+}
+
+pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let n = concurrency(a.concurrency)?;
+    let metrics_addr: SocketAddr = config::resolve(a.metrics_addr.clone(), config::ENV_METRICS_ADDR, "127.0.0.1:9464")
+        .parse()
+        .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
+    let queue_spec = a.queue.resolve();
+    if queue_spec == "memory" {
+        return Err(UsageError("a worker needs a broker: --queue amqp://… (memory is for `fleet run`)".into()).into());
+    }
+    let store_spec = a.store.resolve();
+    let store = Store::open(&store_spec).await.with_context(|| format!("opening the store {store_spec}"))?;
+    let mut opts = AmqpOptions { prefetch: n.min(u16::MAX as usize) as u16, consume: true, control: true, ..Default::default() };
+    if a.quorum {
+        opts.queue_kind = crate::queue::QueueKind::Quorum;
+    }
+    let queue = Queue::open(&queue_spec, opts).await.context("connecting to the broker")?;
+    let scratch = tempfile::Builder::new().prefix("fleet-worker-").tempdir().context("creating a scratch directory")?;
+    let backend = backend(a.workspace, scratch.path()).await?;
+    let worker_id = config::new_worker_id();
+    let settings = RunSettings::from_env(worker_id.clone());
+    let svc = Arc::new(Services { store, backend, http: http_client()?, settings, scratch: scratch.path().to_path_buf() });
+
+    let shutdown = Shutdown::default();
+    let server_stop = tokio_util::sync::CancellationToken::new();
+    let server = crate::telemetry::server::serve(metrics_addr, readiness(&svc, &queue), server_stop.clone())
+        .await
+        .with_context(|| format!("serving metrics on {metrics_addr}"))?;
+    let server = server.local_addr();
+    info!(worker = %worker_id, concurrency = n, metrics = %server, "worker started");
+    eprintln!("fleet worker {worker_id}: {n} slots, metrics on http://{server}/metrics");
+
+    let worker = Worker::new(svc.clone(), queue.clone(), n);
+    let cancel = worker.canceller();
+    let mut control = queue.subscribe_control();
+    let watch = tokio::spawn(async move {
+        loop {
+            match control.recv().await {
+                Ok(ControlMsg::Cancel(id)) => {
+                    if cancel(&id) {
+                        info!(job_id = %id, "cancel requested");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    let stats = spawn_queue_stats(queue.clone());
+    let grace = Duration::from_secs(a.grace_secs);
+    let drain = async {
+        wait_for_signal().await;
+        eprintln!("draining: no new jobs; running jobs get {}s to finish", grace.as_secs());
+        shutdown.stop.cancel();
+        queue.stop_consuming().await;
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => eprintln!("grace period over: stopping and requeueing running jobs"),
+            _ = wait_for_signal() => eprintln!("second signal: stopping and requeueing running jobs"),
+        }
+        shutdown.abort.cancel();
+        std::future::pending::<()>().await
+    };
+    // The drain future never ends by itself: the worker's end ends both.
+    tokio::select! {
+        _ = worker.run(shutdown.clone()) => {}
+        _ = drain => {}
+    }
+    watch.abort();
+    stats.abort();
+    shutdown.abort.cancel();
+    queue.close().await;
+    server_stop.cancel();
+    eprintln!("fleet worker {worker_id}: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn readiness(svc: &Arc<Services>, queue: &Queue) -> crate::telemetry::server::Readiness {
+    let (s1, s2, q) = (svc.clone(), svc.clone(), queue.clone());
+    crate::telemetry::server::Readiness::new()
+        .check("broker", move || {
+            let q = q.clone();
+            async move { q.queue_stats().await.is_ok() }
+        })
+        .check("store", move || {
+            let s = s1.clone();
+            async move { s.store.ping().await.is_ok() }
+        })
+        .check("workspace", move || {
+            let s = s2.clone();
+            async move { s.backend.ping().await }
+        })
+}
+
+/// Exports queue depth and consumers so backlog shows without the management plugin.
+fn spawn_queue_stats(queue: Queue) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match queue.queue_stats().await {
+                Ok(stats) => {
+                    for s in stats {
+                        metrics().queue_messages.with_label_values(&[&s.name]).set(s.messages as f64);
+                        metrics().queue_consumers.with_label_values(&[&s.name]).set(s.consumers as f64);
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading queue stats"),
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

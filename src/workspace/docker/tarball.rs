@@ -1,0 +1,281 @@
+//! The tar side of the archive API, with no I/O: building the small archives that
+//! create directories and files, and reading Docker's archives of a file or a tree.
+
+use std::io::Read;
+
+use crate::workspace::{Snapshot, WorkspaceError};
+
+/// An archive of directory entries (`rel_dirs`, in order, mode 0755) and at most
+/// one file, all relative to the directory it is uploaded to.
+pub(super) fn build_tar(
+    rel_dirs: &[String],
+    file: Option<(&str, &[u8], u32)>,
+) -> Result<Vec<u8>, WorkspaceError> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in rel_dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+    }
+    if let Some((name, data, mode)) = file {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, name, data)?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// The single entry Docker sends for a file path.
+#[derive(Debug, PartialEq)]
+pub(super) enum Entry {
+    File(Vec<u8>),
+    Link(String),
+}
+
+pub(super) fn first_file(reader: &mut dyn Read, shown: &str) -> Result<Entry, WorkspaceError> {
+    let path_err = |message: &str| WorkspaceError::Path {
+        path: shown.to_string(),
+        message: message.to_string(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries()?;
+    let Some(entry) = entries.next() else {
+        return Err(path_err("empty archive from docker"));
+    };
+    let mut entry = entry?;
+    match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data)?;
+            Ok(Entry::File(data))
+        }
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Ok(Entry::Link(target))
+        }
+        tar::EntryType::Directory => Err(path_err("is a directory")),
+        _ => Err(path_err("is not a regular file")),
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Tree {
+    Dir(Snapshot),
+    Link(String),
+}
+
+/// Reads a directory's archive (entries named `<dirname>/…`) into a snapshot.
+/// Symlinks are kept as files whose content is the link target (as git does), and
+/// hard links as a copy of the file they point at.
+pub(super) fn read_tree(
+    reader: &mut dyn Read,
+    shown: &str,
+    max_file: u64,
+    max_total: u64,
+) -> Result<Tree, WorkspaceError> {
+    let mut snap = Snapshot::default();
+    let mut total = 0u64;
+    let mut archive = tar::Archive::new(reader);
+    for (i, entry) in archive.entries()?.enumerate() {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(rel) = strip_root(&name) else {
+            if i > 0 {
+                continue;
+            }
+            // The first entry is `dir` itself.
+            match kind {
+                tar::EntryType::Directory => continue,
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned());
+                    return Ok(Tree::Link(target.unwrap_or_default()));
+                }
+                _ => {
+                    return Err(WorkspaceError::Path {
+                        path: shown.to_string(),
+                        message: "is not a directory".into(),
+                    });
+                }
+            }
+        };
+        let content = match kind {
+            tar::EntryType::Directory => {
+                snap.dirs.push(rel);
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if entry.size() > max_file {
+                    snap.files.insert(rel, None);
+                    continue;
+                }
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data)?;
+                data
+            }
+            tar::EntryType::Symlink => entry
+                .link_name_bytes()
+                .map(|b| b.into_owned())
+                .unwrap_or_default(),
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                match strip_root(&target).and_then(|t| snap.files.get(&t).cloned()) {
+                    Some(Some(data)) => data,
+                    _ => {
+                        snap.files.insert(rel, None);
+                        continue;
+                    }
+                }
+            }
+            // Devices, fifos: nothing to diff or collect.
+            _ => continue,
+        };
+        if total + content.len() as u64 > max_total {
+            snap.truncated = true;
+            break;
+        }
+        total += content.len() as u64;
+        snap.files.insert(rel, Some(content));
+    }
+    snap.dirs.sort();
+    Ok(Tree::Dir(snap))
+}
+
+/// `dirname/a/b` → `a/b`; `None` for the root entry itself (`dirname`, `dirname/`, `.`).
+fn strip_root(name: &str) -> Option<String> {
+    let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+    parts.next()?;
+    let rest: Vec<&str> = parts.collect();
+    (!rest.is_empty()).then(|| rest.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar shaped like Docker's download of `/workspace`.
+    fn docker_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("workspace/", tar::EntryType::Directory, b"", None);
+        add("workspace/a.txt", tar::EntryType::Regular, b"hello", None);
+        add(
+            "workspace/big.bin",
+            tar::EntryType::Regular,
+            &[0u8; 100],
+            None,
+        );
+        add("workspace/sub/", tar::EntryType::Directory, b"", None);
+        add(
+            "workspace/sub/b.txt",
+            tar::EntryType::Regular,
+            b"world",
+            None,
+        );
+        add(
+            "workspace/sub/hard",
+            tar::EntryType::Link,
+            b"",
+            Some("workspace/sub/b.txt"),
+        );
+        add("workspace/ln", tar::EntryType::Symlink, b"", Some("a.txt"));
+        b.into_inner().unwrap()
+    }
+
+    fn tree(tar: &[u8], max_file: u64, max_total: u64) -> Tree {
+        read_tree(&mut &tar[..], "/workspace", max_file, max_total).unwrap()
+    }
+
+    #[test]
+    fn snapshot_maps_files_dirs_and_links() {
+        let Tree::Dir(s) = tree(&docker_tar(), 50, 1000) else {
+            panic!("not a dir")
+        };
+        assert_eq!(s.dirs, vec!["sub".to_string()]);
+        assert_eq!(s.files["a.txt"].as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            s.files["big.bin"], None,
+            "over max_file_bytes: listed, no content"
+        );
+        assert_eq!(s.files["sub/hard"].as_deref(), Some(&b"world"[..]));
+        assert_eq!(s.files["ln"].as_deref(), Some(&b"a.txt"[..]));
+        assert!(!s.truncated);
+    }
+
+    #[test]
+    fn snapshot_stops_at_the_total_limit() {
+        let Tree::Dir(s) = tree(&docker_tar(), 50, 7) else {
+            panic!("not a dir")
+        };
+        assert!(s.truncated);
+        assert_eq!(
+            s.files.get("a.txt").cloned().flatten().as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert!(!s.files.contains_key("sub/b.txt"));
+    }
+
+    #[test]
+    fn reads_single_entries() {
+        let file = build_tar(&[], Some(("f.txt", b"data", 0o755))).unwrap();
+        assert_eq!(
+            first_file(&mut &file[..], "/f.txt").unwrap(),
+            Entry::File(b"data".to_vec())
+        );
+        let dir = build_tar(&["d".to_string()], None).unwrap();
+        assert!(matches!(
+            first_file(&mut &dir[..], "/d"),
+            Err(WorkspaceError::Path { .. })
+        ));
+        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, 10);
+        assert!(
+            matches!(not_dir, Err(WorkspaceError::Path { .. })),
+            "{not_dir:?}"
+        );
+    }
+
+    #[test]
+    fn built_tars_nest_directories() {
+        let t = build_tar(&["a".into(), "a/b".into()], Some(("a/b/c", b"x", 0o600))).unwrap();
+        let mut ar = tar::Archive::new(&t[..]);
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["a/", "a/b/", "a/b/c"]);
+    }
+
+    #[test]
+    fn strips_the_root_component() {
+        assert_eq!(strip_root("workspace/a/b"), Some("a/b".into()));
+        assert_eq!(strip_root("workspace/"), None);
+        assert_eq!(strip_root("./"), None);
+    }
+}
