@@ -71,10 +71,7 @@ pub enum EventKind {
     /// Why the run ended when it did not finish: `MaxIterationsReached`,
     /// `BudgetExceeded`, `Stuck`, or the error kind of a failed LLM call or
     /// workspace (`llm_auth`, `docker_error`, …).
-    ConversationErrorEvent {
-        code: String,
-        detail: String,
-    },
+    ConversationErrorEvent { code: String, detail: String },
     /// The history the LLM sees leaves out these events from here on, and shows
     /// the summary in their place (see `agent::condense`).
     Condensation {

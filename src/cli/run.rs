@@ -11,6 +11,7 @@ use clap::Args;
 use super::{StoreArg, UsageError, WorkspaceKind, progress::Board, table};
 use crate::config::{self, RunSettings};
 use crate::job::{self, Outcome};
+use crate::results::webhook;
 use crate::store::Store;
 use crate::worker::{Services, Shutdown, embedded};
 use crate::workspace::{self, docker::DockerBackend, local::LocalBackend};
@@ -125,12 +126,18 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let notifier = webhook::Notifier::new(
+        webhook::http_client().context("building the webhook client")?,
+        store.clone(),
+        webhook::WebhookSettings::from_env(),
+    );
     let svc = Arc::new(Services {
         store,
         backend,
         http: http_client()?,
         settings,
         scratch: scratch.path().to_path_buf(),
+        notifier: notifier.clone(),
     });
 
     let show = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -159,6 +166,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     board.finish();
     let results = results.context("reading results from the store")?;
+    // Webhooks go out after results are stored; give them a moment before exiting.
+    notifier.shutdown(Duration::from_secs(30)).await;
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);

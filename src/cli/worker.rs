@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::{run::{backend, concurrency, http_client}, QueueArg, StoreArg, UsageError, WorkspaceKind};
 use crate::config::{self, RunSettings};
 use crate::queue::{AmqpOptions, ControlMsg, Queue};
+use crate::results::webhook;
 use crate::store::Store;
 use crate::telemetry::metrics;
 use crate::worker::{Services, Shutdown, Worker};
@@ -63,7 +64,19 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let backend = backend(a.workspace, scratch.path()).await?;
     let worker_id = config::new_worker_id();
     let settings = RunSettings::from_env(worker_id.clone());
-    let svc = Arc::new(Services { store, backend, http: http_client()?, settings, scratch: scratch.path().to_path_buf() });
+    let notifier = webhook::Notifier::new(
+        webhook::http_client().context("building the webhook client")?,
+        store.clone(),
+        webhook::WebhookSettings::from_env(),
+    );
+    let svc = Arc::new(Services {
+        store,
+        backend,
+        http: http_client()?,
+        settings,
+        scratch: scratch.path().to_path_buf(),
+        notifier: notifier.clone(),
+    });
 
     let shutdown = Shutdown::default();
     let server_stop = tokio_util::sync::CancellationToken::new();
@@ -109,6 +122,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         _ = worker.run(shutdown.clone()) => {}
         _ = drain => {}
     }
+    notifier.shutdown(Duration::from_secs(30)).await;
     watch.abort();
     stats.abort();
     shutdown.abort.cancel();

@@ -203,6 +203,7 @@ async fn handle(
             Ok(Claim::Run(rec)) => rec,
         };
         let attempt = rec.attempt;
+        svc.notifier.job_started(&spec, attempt, &svc.settings.worker_id);
         let wait = (Utc::now() - rec.created_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics().queue_wait.observe(
             wait.min((Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0),

@@ -40,6 +40,8 @@ pub struct Services {
     pub settings: RunSettings,
     /// Where per-job scratch files (the live events.jsonl) go.
     pub scratch: PathBuf,
+    /// Sends completion webhooks in the background, after results are stored.
+    pub notifier: crate::results::webhook::Notifier,
 }
 
 /// How an attempt ended.

@@ -142,6 +142,15 @@ async fn check_flood(ws: &Workspace) {
         &out.output[..100]
     );
     assert!(out.output.contains("response clipped"));
+    // Nothing close to the 200 MB was held: the peak RSS of this test process
+    // (nextest runs each test in its own) stays small.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kb < 100 * 1024, "peak RSS {peak_kb} kB");
     eprintln!("200 MB of output read in {:?}", started.elapsed());
 }
 

@@ -129,11 +129,15 @@ impl Terminal {
             content.push('\n');
         }
         if out.timed_out {
+            let printed = if content.is_empty() {
+                " before printing anything"
+            } else {
+                "; the output above is what it printed until then"
+            };
             content.push_str(&format!(
-                "[The command timed out after {} seconds and was stopped; the output above is what it printed \
-                 until then. For a longer task, start it in the background with its output sent to a file, and \
-                 check on it with later commands.]",
-                show_secs(secs)
+                "[The command timed out after {} seconds and was stopped{printed}. For a longer task, start it \
+                 in the background with its output sent to a file, and check on it with later commands.]",
+                show_secs(secs),
             ));
         } else {
             match exit_code {

@@ -127,20 +127,31 @@ async fn limits_and_labels_are_applied() {
     assert_eq!(labels["fleet.attempt"], "1");
     assert_eq!(labels["fleet.worker_id"], "it-worker");
     assert_eq!(labels["fleet.pid"], std::process::id().to_string());
-    // The limits bite: the pids limit stops a fork bomb-ish loop, the workspace survives it.
+    // The limits bite, and the workspace outlives them. The pids limit (128) stops
+    // a loop of background sleeps; the kill of the timed-out command clears them.
     let out = ws
         .exec(
-            "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done 2>&1; wait",
+            "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; wait",
             "/",
-            10 * SECOND,
+            5 * SECOND,
             2000,
         )
         .await
         .unwrap();
-    assert!(
-        out.timed_out || out.output.contains("fork") || out.output.contains("resource"),
-        "{out:?}"
-    );
+    assert!(out.output.contains("can't fork"), "{out:?}");
+    // The memory limit (256 MB): a shell holding 400 MB is OOM-killed (128 + 9).
+    let out = ws
+        .exec(
+            r#"x=$(head -c 400000000 /dev/zero | tr '\0' a); echo survived"#,
+            "/",
+            60 * SECOND,
+            2000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(137), "{out:?}");
+    assert!(!out.output.contains("survived"));
+    assert_eq!(run(&ws, "echo alive").await.output, "alive\n");
     ws.destroy().await.unwrap();
 }
 
