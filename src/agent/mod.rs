@@ -3,6 +3,13 @@
 //! queues or stores: it gets a workspace, an LLM client and an event log, and
 //! returns how the conversation ended. Wall-clock timeout and cancellation are the
 //! caller's (it drops this future and kills the workspace).
+//!
+//! - [`loop_`](self) runs the steps; `history` rebuilds the LLM messages from the
+//!   log each step (the log is the only per-job state);
+//! - [`stuck`] reads the log before each step; [`condense`] shortens the history
+//!   the LLM sees; [`prompt`] is the system prompt;
+//! - [`tools`] are what the model can call; [`secrets`] masks before anything is
+//!   logged or sent.
 
 pub mod condense;
 pub mod events;

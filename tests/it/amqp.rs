@@ -304,16 +304,23 @@ async fn an_unroutable_publish_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conflicting_topology_is_a_config_error() {
+async fn a_conflicting_topology_stops_a_worker_not_a_producer() {
     let fx = Fixture::new().await;
+    // Workers declare the topology as configured: a classic fleet.jobs is no quorum queue.
     let mut o = opts(&fx.prefix);
     o.queue_kind = QueueKind::Quorum;
-    match AmqpQueue::connect(&url(), o).await {
+    o.consume = true;
+    match AmqpQueue::connect(&url(), o.clone()).await {
         Err(QueueError::Config(m)) => assert!(m.contains("queue.declare"), "{m}"),
         Err(e) => panic!("expected a config error, got {e:?}"),
         Ok(_) => panic!("expected a config error"),
     }
-    fx.teardown(&[]).await;
+    // Producers (submit, cancel, status) take the queues as they find them.
+    o.consume = false;
+    let producer = Queue::Amqp(AmqpQueue::connect(&url(), o).await.expect("a producer connects"));
+    producer.publish(job("job-p", 0, 0)).await.unwrap();
+    assert_eq!(producer.queue_stats().await.unwrap()[0].messages, 1);
+    fx.teardown(&[&producer]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tracing::{debug, info, warn};
@@ -166,6 +167,11 @@ async fn open_channels(shared: &Shared, conn: &Connection, consume: bool) -> Res
 }
 
 /// Declares every exchange and queue; idempotent, run on each (re)connect.
+///
+/// A consumer (a worker) declares the queues as configured, and a conflicting
+/// existing queue is refused by the broker. A producer (`submit`, `cancel`,
+/// `status`) takes fleet.jobs as it finds it — classic or quorum, whatever the
+/// workers declared — and declares the queues only when fleet.jobs is missing.
 async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
     let (t, names, kind) = (shared.opts.op_timeout, &shared.names, shared.opts.queue_kind);
     // A channel of its own: a refused declaration closes the channel it was made on.
@@ -177,6 +183,10 @@ async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
         ch.exchange_declare(names.control.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()),
     )
     .await?;
+    if !shared.opts.consume && exists(conn, &names.jobs, t).await? {
+        let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
+        return Ok(());
+    }
     let expires = shared.opts.queue_expires.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let q = |name: &str, mut args: FieldTable| {
         if let Some(ms) = expires {
@@ -191,6 +201,26 @@ async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
     }
     let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
     Ok(())
+}
+
+/// Whether a queue exists (a passive declare, on a channel of its own since a
+/// missing queue closes it).
+async fn exists(conn: &Connection, queue: &str, t: Duration) -> Result<bool, CallError> {
+    let ch = call("channel.open", t, conn.create_channel()).await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    match call("queue.declare", t, ch.queue_declare(queue.into(), passive, FieldTable::default())).await {
+        Ok(_) => {
+            let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
+            Ok(true)
+        }
+        Err(CallError::Broker(_, e))
+            if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
+                if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The reconnect backoff: exponential with jitter, each delay capped.

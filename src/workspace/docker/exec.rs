@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::ContainerUpdateBody;
 use futures_util::StreamExt;
 
 use super::paths::clean_abs;
@@ -67,6 +68,9 @@ kill -9 $pids 2>/dev/null
 exit 0
 "#;
 
+/// Extra pids a container gets while a timed-out command that exhausted its
+/// limit is killed (the kill script forks a few helpers).
+const PIDS_LENT: i64 = 16;
 /// How long the kill exec may take.
 const KILL_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a finished stream may wait for the engine to report the exit code,
@@ -192,7 +196,17 @@ async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, W
 /// Kills the marked command's processes; best effort (a failure is logged: the
 /// caller has its answer, and a broken container fails the next call anyway).
 async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
-    if let Err(e) = run_as_root(ws, vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker]).await {
+    let script = || vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker];
+    if let Err(e) = run_as_root(ws, script()).await {
+        tracing::debug!(container = %ws.name, error = %e, "kill exec failed");
+    }
+    if !still_running_after(ws, exec_id, SETTLE).await {
+        return;
+    }
+    // The usual reason a targeted kill fails: the command used up the pids limit,
+    // so the kill could not fork. Lend the container a few pids for the kill.
+    let lent = lend_pids(ws).await;
+    if let Err(e) = run_as_root(ws, script()).await {
         tracing::warn!(container = %ws.name, error = %e, "killing a timed-out command failed");
     }
     if still_running_after(ws, exec_id, SETTLE).await {
@@ -200,6 +214,39 @@ async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
         if let Err(e) = run_as_root(ws, vec!["sh", "-c", "kill -9 -1"]).await {
             tracing::warn!(container = %ws.name, error = %e, "kill -9 -1 failed");
         }
+    }
+    if let Some(limit) = lent {
+        let restore = ContainerUpdateBody {
+            pids_limit: Some(limit),
+            ..Default::default()
+        };
+        match within(API_DEADLINE, ws.docker.update_container(&ws.name, restore)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(container = %ws.name, error = %e, "could not restore the pids limit")
+            }
+            Err(e) => {
+                tracing::warn!(container = %ws.name, error = %e, "could not restore the pids limit")
+            }
+        }
+    }
+}
+
+/// Raises the container's pids limit by [`PIDS_LENT`]; returns the old limit to
+/// restore, or `None` when there is no limit (or it could not be changed).
+async fn lend_pids(ws: &DockerWorkspace) -> Option<i64> {
+    let info = within(API_DEADLINE, ws.docker.inspect_container(&ws.name, None))
+        .await
+        .ok()?
+        .ok()?;
+    let limit = info.host_config?.pids_limit.filter(|l| *l > 0)?;
+    let raised = ContainerUpdateBody {
+        pids_limit: Some(limit + PIDS_LENT),
+        ..Default::default()
+    };
+    match within(API_DEADLINE, ws.docker.update_container(&ws.name, raised)).await {
+        Ok(Ok(())) => Some(limit),
+        _ => None,
     }
 }
 

@@ -128,17 +128,23 @@ async fn limits_and_labels_are_applied() {
     assert_eq!(labels["fleet.worker_id"], "it-worker");
     assert_eq!(labels["fleet.pid"], std::process::id().to_string());
     // The limits bite, and the workspace outlives them. The pids limit (128) stops
-    // a loop of background sleeps; the kill of the timed-out command clears them.
+    // a loop of background sleeps; the command then blocks without forking (on a
+    // fifo) until it times out, and its kill must work with no pids left.
     let out = ws
         .exec(
-            "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; wait",
+            "mkfifo /tmp/block; sh -c 'i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done'; read x </tmp/block",
             "/",
             5 * SECOND,
             2000,
         )
         .await
         .unwrap();
-    assert!(out.output.contains("can't fork"), "{out:?}");
+    assert!(
+        out.output.contains("can't fork") && out.timed_out,
+        "{out:?}"
+    );
+    let ps = run(&ws, "ps -o args").await.output;
+    assert!(!ps.contains("sleep 60"), "{ps}");
     // The memory limit (256 MB): a shell holding 400 MB is OOM-killed (128 + 9).
     let out = ws
         .exec(
