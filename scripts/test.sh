@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "workspace image"
 bash scripts/build-images.sh
 
+step "prometheus (promtool and the server the metrics tests start)"
+bash scripts/services/prometheus.sh
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   step "cargo-nextest"
   cargo install --locked cargo-nextest

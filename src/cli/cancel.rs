@@ -26,7 +26,9 @@ pub struct CancelArgs {
 
 pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
     let spec = a.store.resolve();
-    let store = Store::open(&spec).await.with_context(|| format!("opening the store {spec}"))?;
+    let store = Store::open(&spec)
+        .await
+        .with_context(|| format!("opening the store {spec}"))?;
     let id = a.job_id.as_str();
     let before = store
         .status(id)
@@ -43,7 +45,11 @@ pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
             }
             s.cancel_requested = true;
             if s.state != State::Running {
-                s.transition(State::Cancelled, None, Some("cancelled before it ran".into()));
+                s.transition(
+                    State::Cancelled,
+                    None,
+                    Some("cancelled before it ran".into()),
+                );
             }
             true
         })
@@ -77,8 +83,13 @@ pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
             println!("{id}: cancelled (it had not started)");
         }
         State::Running => {
-            let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default()).await.context("connecting to the broker")?;
-            queue.publish_control(ControlMsg::Cancel(id.to_string())).await.context("broadcasting the cancel")?;
+            let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default())
+                .await
+                .context("connecting to the broker")?;
+            queue
+                .publish_control(ControlMsg::Cancel(id.to_string()))
+                .await
+                .context("broadcasting the cancel")?;
             queue.close().await;
             println!("{id}: cancel requested; its worker stops it within seconds");
         }

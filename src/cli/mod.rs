@@ -81,7 +81,11 @@ pub struct QueueArg {
 
 impl QueueArg {
     pub fn resolve(&self) -> String {
-        crate::config::resolve(self.queue.clone(), crate::config::ENV_QUEUE, crate::config::DEFAULT_QUEUE)
+        crate::config::resolve(
+            self.queue.clone(),
+            crate::config::ENV_QUEUE,
+            crate::config::DEFAULT_QUEUE,
+        )
     }
 }
 

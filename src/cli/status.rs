@@ -132,8 +132,13 @@ pub async fn batch_ids(store: &Store, batch: &str) -> anyhow::Result<Vec<String>
 
 /// The broker's queues (depth and consumers), or why they could not be read.
 async fn queue_stats(spec: &str) -> Result<Vec<crate::queue::QueueStat>, String> {
-    let opts = crate::queue::AmqpOptions { connect_timeout: Duration::from_secs(3), ..Default::default() };
-    let q = crate::queue::Queue::open(spec, opts).await.map_err(|e| e.to_string())?;
+    let opts = crate::queue::AmqpOptions {
+        connect_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let q = crate::queue::Queue::open(spec, opts)
+        .await
+        .map_err(|e| e.to_string())?;
     let stats = q.queue_stats().await.map_err(|e| e.to_string());
     q.close().await;
     stats
@@ -251,7 +256,11 @@ async fn once(a: &StatusArgs, store: &Store) -> anyhow::Result<Result<String, Us
         None => ("store".to_string(), all_job_ids(store).await?),
     };
     let s = summary(store, &ids).await?;
-    let queues = if a.fleet && a.batch.is_none() { Some(queue_stats(&a.queue.resolve()).await) } else { None };
+    let queues = if a.fleet && a.batch.is_none() {
+        Some(queue_stats(&a.queue.resolve()).await)
+    } else {
+        None
+    };
     if a.json {
         let mut v = serde_json::to_value(&s)?;
         if let Some(q) = &queues {
@@ -265,8 +274,16 @@ async fn once(a: &StatusArgs, store: &Store) -> anyhow::Result<Result<String, Us
     let mut text = render_summary(&title, &s);
     match queues {
         Some(Ok(q)) => {
-            let rows: Vec<Vec<String>> =
-                q.iter().map(|q| vec![q.name.clone(), q.messages.to_string(), q.consumers.to_string()]).collect();
+            let rows: Vec<Vec<String>> = q
+                .iter()
+                .map(|q| {
+                    vec![
+                        q.name.clone(),
+                        q.messages.to_string(),
+                        q.consumers.to_string(),
+                    ]
+                })
+                .collect();
             text.push('\n');
             text.push_str(&table::render(&["QUEUE", "READY", "CONSUMERS"], &rows));
         }

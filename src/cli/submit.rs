@@ -13,7 +13,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use chrono::Utc;
 use clap::Args;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use crate::config;
 use crate::job::{self, Input, JobResult, JobSpec, Outcome, StatusRecord};
 use crate::queue::{AmqpOptions, JobMessage, Queue};
 use crate::results::input::tar_gz_dir;
-use crate::store::{keys, JobKeys, Store, StoreError};
+use crate::store::{JobKeys, Store, StoreError, keys};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -76,7 +76,9 @@ const PARALLEL: usize = 64;
 fn task_job(a: &SubmitArgs) -> Result<Vec<JobSpec>, UsageError> {
     let mut labels = BTreeMap::new();
     for l in &a.labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| UsageError(format!("--label {l:?}: expected KEY=VALUE")))?;
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--label {l:?}: expected KEY=VALUE")))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let mut job = json!({"task": a.task, "labels": labels});
@@ -95,22 +97,33 @@ fn task_job(a: &SubmitArgs) -> Result<Vec<JobSpec>, UsageError> {
     if let Some(d) = &a.input {
         job["input"] = json!({"path": d.display().to_string()});
     }
-    let opts = job::ParseOptions { default_image: Some(config::default_image()), base_dir: PathBuf::from(".") };
-    let spec = job::job_from_value(job, &opts).map_err(|(f, m)| UsageError(format!("--task job: {f}: {m}")))?;
+    let opts = job::ParseOptions {
+        default_image: Some(config::default_image()),
+        base_dir: PathBuf::from("."),
+    };
+    let spec = job::job_from_value(job, &opts)
+        .map_err(|(f, m)| UsageError(format!("--task job: {f}: {m}")))?;
     Ok(vec![spec])
 }
 
 pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut jobs = match &a.jobs {
         Some(path) => {
-            let opts = job::ParseOptions { default_image: Some(config::default_image()), base_dir: PathBuf::new() };
+            let opts = job::ParseOptions {
+                default_image: Some(config::default_image()),
+                base_dir: PathBuf::new(),
+            };
             job::parse_job_file(path, &opts).map_err(|e| UsageError(e.to_string()))?
         }
         None => task_job(&a)?,
     };
     let store_spec = a.store.resolve();
-    let store = Store::open(&store_spec).await.with_context(|| format!("opening the store {store_spec}"))?;
-    let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default()).await.context("connecting to the broker")?;
+    let store = Store::open(&store_spec)
+        .await
+        .with_context(|| format!("opening the store {store_spec}"))?;
+    let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default())
+        .await
+        .context("connecting to the broker")?;
     let batch_id = format!("b-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     for j in &mut jobs {
         j.batch_id = Some(batch_id.clone());
@@ -127,18 +140,34 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
             body: Bytes::from(serde_json::to_vec(j).expect("jobs serialise")),
         })
         .collect();
-    queue.publish_many(&msgs).await.context("publishing the jobs")?;
+    queue
+        .publish_many(&msgs)
+        .await
+        .context("publishing the jobs")?;
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    let batch = BatchRecord { batch_id: batch_id.clone(), submitted_at: Utc::now(), job_ids: ids.clone() };
-    store.put_json(&keys::batch(&batch_id), &batch).await.context("writing the batch record")?;
+    let batch = BatchRecord {
+        batch_id: batch_id.clone(),
+        submitted_at: Utc::now(),
+        job_ids: ids.clone(),
+    };
+    store
+        .put_json(&keys::batch(&batch_id), &batch)
+        .await
+        .context("writing the batch record")?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json && !a.wait {
-        println!("{}", serde_json::to_string_pretty(&json!({"batch_id": batch_id, "job_ids": ids}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"batch_id": batch_id, "job_ids": ids}))?
+        );
     } else if !a.json {
         for id in &ids {
             println!("{id}");
         }
-        eprintln!("batch {batch_id}: {} jobs submitted in {secs:.2}s", ids.len());
+        eprintln!(
+            "batch {batch_id}: {} jobs submitted in {secs:.2}s",
+            ids.len()
+        );
     }
     queue.close().await;
     if !a.wait {
@@ -146,11 +175,18 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     let results = wait(&store, &ids).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"batch_id": batch_id, "results": results}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"batch_id": batch_id, "results": results}))?
+        );
     } else {
         print!("{}", super::table::results(&results));
     }
-    Ok(if results.iter().all(|r| r.outcome == Outcome::Succeeded) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if results.iter().all(|r| r.outcome == Outcome::Succeeded) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Uploads inputs and writes job.json + queued status for every job, in parallel.
@@ -175,7 +211,9 @@ async fn store_jobs(store: &Store, jobs: Vec<JobSpec>) -> anyhow::Result<Vec<Job
                     .await?
                     .with_context(|| format!("packing input {path}"))?;
                 store.put(&key.input(), Bytes::from(gz)).await?;
-                j.input = Some(Input::StoreKey { store_key: key.input() });
+                j.input = Some(Input::StoreKey {
+                    store_key: key.input(),
+                });
             }
             store.put_json(&key.job(), &j).await?;
             Ok::<JobSpec, anyhow::Error>(j)
@@ -194,9 +232,11 @@ pub async fn wait(store: &Store, ids: &[String]) -> anyhow::Result<Vec<JobResult
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} jobs  {msg}")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} jobs  {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     let mut pending: Vec<String> = ids.to_vec();
     let mut done: BTreeMap<String, JobResult> = BTreeMap::new();

@@ -12,7 +12,10 @@ use anyhow::Context;
 use clap::Args;
 use tracing::{info, warn};
 
-use super::{run::{backend, concurrency, http_client}, QueueArg, StoreArg, UsageError, WorkspaceKind};
+use super::{
+    QueueArg, StoreArg, UsageError, WorkspaceKind,
+    run::{backend, concurrency, http_client},
+};
 use crate::config::{self, RunSettings};
 use crate::queue::{AmqpOptions, ControlMsg, Queue};
 use crate::results::webhook;
@@ -39,6 +42,9 @@ pub struct WorkerArgs {
     /// Where jobs run.
     #[arg(long, value_enum, default_value = "docker")]
     pub workspace: WorkspaceKind,
+    /// Also send a `job.started` webhook when a run starts [env: FLEET_WEBHOOK_STARTED]
+    #[arg(long, env = "FLEET_WEBHOOK_STARTED")]
+    pub webhook_started: bool,
     /// Use quorum queues (HA clusters) instead of classic queues with priorities.
     #[arg(long)]
     pub quorum: bool,
@@ -46,28 +52,49 @@ pub struct WorkerArgs {
 
 pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let n = concurrency(a.concurrency)?;
-    let metrics_addr: SocketAddr = config::resolve(a.metrics_addr.clone(), config::ENV_METRICS_ADDR, "127.0.0.1:9464")
-        .parse()
-        .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
+    let metrics_addr: SocketAddr = config::resolve(
+        a.metrics_addr.clone(),
+        config::ENV_METRICS_ADDR,
+        "127.0.0.1:9464",
+    )
+    .parse()
+    .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
     let queue_spec = a.queue.resolve();
     if queue_spec == "memory" {
-        return Err(UsageError("a worker needs a broker: --queue amqp://… (memory is for `fleet run`)".into()).into());
+        return Err(UsageError(
+            "a worker needs a broker: --queue amqp://… (memory is for `fleet run`)".into(),
+        )
+        .into());
     }
     let store_spec = a.store.resolve();
-    let store = Store::open(&store_spec).await.with_context(|| format!("opening the store {store_spec}"))?;
-    let mut opts = AmqpOptions { prefetch: n.min(u16::MAX as usize) as u16, consume: true, control: true, ..Default::default() };
+    let store = Store::open(&store_spec)
+        .await
+        .with_context(|| format!("opening the store {store_spec}"))?;
+    let mut opts = AmqpOptions {
+        prefetch: n.min(u16::MAX as usize) as u16,
+        consume: true,
+        control: true,
+        ..Default::default()
+    };
     if a.quorum {
         opts.queue_kind = crate::queue::QueueKind::Quorum;
     }
-    let queue = Queue::open(&queue_spec, opts).await.context("connecting to the broker")?;
-    let scratch = tempfile::Builder::new().prefix("fleet-worker-").tempdir().context("creating a scratch directory")?;
+    let queue = Queue::open(&queue_spec, opts)
+        .await
+        .context("connecting to the broker")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("fleet-worker-")
+        .tempdir()
+        .context("creating a scratch directory")?;
     let backend = backend(a.workspace, scratch.path()).await?;
     let worker_id = config::new_worker_id();
     let settings = RunSettings::from_env(worker_id.clone());
+    let mut hooks = webhook::WebhookSettings::from_env();
+    hooks.send_started = a.webhook_started;
     let notifier = webhook::Notifier::new(
         webhook::http_client().context("building the webhook client")?,
         store.clone(),
-        webhook::WebhookSettings::from_env(),
+        hooks,
     );
     let svc = Arc::new(Services {
         store,
@@ -80,9 +107,10 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = Shutdown::default();
     let server_stop = tokio_util::sync::CancellationToken::new();
-    let server = crate::telemetry::server::serve(metrics_addr, readiness(&svc, &queue), server_stop.clone())
-        .await
-        .with_context(|| format!("serving metrics on {metrics_addr}"))?;
+    let server =
+        crate::telemetry::server::serve(metrics_addr, readiness(&svc, &queue), server_stop.clone())
+            .await
+            .with_context(|| format!("serving metrics on {metrics_addr}"))?;
     let server = server.local_addr();
     info!(worker = %worker_id, concurrency = n, metrics = %server, "worker started");
     eprintln!("fleet worker {worker_id}: {n} slots, metrics on http://{server}/metrics");
@@ -107,7 +135,10 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let grace = Duration::from_secs(a.grace_secs);
     let drain = async {
         wait_for_signal().await;
-        eprintln!("draining: no new jobs; running jobs get {}s to finish", grace.as_secs());
+        eprintln!(
+            "draining: no new jobs; running jobs get {}s to finish",
+            grace.as_secs()
+        );
         shutdown.stop.cancel();
         queue.stop_consuming().await;
         tokio::select! {
@@ -137,11 +168,11 @@ fn readiness(svc: &Arc<Services>, queue: &Queue) -> crate::telemetry::server::Re
     crate::telemetry::server::Readiness::new()
         .check("broker", move || {
             let q = q.clone();
-            async move { q.queue_stats().await.is_ok() }
+            async move { q.queue_stats().await.map(|_| ()) }
         })
         .check("store", move || {
             let s = s1.clone();
-            async move { s.store.ping().await.is_ok() }
+            async move { s.store.ping().await }
         })
         .check("workspace", move || {
             let s = s2.clone();
@@ -156,8 +187,14 @@ fn spawn_queue_stats(queue: Queue) -> tokio::task::JoinHandle<()> {
             match queue.queue_stats().await {
                 Ok(stats) => {
                     for s in stats {
-                        metrics().queue_messages.with_label_values(&[&s.name]).set(s.messages as f64);
-                        metrics().queue_consumers.with_label_values(&[&s.name]).set(s.consumers as f64);
+                        metrics()
+                            .queue_messages
+                            .with_label_values(&[&s.name])
+                            .set(s.messages as f64);
+                        metrics()
+                            .queue_consumers
+                            .with_label_values(&[&s.name])
+                            .set(s.consumers as f64);
                     }
                 }
                 Err(e) => warn!(error = %e, "reading queue stats"),

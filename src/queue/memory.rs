@@ -64,7 +64,11 @@ impl MemoryQueue {
         }
         s.seq += 1;
         let seq = s.seq;
-        s.heap.push(Entry { priority: msg.priority, seq, msg });
+        s.heap.push(Entry {
+            priority: msg.priority,
+            seq,
+            msg,
+        });
         drop(s);
         self.notify.notify_waiters();
         self.notify.notify_one();
@@ -97,7 +101,11 @@ impl MemoryQueue {
     }
 
     /// Settles a delivery; with `Some((msg, delay))` the message comes back later.
-    pub fn settle(&self, _h: MemoryHandle, again: Option<(JobMessage, Duration)>) -> Result<(), QueueError> {
+    pub fn settle(
+        &self,
+        _h: MemoryHandle,
+        again: Option<(JobMessage, Duration)>,
+    ) -> Result<(), QueueError> {
         match again {
             None => self.done(),
             Some((msg, delay)) if delay.is_zero() => {
@@ -118,14 +126,24 @@ impl MemoryQueue {
     }
 
     pub fn dead(&self, _h: MemoryHandle, msg: JobMessage, reason: &str) -> Result<(), QueueError> {
-        self.state.lock().expect("queue lock").dead.push((msg, reason.to_string()));
+        self.state
+            .lock()
+            .expect("queue lock")
+            .dead
+            .push((msg, reason.to_string()));
         self.done();
         Ok(())
     }
 
     /// Messages given up on, with their reasons.
     pub fn dead_letters(&self) -> Vec<(String, String)> {
-        self.state.lock().expect("queue lock").dead.iter().map(|(m, r)| (m.job_id.clone(), r.clone())).collect()
+        self.state
+            .lock()
+            .expect("queue lock")
+            .dead
+            .iter()
+            .map(|(m, r)| (m.job_id.clone(), r.clone()))
+            .collect()
     }
 
     pub fn depth(&self) -> usize {
@@ -136,7 +154,11 @@ impl MemoryQueue {
         let mut s = self.state.lock().expect("queue lock");
         s.seq += 1;
         let seq = s.seq;
-        s.heap.push(Entry { priority: msg.priority, seq, msg });
+        s.heap.push(Entry {
+            priority: msg.priority,
+            seq,
+            msg,
+        });
     }
 
     fn done(&self) {
@@ -175,7 +197,8 @@ mod tests {
             if m.job_id == "b" && m.attempt == 0 {
                 let mut again = m.clone();
                 again.attempt = 1;
-                q.settle(h, Some((again, Duration::from_millis(20)))).unwrap();
+                q.settle(h, Some((again, Duration::from_millis(20))))
+                    .unwrap();
             } else {
                 q.settle(h, None).unwrap();
             }

@@ -109,7 +109,9 @@ impl Queue {
         } else if spec.starts_with("amqp://") || spec.starts_with("amqps://") {
             Ok(Queue::Amqp(AmqpQueue::connect(spec, opts).await?))
         } else {
-            Err(QueueError::Config(format!("{spec:?}: expected `memory` or an amqp:// URL")))
+            Err(QueueError::Config(format!(
+                "{spec:?}: expected `memory` or an amqp:// URL"
+            )))
         }
     }
 
@@ -137,9 +139,11 @@ impl Queue {
     /// handle was opened without `consume`). Waits across broker reconnects.
     pub async fn next(&self) -> Option<Delivery> {
         match self {
-            Queue::Memory(q) => {
-                q.next().await.map(|(msg, h)| Delivery { msg, redelivered: false, handle: Handle::Memory(h) })
-            }
+            Queue::Memory(q) => q.next().await.map(|(msg, h)| Delivery {
+                msg,
+                redelivered: false,
+                handle: Handle::Memory(h),
+            }),
             Queue::Amqp(q) => q.next().await.map(|r| Delivery {
                 msg: r.msg,
                 redelivered: r.redelivered,
@@ -166,7 +170,12 @@ impl Queue {
     /// AMQP: to the smallest retry tier of at least `delay` (the longest tier if
     /// none is; fleet.jobs for zero), confirmed before the ack. If that publish
     /// fails, the original is requeued instead (not lost) and the error returned.
-    pub async fn retry(&self, d: Delivery, attempt: u32, delay: Duration) -> Result<(), QueueError> {
+    pub async fn retry(
+        &self,
+        d: Delivery,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let mut msg = d.msg.clone();
         msg.attempt = attempt;
         match (self, d.handle) {
@@ -228,8 +237,16 @@ impl Queue {
     pub async fn queue_stats(&self) -> Result<Vec<QueueStat>, QueueError> {
         match self {
             Queue::Memory(q) => Ok(vec![
-                QueueStat { name: "fleet.jobs".into(), messages: count(q.depth()), consumers: 0 },
-                QueueStat { name: "fleet.dead".into(), messages: count(q.dead_letters().len()), consumers: 0 },
+                QueueStat {
+                    name: "fleet.jobs".into(),
+                    messages: count(q.depth()),
+                    consumers: 0,
+                },
+                QueueStat {
+                    name: "fleet.dead".into(),
+                    messages: count(q.dead_letters().len()),
+                    consumers: 0,
+                },
             ]),
             Queue::Amqp(q) => q.queue_stats().await,
         }
@@ -272,7 +289,10 @@ mod tests {
 
     #[tokio::test]
     async fn open_takes_memory_or_an_amqp_url() {
-        assert!(matches!(Queue::open("memory", AmqpOptions::default()).await, Ok(Queue::Memory(_))));
+        assert!(matches!(
+            Queue::open("memory", AmqpOptions::default()).await,
+            Ok(Queue::Memory(_))
+        ));
         for bad in ["redis://x", "", "amqp://[::1"] {
             let r = Queue::open(bad, AmqpOptions::default()).await;
             assert!(matches!(r, Err(QueueError::Config(_))), "{bad:?}");
@@ -283,7 +303,9 @@ mod tests {
     async fn memory_control_is_a_broadcast() {
         let q = Queue::open("memory", AmqpOptions::default()).await.unwrap();
         let mut rx = q.subscribe_control();
-        q.publish_control(ControlMsg::Cancel("j".into())).await.unwrap();
+        q.publish_control(ControlMsg::Cancel("j".into()))
+            .await
+            .unwrap();
         assert_eq!(rx.recv().await.unwrap(), ControlMsg::Cancel("j".into()));
         let json: ControlMsg = serde_json::from_str(r#"{"cancel":"j"}"#).unwrap();
         assert_eq!(json, ControlMsg::Cancel("j".into()));

@@ -283,6 +283,10 @@ impl Metrics {
         for o in WEBHOOK_OUTCOMES {
             m.webhook_deliveries.with_label_values(&[o]);
         }
+        for q in ["fleet.jobs", "fleet.dead"] {
+            m.queue_messages.with_label_values(&[q]);
+            m.queue_consumers.with_label_values(&[q]);
+        }
         m.up.set(1.0);
         m
     }

@@ -203,7 +203,8 @@ async fn handle(
             Ok(Claim::Run(rec)) => rec,
         };
         let attempt = rec.attempt;
-        svc.notifier.job_started(&spec, attempt, &svc.settings.worker_id);
+        svc.notifier
+            .job_started(&spec, attempt, &svc.settings.worker_id);
         let wait = (Utc::now() - rec.created_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics().queue_wait.observe(
             wait.min((Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0),
@@ -438,6 +439,8 @@ async fn finish(
             true
         })
         .await?;
+    // After results and the terminal status are stored; returns at once.
+    svc.notifier.job_finished(spec, r);
     metrics()
         .jobs_finished
         .with_label_values(&[r.outcome.as_str()])

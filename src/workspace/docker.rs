@@ -103,12 +103,19 @@ impl DockerBackend {
             own_start_time(),
         );
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        within(
+        let created = within(
             API_DEADLINE,
             self.docker.create_container(Some(options), body),
         )
-        .await?
-        .map_err(from_bollard)?;
+        .await
+        .and_then(|r| r.map_err(from_bollard));
+        if let Err(e) = created {
+            // A create that timed out may still have happened on the engine's side.
+            if let Err(rm) = remove_container(&self.docker, &name).await {
+                tracing::warn!(container = %name, error = %rm, "could not remove a half-created container");
+            }
+            return Err(e);
+        }
         tracing::debug!(container = %name, image = %spec.image, "workspace container created");
 
         let ws = DockerWorkspace {
@@ -130,7 +137,9 @@ impl DockerBackend {
         }
     }
 
-    /// Removes this host's fleet containers whose owning process is gone.
+    /// Removes this host's fleet containers whose owning process is gone. Owners are
+    /// pids in this process's pid namespace: workers that share a Docker engine but
+    /// not a pid namespace (one worker container each) need distinct host prefixes.
     pub async fn cleanup_stale(&self) -> Result<usize, WorkspaceError> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(
             "label",
@@ -315,7 +324,7 @@ fn create_body(
         memory,
         // Swap equal to memory: the limit is a real limit, not memory plus as much swap.
         memory_swap: memory,
-        nano_cpus: (spec.cpus > 0.0).then(|| (spec.cpus * 1e9) as i64),
+        nano_cpus: (spec.cpus > 0.0).then_some((spec.cpus * 1e9) as i64),
         pids_limit: (spec.pids > 0).then_some(spec.pids),
         network_mode: Some(network),
         privileged: Some(false),

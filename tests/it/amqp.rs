@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use agent_fleet::queue::amqp::wire;
-use agent_fleet::queue::{AmqpOptions, AmqpQueue, ControlMsg, Delivery, JobMessage, Queue, QueueError, QueueKind};
+use agent_fleet::queue::{
+    AmqpOptions, AmqpQueue, ControlMsg, Delivery, JobMessage, Queue, QueueError, QueueKind,
+};
 use chrono::{TimeZone, Utc};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
@@ -18,7 +20,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn url() -> String {
-    std::env::var("FLEET_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("FLEET_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn opts(prefix: &str) -> AmqpOptions {
@@ -44,7 +47,12 @@ impl Fixture {
         let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
         let producer = AmqpQueue::connect(&url(), opts(&prefix))
             .await
-            .unwrap_or_else(|e| panic!("RabbitMQ at {} (run scripts/services/rabbitmq.sh): {e}", url()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "RabbitMQ at {} (run scripts/services/rabbitmq.sh): {e}",
+                    url()
+                )
+            });
         Fixture { prefix, producer }
     }
 
@@ -56,7 +64,9 @@ impl Fixture {
         let mut o = opts(&self.prefix);
         o.consume = true;
         f(&mut o);
-        AmqpQueue::connect(&url(), o).await.expect("consumer connects")
+        AmqpQueue::connect(&url(), o)
+            .await
+            .expect("consumer connects")
     }
 
     async fn worker(&self, prefetch: u16) -> Queue {
@@ -67,14 +77,21 @@ impl Fixture {
     async fn depth(&self, name: &str) -> u32 {
         let full = format!("{}{name}", self.prefix);
         let stats = self.producer.queue_stats().await.expect("stats");
-        stats.iter().find(|s| s.name == full).unwrap_or_else(|| panic!("no {full} in {stats:?}")).messages
+        stats
+            .iter()
+            .find(|s| s.name == full)
+            .unwrap_or_else(|| panic!("no {full} in {stats:?}"))
+            .messages
     }
 
     async fn teardown(self, workers: &[&Queue]) {
         for w in workers {
             w.close().await;
         }
-        self.producer.delete_topology().await.expect("delete topology");
+        self.producer
+            .delete_topology()
+            .await
+            .expect("delete topology");
         self.producer.close().await;
     }
 }
@@ -90,18 +107,26 @@ fn job(id: &str, priority: u8, attempt: u32) -> JobMessage {
 }
 
 async fn next(q: &Queue) -> Delivery {
-    tokio::time::timeout(WAIT, q.next()).await.expect("a delivery in time").expect("the queue is open")
+    tokio::time::timeout(WAIT, q.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the queue is open")
 }
 
 /// A raw connection, to look at what the broker holds.
 async fn raw() -> Connection {
-    Connection::connect(&url(), ConnectionProperties::default()).await.expect("raw connection")
+    Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("raw connection")
 }
 
 async fn get_one(queue: &str) -> Option<lapin::message::BasicGetMessage> {
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
-    let m = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap();
+    let m = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
     let _ = conn.close(200, "OK".into()).await;
     m
 }
@@ -154,14 +179,25 @@ async fn retry_comes_back_through_a_tier_with_the_next_attempt() {
     let t0 = Instant::now();
     w.retry(d, 1, Duration::from_millis(150)).await.unwrap();
     let d = next(&w).await;
-    assert!(t0.elapsed() >= Duration::from_millis(150), "came back after {:?}", t0.elapsed());
-    assert_eq!((d.msg.job_id.as_str(), d.msg.attempt, d.msg.priority), ("job-r", 1, 3));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "came back after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        (d.msg.job_id.as_str(), d.msg.attempt, d.msg.priority),
+        ("job-r", 1, 3)
+    );
     assert_eq!(d.msg.enqueued_at, job("job-r", 3, 0).enqueued_at);
     // A delay longer than every tier takes the longest.
     let t0 = Instant::now();
     w.retry(d, 2, Duration::from_secs(60)).await.unwrap();
     let d = next(&w).await;
-    assert!(t0.elapsed() >= Duration::from_millis(900), "came back after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "came back after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(d.msg.attempt, 2);
     w.ack(d).await.unwrap();
     fx.teardown(&[&w]).await;
@@ -176,15 +212,30 @@ async fn dead_letter_keeps_the_reason() {
     w.dead_letter(d, "docker: image not found").await.unwrap();
     assert_eq!(fx.depth("fleet.jobs").await, 0);
     assert_eq!(fx.depth("fleet.dead").await, 1);
-    let m = get_one(&fx.producer.names().dead).await.expect("a dead letter");
+    let m = get_one(&fx.producer.names().dead)
+        .await
+        .expect("a dead letter");
     let props = &m.delivery.properties;
-    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some("job-d"));
     assert_eq!(
-        header(props, wire::H_REASON).and_then(|v| wire::as_str(&v)).as_deref(),
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some("job-d")
+    );
+    assert_eq!(
+        header(props, wire::H_REASON)
+            .and_then(|v| wire::as_str(&v))
+            .as_deref(),
         Some("docker: image not found")
     );
-    assert_eq!(header(props, wire::H_ATTEMPT).and_then(|v| wire::as_u32(&v)), Some(4));
-    assert_eq!(header(props, wire::H_ORIGINAL_ID).and_then(|v| wire::as_str(&v)).as_deref(), Some("job-d"));
+    assert_eq!(
+        header(props, wire::H_ATTEMPT).and_then(|v| wire::as_u32(&v)),
+        Some(4)
+    );
+    assert_eq!(
+        header(props, wire::H_ORIGINAL_ID)
+            .and_then(|v| wire::as_str(&v))
+            .as_deref(),
+        Some("job-d")
+    );
     fx.teardown(&[&w]).await;
 }
 
@@ -196,7 +247,10 @@ async fn requeue_comes_back_redelivered() {
     let d = next(&w).await;
     w.requeue(d).await.unwrap();
     let d = next(&w).await;
-    assert_eq!((d.msg.job_id.as_str(), d.msg.attempt, d.redelivered), ("job-q", 1, true));
+    assert_eq!(
+        (d.msg.job_id.as_str(), d.msg.attempt, d.redelivered),
+        ("job-q", 1, true)
+    );
     w.ack(d).await.unwrap();
     fx.teardown(&[&w]).await;
 }
@@ -223,27 +277,53 @@ async fn an_unreadable_message_is_still_delivered() {
 
     let w = fx.worker(1).await;
     let d = next(&w).await;
-    assert_eq!((d.msg.job_id.as_str(), d.msg.attempt, d.msg.priority), ("", 0, 0));
+    assert_eq!(
+        (d.msg.job_id.as_str(), d.msg.attempt, d.msg.priority),
+        ("", 0, 0)
+    );
     assert_eq!(&d.msg.body[..], b"\xff\xfe{not json");
     w.dead_letter(d, "body is not a JSON job").await.unwrap();
-    let m = get_one(&fx.producer.names().dead).await.expect("a dead letter");
+    let m = get_one(&fx.producer.names().dead)
+        .await
+        .expect("a dead letter");
     assert_eq!(m.delivery.data, b"\xff\xfe{not json");
-    assert_eq!(header(&m.delivery.properties, wire::H_ORIGINAL_ID).and_then(|v| wire::as_str(&v)).as_deref(), Some(""));
+    assert_eq!(
+        header(&m.delivery.properties, wire::H_ORIGINAL_ID)
+            .and_then(|v| wire::as_str(&v))
+            .as_deref(),
+        Some("")
+    );
     fx.teardown(&[&w]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_many_confirms_two_thousand() {
     let fx = Fixture::new().await;
-    let jobs: Vec<JobMessage> = (0..2000).map(|i| job(&format!("bulk-{i}"), (i % 10) as u8, 0)).collect();
+    let jobs: Vec<JobMessage> = (0..2000)
+        .map(|i| job(&format!("bulk-{i}"), (i % 10) as u8, 0))
+        .collect();
     let t0 = Instant::now();
     fx.queue().publish_many(&jobs).await.unwrap();
     let took = t0.elapsed();
     eprintln!("2000 confirmed publishes in {took:?}");
-    assert!(took < Duration::from_secs(10), "2000 confirmed publishes took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "2000 confirmed publishes took {took:?}"
+    );
     let stats = fx.producer.queue_stats().await.unwrap();
-    let names: Vec<String> = stats.iter().map(|s| s.name.trim_start_matches(&fx.prefix).to_string()).collect();
-    assert_eq!(names, ["fleet.jobs", "fleet.retry.200ms", "fleet.retry.1s", "fleet.dead"]);
+    let names: Vec<String> = stats
+        .iter()
+        .map(|s| s.name.trim_start_matches(&fx.prefix).to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fleet.jobs",
+            "fleet.retry.200ms",
+            "fleet.retry.1s",
+            "fleet.dead"
+        ]
+    );
     assert_eq!((stats[0].messages, stats[0].consumers), (2000, 0));
     assert!(stats[1..].iter().all(|s| s.messages == 0));
 
@@ -265,8 +345,13 @@ async fn quorum_queues_retry_and_dead_letter() {
         o.consume = consume;
         o
     };
-    let producer = AmqpQueue::connect(&url(), quorum(false)).await.expect("quorum topology");
-    let fx = Fixture { prefix: prefix.clone(), producer };
+    let producer = AmqpQueue::connect(&url(), quorum(false))
+        .await
+        .expect("quorum topology");
+    let fx = Fixture {
+        prefix: prefix.clone(),
+        producer,
+    };
     fx.queue().publish(job("job-qq", 0, 0)).await.unwrap();
     let w = Queue::Amqp(AmqpQueue::connect(&url(), quorum(true)).await.unwrap());
     let d = next(&w).await;
@@ -284,12 +369,21 @@ async fn control_reaches_every_worker() {
     let a = Queue::Amqp(fx.worker_with(|o| o.control = true).await);
     let b = Queue::Amqp(fx.worker_with(|o| o.control = true).await);
     let (mut ra, mut rb) = (a.subscribe_control(), b.subscribe_control());
-    fx.queue().publish_control(ControlMsg::Cancel("job-c".into())).await.unwrap();
+    fx.queue()
+        .publish_control(ControlMsg::Cancel("job-c".into()))
+        .await
+        .unwrap();
     for r in [&mut ra, &mut rb] {
-        let m = tokio::time::timeout(WAIT, r.recv()).await.expect("in time").expect("a message");
+        let m = tokio::time::timeout(WAIT, r.recv())
+            .await
+            .expect("in time")
+            .expect("a message");
         assert_eq!(m, ControlMsg::Cancel("job-c".into()));
     }
-    assert_eq!(serde_json::to_string(&ControlMsg::Cancel("j".into())).unwrap(), r#"{"cancel":"j"}"#);
+    assert_eq!(
+        serde_json::to_string(&ControlMsg::Cancel("j".into())).unwrap(),
+        r#"{"cancel":"j"}"#
+    );
     fx.teardown(&[&a, &b]).await;
 }
 
@@ -317,7 +411,11 @@ async fn a_conflicting_topology_stops_a_worker_not_a_producer() {
     }
     // Producers (submit, cancel, status) take the queues as they find them.
     o.consume = false;
-    let producer = Queue::Amqp(AmqpQueue::connect(&url(), o).await.expect("a producer connects"));
+    let producer = Queue::Amqp(
+        AmqpQueue::connect(&url(), o)
+            .await
+            .expect("a producer connects"),
+    );
     producer.publish(job("job-p", 0, 0)).await.unwrap();
     assert_eq!(producer.queue_stats().await.unwrap()[0].messages, 1);
     fx.teardown(&[&producer]).await;
@@ -327,7 +425,10 @@ async fn a_conflicting_topology_stops_a_worker_not_a_producer() {
 async fn stop_consuming_puts_prefetched_messages_back() {
     let fx = Fixture::new().await;
     for i in 0..3 {
-        fx.queue().publish(job(&format!("s-{i}"), 0, 0)).await.unwrap();
+        fx.queue()
+            .publish(job(&format!("s-{i}"), 0, 0))
+            .await
+            .unwrap();
     }
     let w = fx.worker(3).await;
     let d = next(&w).await;
@@ -348,7 +449,11 @@ async fn kill_connection(tag: &str) {
         .output()
         .await
         .expect("rabbitmqctl (scripts/services/rabbitmq.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     // One connection a line: its pid (`<rabbit@host.1.2.0>`), then its properties.
     let pid = text
@@ -368,7 +473,11 @@ async fn kill_connection(tag: &str) {
 async fn wait_generation(q: &AmqpQueue, at_least: u64) {
     let t0 = Instant::now();
     while q.generation() < at_least {
-        assert!(t0.elapsed() < WAIT, "no reconnect (generation {})", q.generation());
+        assert!(
+            t0.elapsed() < WAIT,
+            "no reconnect (generation {})",
+            q.generation()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -388,7 +497,10 @@ async fn a_stale_delivery_is_not_settled_on_the_new_channel() {
     // Acking the old delivery is a no-op: its tag means nothing on the new channel.
     w.ack(d).await.unwrap();
     let again = next(&w).await;
-    assert_eq!((again.msg.job_id.as_str(), again.redelivered), ("job-s", true));
+    assert_eq!(
+        (again.msg.job_id.as_str(), again.redelivered),
+        ("job-s", true)
+    );
     w.ack(again).await.unwrap();
 
     // The new channel is still fine: nothing was acked on it that it did not deliver.
@@ -412,7 +524,10 @@ async fn broker_restart_drill() {
     let d = next(&w).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/rabbitmq.sh");
-    let st = std::process::Command::new("bash").args([script, "restart"]).status().unwrap();
+    let st = std::process::Command::new("bash")
+        .args([script, "restart"])
+        .status()
+        .unwrap();
     assert!(st.success());
     wait_generation(&aq, 2).await;
     w.ack(d).await.unwrap(); // stale: a no-op
@@ -421,14 +536,23 @@ async fn broker_restart_drill() {
     w.ack(d).await.unwrap();
 
     // A publish during an outage waits for the broker to come back.
-    let st = std::process::Command::new("rabbitmqctl").args(["-q", "stop_app"]).status().unwrap();
+    let st = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "stop_app"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let producer = fx.queue();
     let publish = tokio::spawn(async move { producer.publish(job("during", 0, 0)).await });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let st = std::process::Command::new("rabbitmqctl").args(["-q", "start_app"]).status().unwrap();
+    let st = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "start_app"])
+        .status()
+        .unwrap();
     assert!(st.success());
-    publish.await.unwrap().expect("published once the broker is back");
+    publish
+        .await
+        .unwrap()
+        .expect("published once the broker is back");
     let d = next(&w).await;
     assert_eq!(d.msg.job_id, "during");
     w.ack(d).await.unwrap();
@@ -437,11 +561,17 @@ async fn broker_restart_drill() {
     let mut o = opts(&fx.prefix);
     o.publish_timeout = Duration::from_secs(2);
     let short = Queue::Amqp(AmqpQueue::connect(&url(), o).await.unwrap());
-    let st = std::process::Command::new("rabbitmqctl").args(["-q", "stop_app"]).status().unwrap();
+    let st = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "stop_app"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let err = short.publish(job("lost", 0, 0)).await.unwrap_err();
     assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
-    let st = std::process::Command::new("bash").args([script, "start"]).status().unwrap();
+    let st = std::process::Command::new("bash")
+        .args([script, "start"])
+        .status()
+        .unwrap();
     assert!(st.success());
     short.close().await;
     fx.teardown(&[&w]).await;

@@ -430,7 +430,11 @@ async fn edited_scripts_are_picked_up_and_stop_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tmp_throughput() {
-    let f = Fixture::new(&[("fast", r#"{"steps": [{"tool": "think", "args": {"thought": "x"}}], "repeat_last": true}"#)]).await;
+    let f = Fixture::new(&[(
+        "fast",
+        r#"{"steps": [{"tool": "think", "args": {"thought": "x"}}], "repeat_last": true}"#,
+    )])
+    .await;
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -440,11 +444,17 @@ async fn tmp_throughput() {
             let mut messages = conversation(&format!("task {t}"));
             for _ in 0..100 {
                 let c = client.complete(&messages, &[]).await.unwrap();
-                let _ = c; let _ = &mut messages;
+                let _ = c;
+                let _ = &mut messages;
             }
         }));
     }
-    for t in tasks { t.await.unwrap(); }
+    for t in tasks {
+        t.await.unwrap();
+    }
     let n = 6400.0;
-    eprintln!("THROUGHPUT {:.0} req/s", n / started.elapsed().as_secs_f64());
+    eprintln!(
+        "THROUGHPUT {:.0} req/s",
+        n / started.elapsed().as_secs_f64()
+    );
 }

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_fleet::job::{self, JobResult, Outcome, Tokens};
@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// Every series name of DESIGN.md "Metrics" (histograms by their base name).
@@ -56,7 +56,10 @@ fn repo() -> PathBuf {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// Runs a tool to completion under a deadline; fails the test (never skips) when
@@ -66,20 +69,37 @@ async fn run_tool(program: &str, args: &[&str]) -> String {
     cmd.args(args).current_dir(repo()).kill_on_drop(true);
     let out = match tokio::time::timeout(Duration::from_secs(120), cmd.output()).await {
         Err(_) => panic!("{program} {args:?} did not finish within 120 s"),
-        Ok(Err(e)) => panic!("cannot run {program} ({e}); install it with scripts/services/prometheus.sh"),
+        Ok(Err(e)) => {
+            panic!("cannot run {program} ({e}); install it with scripts/services/prometheus.sh")
+        }
         Ok(Ok(o)) => o,
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{program} {args:?} failed ({}):\n{text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
 #[tokio::test]
 async fn promtool_accepts_the_config_and_the_rules() {
-    let out = run_tool("promtool", &["check", "config", "deploy/prometheus/prometheus.yml"]).await;
+    let out = run_tool(
+        "promtool",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+    )
+    .await;
     assert!(out.contains("SUCCESS"), "{out}");
     let rules = rule_files();
-    assert!(!rules.is_empty(), "no rule files in deploy/prometheus/rules");
+    assert!(
+        !rules.is_empty(),
+        "no rule files in deploy/prometheus/rules"
+    );
     let mut args = vec!["check", "rules"];
     args.extend(rules.iter().map(|p| p.to_str().unwrap()));
     run_tool("promtool", &args).await;
@@ -87,13 +107,19 @@ async fn promtool_accepts_the_config_and_the_rules() {
 
 #[tokio::test]
 async fn the_compose_file_is_valid() {
-    run_tool("docker-compose", &["-f", "deploy/docker-compose.yml", "config", "-q"]).await;
+    run_tool(
+        "docker-compose",
+        &["-f", "deploy/docker-compose.yml", "config", "-q"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn the_endpoint_serves_metrics_health_and_readiness() {
     let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path().to_str().unwrap()).await.unwrap();
+    let store = Store::open(store_dir.path().to_str().unwrap())
+        .await
+        .unwrap();
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let b = broken.clone();
     let readiness = Readiness::new()
@@ -106,22 +132,42 @@ async fn the_endpoint_serves_metrics_health_and_readiness() {
             async move { !b.load(Ordering::SeqCst) }
         });
     let stop = CancellationToken::new();
-    let srv = server::serve("127.0.0.1:0".parse().unwrap(), readiness, stop.clone()).await.expect("bind");
+    let srv = server::serve("127.0.0.1:0".parse().unwrap(), readiness, stop.clone())
+        .await
+        .expect("bind");
     let base = format!("http://{}", srv.local_addr());
     let c = http();
 
     let m = c.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(m.status(), 200);
-    assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = m.text().await.unwrap();
     for name in DESIGN_METRICS {
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not exported");
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} is not exported"
+        );
     }
     // Known label values are there from start-up, at zero.
-    assert!(text.contains("fleet_jobs_finished_total{outcome=\"stuck\"} 0"), "{text}");
+    assert!(
+        text.contains("fleet_jobs_finished_total{outcome=\"stuck\"} 0"),
+        "{text}"
+    );
     assert!(text.contains("fleet_webhook_deliveries_total{outcome=\"failed\"} 0"));
 
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let ready = c.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.json::<Value>().await.unwrap()["ready"], true);
@@ -131,17 +177,34 @@ async fn the_endpoint_serves_metrics_health_and_readiness() {
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["failing"], json!(["broker"]));
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "alive though not ready");
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "alive though not ready"
+    );
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), srv.stopped()).await.expect("stops on shutdown").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), srv.stopped())
+        .await
+        .expect("stops on shutdown")
+        .unwrap();
 }
 
 #[tokio::test]
 async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus() {
     // The worker side: the metrics endpoint, and series moving as during a batch.
     let stop = CancellationToken::new();
-    let srv = server::serve("127.0.0.1:0".parse().unwrap(), Readiness::new(), stop.clone()).await.expect("bind");
+    let srv = server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        Readiness::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("bind");
     let traffic = tokio::spawn(drive_traffic(stop.clone()));
 
     // Scenario A scrapes the live worker: everything but the "no worker" alerts
@@ -155,13 +218,26 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
 
     let rules = live.rules().await;
     let declared = declared_rule_count();
-    assert_eq!(rules.len(), declared, "Prometheus loaded {} rules of the {declared} in the files", rules.len());
+    assert_eq!(
+        rules.len(),
+        declared,
+        "Prometheus loaded {} rules of the {declared} in the files",
+        rules.len()
+    );
     for r in &rules {
-        assert_eq!(r.health, "ok", "rule {} is unhealthy: {}", r.name, r.last_error);
+        assert_eq!(
+            r.health, "ok",
+            "rule {} is unhealthy: {}",
+            r.name, r.last_error
+        );
     }
 
     let dashboard = dashboard_expressions();
-    assert!(dashboard.len() >= 20, "only {} dashboard expressions found", dashboard.len());
+    assert!(
+        dashboard.len() >= 20,
+        "only {} dashboard expressions found",
+        dashboard.len()
+    );
     let mut missing = Vec::new();
     for expr in &dashboard {
         if !live.returns_data(expr, PATIENCE).await {
@@ -190,9 +266,17 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
     traffic.await.unwrap();
     drop((live, dead));
 
-    assert!(missing.is_empty(), "expressions without data:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "expressions without data:\n{}",
+        missing.join("\n")
+    );
     fired_on_dead.sort();
-    assert_eq!(fired_on_dead, ["FleetNoWorkerUp", "FleetWorkerDown"], "alerts that only fire without a live worker");
+    assert_eq!(
+        fired_on_dead,
+        ["FleetNoWorkerUp", "FleetWorkerDown"],
+        "alerts that only fire without a live worker"
+    );
 }
 
 /// Moves every series the way a busy worker does: jobs finishing with mixed
@@ -201,7 +285,9 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
 async fn drive_traffic(stop: CancellationToken) {
     let receiver = start_receiver().await;
     let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path().to_str().unwrap()).await.unwrap();
+    let store = Store::open(store_dir.path().to_str().unwrap())
+        .await
+        .unwrap();
     let settings = WebhookSettings {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
@@ -211,16 +297,24 @@ async fn drive_traffic(stop: CancellationToken) {
     let m = metrics();
     m.worker_slots.set(4);
     m.queue_messages.with_label_values(&["fleet.dead"]).set(2.0);
-    m.queue_consumers.with_label_values(&["fleet.jobs"]).set(2.0);
+    m.queue_consumers
+        .with_label_values(&["fleet.jobs"])
+        .set(2.0);
     let mut tick = 0u64;
     while !stop.is_cancelled() {
         tick += 1;
         m.jobs_started.inc();
         m.jobs_running.set((tick % 2) as i64);
         m.queue_wait.observe(0.5 + (tick % 7) as f64);
-        for (o, secs) in [(Outcome::Succeeded, 40.0), (Outcome::Failed, 90.0), (Outcome::Stuck, 300.0)] {
+        for (o, secs) in [
+            (Outcome::Succeeded, 40.0),
+            (Outcome::Failed, 90.0),
+            (Outcome::Stuck, 300.0),
+        ] {
             m.jobs_finished.with_label_values(&[o.as_str()]).inc();
-            m.job_duration.with_label_values(&[o.as_str()]).observe(secs + tick as f64);
+            m.job_duration
+                .with_label_values(&[o.as_str()])
+                .observe(secs + tick as f64);
         }
         m.agent_steps.inc_by(5);
         // Mostly errors, so FleetLlmErrors fires.
@@ -237,11 +331,19 @@ async fn drive_traffic(stop: CancellationToken) {
         m.stuck_detections.with_label_values(&["monologue"]).inc();
         m.workspace_start.observe(0.8);
         m.job_retries.with_label_values(&["llm"]).inc();
-        m.queue_messages.with_label_values(&["fleet.jobs"]).set(tick as f64);
-        store.put("probe/tick", Bytes::from(vec![b'x'; 512])).await.unwrap();
+        m.queue_messages
+            .with_label_values(&["fleet.jobs"])
+            .set(tick as f64);
+        store
+            .put("probe/tick", Bytes::from(vec![b'x'; 512]))
+            .await
+            .unwrap();
         if tick % 3 == 0 {
             for path in ["ok", "bad", "flaky"] {
-                let spec = job_spec(&format!("{path}-{tick}"), &format!("http://{receiver}/{path}"));
+                let spec = job_spec(
+                    &format!("{path}-{tick}"),
+                    &format!("http://{receiver}/{path}"),
+                );
                 notifier.job_finished(&spec, &result(&spec));
             }
         }
@@ -267,7 +369,10 @@ fn result(spec: &job::JobSpec) -> JobResult {
         final_message: Some("done".into()),
         steps: 3,
         cost_usd: 0.01,
-        tokens: Tokens { prompt: 10, completion: 2 },
+        tokens: Tokens {
+            prompt: 10,
+            completion: 2,
+        },
         duration_secs: 1.0,
         stuck_pattern: None,
         error: None,
@@ -287,7 +392,11 @@ async fn start_receiver() -> SocketAddr {
         StatusCode::BAD_REQUEST
     }
     async fn flaky(State(n): State<Arc<AtomicU64>>) -> StatusCode {
-        if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
+        if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
     }
     let app = axum::Router::new()
         .route("/ok", axum::routing::post(ok))
@@ -301,7 +410,11 @@ async fn start_receiver() -> SocketAddr {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rule_files() -> Vec<PathBuf> {
@@ -321,7 +434,12 @@ fn declared_rule_count() -> usize {
     rule_files()
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
-        .flat_map(|t| t.lines().map(str::trim_start).map(String::from).collect::<Vec<_>>())
+        .flat_map(|t| {
+            t.lines()
+                .map(str::trim_start)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .filter(|l| l.starts_with("- record:") || l.starts_with("- alert:"))
         .count()
 }
@@ -330,12 +448,16 @@ fn declared_rule_count() -> usize {
 /// with Grafana's variables replaced by what Grafana would send.
 fn dashboard_expressions() -> Vec<String> {
     let path = repo().join("deploy/grafana/fleet.json");
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("the dashboard is JSON");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .expect("the dashboard is JSON");
     let mut raw = Vec::new();
     collect_exprs(&dash, &mut raw);
     for var in dash["templating"]["list"].as_array().into_iter().flatten() {
         if var["type"] == "query" {
-            let q = var["query"]["query"].as_str().or(var["query"].as_str()).expect("a variable query");
+            let q = var["query"]["query"]
+                .as_str()
+                .or(var["query"].as_str())
+                .expect("a variable query");
             raw.push(q.to_string());
         }
     }
@@ -362,8 +484,14 @@ fn grafana_to_promql(expr: &str) -> String {
         .replace("$__range", "5m")
         .replace("$instance", ".*");
     // label_values(metric, label) is Grafana's, not PromQL: query the metric.
-    if let Some(inner) = e.strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')) {
-        e = inner.rsplit_once(',').map(|(m, _)| m.trim().to_string()).unwrap_or_default();
+    if let Some(inner) = e
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        e = inner
+            .rsplit_once(',')
+            .map(|(m, _)| m.trim().to_string())
+            .unwrap_or_default();
     }
     assert!(!e.contains('$'), "unhandled Grafana variable in {expr:?}");
     e
@@ -406,16 +534,31 @@ impl Prometheus {
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prometheus ({e}); install it with scripts/services/prometheus.sh"));
-        let mut p = Prometheus { child, base: format!("http://127.0.0.1:{port}"), dir, client: http() };
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start prometheus ({e}); install it with scripts/services/prometheus.sh"
+                )
+            });
+        let mut p = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client: http(),
+        };
         p.wait_ready().await;
         p
     }
@@ -430,12 +573,21 @@ impl Prometheus {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("prometheus exited ({status}):\n{}", self.log());
             }
-            if let Ok(r) = self.client.get(format!("{}/-/ready", self.base)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/-/ready", self.base))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "prometheus not ready within 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within 30 s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -445,20 +597,36 @@ impl Prometheus {
         let q = format!("count_over_time(up{{job=\"fleet-worker\"}}[5m]) >= {n}");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(self.query(&q).await, Ok(r) if !r.is_empty()) {
-            assert!(Instant::now() < deadline, "fewer than {n} scrapes within 60 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} scrapes within 60 s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// The instant query's result, or Prometheus's error.
     async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let r = self.client.get(format!("{}/api/v1/query", self.base)).query(&[("query", expr)]).send().await;
-        let body: Value = r.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+        let r = self
+            .client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr)])
+            .send()
+            .await;
+        let body: Value = r
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
         if body["status"] != "success" {
             return Err(format!("{}: {}", body["errorType"], body["error"]));
         }
         Ok(match &body["data"]["result"] {
-            Value::Array(a) if body["data"]["resultType"] == "scalar" || body["data"]["resultType"] == "string" => {
+            Value::Array(a)
+                if body["data"]["resultType"] == "scalar"
+                    || body["data"]["resultType"] == "string" =>
+            {
                 vec![Value::Array(a.clone())]
             }
             Value::Array(a) => a.clone(),
@@ -488,20 +656,38 @@ impl Prometheus {
     async fn rules(&self) -> Vec<Rule> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let body: Value = self.client.get(format!("{}/api/v1/rules", self.base)).send().await.unwrap().json().await.unwrap();
+            let body: Value = self
+                .client
+                .get(format!("{}/api/v1/rules", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let mut rules = Vec::new();
             let mut evaluated = true;
             for g in body["data"]["groups"].as_array().into_iter().flatten() {
                 for r in g["rules"].as_array().into_iter().flatten() {
                     let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
                     evaluated &= !s("lastEvaluation").starts_with("0001-");
-                    rules.push(Rule { name: s("name"), kind: s("type"), query: s("query"), health: s("health"), last_error: s("lastError") });
+                    rules.push(Rule {
+                        name: s("name"),
+                        kind: s("type"),
+                        query: s("query"),
+                        health: s("health"),
+                        last_error: s("lastError"),
+                    });
                 }
             }
             if evaluated && !rules.is_empty() {
                 return rules;
             }
-            assert!(Instant::now() < deadline, "rules not evaluated within 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "rules not evaluated within 30 s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -509,7 +695,10 @@ impl Prometheus {
 
 #[test]
 fn grafana_variables_become_promql() {
-    assert_eq!(grafana_to_promql("label_values(fleet_worker_up, instance)"), "fleet_worker_up");
+    assert_eq!(
+        grafana_to_promql("label_values(fleet_worker_up, instance)"),
+        "fleet_worker_up"
+    );
     assert_eq!(
         grafana_to_promql("sum(rate(x{instance=~\"$instance\"}[$__rate_interval]))"),
         "sum(rate(x{instance=~\".*\"}[1m]))"

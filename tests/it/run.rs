@@ -332,3 +332,72 @@ fn a_batch_runs_concurrently_with_exit_code_one_when_any_fails() {
     }
     assert_eq!(out.result(&bad)["outcome"], "max_iterations");
 }
+
+/// A tiny HTTP receiver on 127.0.0.1 answering 200 to every request; returns the
+/// address and the bodies received.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut s = stream;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // Read the head, then the body by Content-Length.
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len = text[..i]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        g.lock().unwrap().push(text[i + 4..].to_string());
+                        break;
+                    }
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn completion_webhook_is_sent_after_results_are_stored() {
+    let (addr, got) = receiver();
+    let mut b = Batch::new();
+    b.env("FLEET_IT_HOOK_SECRET", "hook-secret-value");
+    let id = b.job(
+        "hook",
+        json!({"task": "t", "webhook": {"url": format!("http://{addr}/hook"), "secret_env": "FLEET_IT_HOOK_SECRET"}}),
+        json!({"steps": [{"tool": "finish", "args": {"message": "done"}}]}),
+    );
+    let out = b.run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let bodies = got.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let payload: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(payload["event"], "job.completed");
+    assert_eq!(payload["job_id"], id.as_str());
+    assert_eq!(payload["outcome"], "succeeded");
+    let status: serde_json::Value =
+        serde_json::from_str(&b.store_text(&id, "status.json")).unwrap();
+    assert_eq!(status["webhooks"][0]["delivered"], true, "{status}");
+    assert_eq!(status["webhooks"][0]["delivery_id"], payload["delivery_id"]);
+}

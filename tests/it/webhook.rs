@@ -206,7 +206,7 @@ fn notifier(store: &Store, settings: WebhookSettings) -> Notifier {
     )
 }
 
-/// Waits until the job's status.json holds `n` webhook records all settled per `done`.
+/// Waits until the job's status.json holds `n` webhook delivery records.
 async fn recorded(store: &Store, job_id: &str, n: usize) -> Vec<WebhookDelivery> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -598,15 +598,35 @@ async fn a_job_naming_a_missing_secret_gets_no_unsigned_delivery() {
 #[tokio::test]
 async fn connection_errors_are_retried_up_to_the_attempt_limit() {
     // A port nothing listens on: every attempt is refused at connect.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let s = spec("refused-1", json!({"webhook": {"url": format!("http://127.0.0.1:{port}/hook")}}));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = spec(
+        "refused-1",
+        json!({"webhook": {"url": format!("http://127.0.0.1:{port}/hook")}}),
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(&dir, &[&s]).await;
-    notifier(&store, WebhookSettings { max_attempts: 3, ..fast() }).job_finished(&s, &result(&s, Outcome::Succeeded, "ok"));
+    notifier(
+        &store,
+        WebhookSettings {
+            max_attempts: 3,
+            ..fast()
+        },
+    )
+    .job_finished(&s, &result(&s, Outcome::Succeeded, "ok"));
 
     let hooks = recorded(&store, "refused-1", 1).await;
     let h = &hooks[0];
     assert_eq!((h.delivered, h.attempts, h.last_status), (false, 3, None));
-    assert!(h.last_error.as_deref().unwrap().contains("connection failed"), "{h:?}");
+    assert!(
+        h.last_error
+            .as_deref()
+            .unwrap()
+            .contains("connection failed"),
+        "{h:?}"
+    );
     assert_eq!((counter("retried"), counter("failed")), (2, 1));
 }

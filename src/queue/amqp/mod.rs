@@ -17,6 +17,7 @@
 //! broker delivers the message again. Delivery is at least once — the worker's
 //! status record in the store makes a duplicate harmless.
 
+mod publish;
 mod session;
 pub mod wire;
 
@@ -25,16 +26,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use lapin::Acker;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicNackOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Acker, BasicProperties, Channel, Confirmation};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use self::session::{CallError, Session, call};
 use super::{ControlMsg, JobMessage, QueueError, QueueStat};
@@ -93,7 +94,11 @@ impl Default for AmqpOptions {
             control: false,
             prefix: String::new(),
             retry_tiers: [5, 30, 300].map(Duration::from_secs).to_vec(),
-            consumer_tag: format!("fleet-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            consumer_tag: format!(
+                "fleet-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             op_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
@@ -161,7 +166,8 @@ impl AmqpQueue {
     /// and starts consuming when `opts.consume`. A declaration the broker refuses
     /// (e.g. fleet.jobs exists with other arguments) is [`QueueError::Config`].
     pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpQueue, QueueError> {
-        url.parse::<lapin::uri::AMQPUri>().map_err(|e| QueueError::Config(format!("queue URL: {e}")))?;
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| QueueError::Config(format!("queue URL: {e}")))?;
         let names = wire::Names::new(&opts.prefix, &opts.retry_tiers);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -199,7 +205,10 @@ impl AmqpQueue {
         let task = tokio::spawn(session::supervise(shared.clone(), first));
         *shared.supervisor.lock().expect("supervisor lock") = Some(task);
         let guard = Arc::new(shared.shutdown.clone().drop_guard());
-        Ok(AmqpQueue { shared, _guard: guard })
+        Ok(AmqpQueue {
+            shared,
+            _guard: guard,
+        })
     }
 
     /// Queue and exchange names, with the prefix.
@@ -237,113 +246,6 @@ impl AmqpQueue {
         }
     }
 
-    /// Publishes a job to fleet.jobs, confirmed.
-    pub async fn publish(&self, msg: &JobMessage) -> Result<(), QueueError> {
-        let props = wire::job_properties(msg, FieldTable::default())?;
-        self.publish_to(&self.shared.names.jobs, &msg.body, props).await
-    }
-
-    /// Publishes to a queue through the default exchange, `mandatory` and
-    /// confirmed, retrying across reconnects until `publish_timeout`.
-    async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), QueueError> {
-        let deadline = Instant::now() + self.shared.opts.publish_timeout;
-        self.publish_until(deadline, "", queue, body, props, true).await
-    }
-
-    async fn publish_until(
-        &self,
-        deadline: Instant,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
-        mandatory: bool,
-    ) -> Result<(), QueueError> {
-        let mut delays = session::backoff(Duration::from_secs(1));
-        loop {
-            let s = self.session(deadline).await?;
-            let fut = publish_one(&s.publish, exchange, routing_key, body, props.clone(), mandatory);
-            match tokio::time::timeout_at(deadline, fut).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(Published::Refused(why))) => return Err(QueueError::Refused(why)),
-                Ok(Err(Published::Failed(e))) => {
-                    warn!(error = %e, "publish failed; retrying");
-                    self.shared.poke.notify_one();
-                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                    tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
-                }
-                Err(_) => {
-                    return Err(QueueError::Unavailable("publish not confirmed before the deadline".into()));
-                }
-            }
-        }
-    }
-
-    /// Publishes many jobs fast: batches of `publish_batch` are sent back to back
-    /// and their confirms awaited together. A batch cut by a lost connection is
-    /// sent again (so a job may be queued twice; the store's status record makes
-    /// that harmless). Refused messages make it `Refused`, naming the first
-    /// refused job id, after every batch was tried.
-    pub async fn publish_many(&self, msgs: &[JobMessage]) -> Result<(), QueueError> {
-        let props: Vec<BasicProperties> =
-            msgs.iter().map(|m| wire::job_properties(m, FieldTable::default())).collect::<Result<_, _>>()?;
-        let mut refused: Vec<&str> = Vec::new();
-        let batch = self.shared.opts.publish_batch.max(1);
-        for (chunk, props) in msgs.chunks(batch).zip(props.chunks(batch)) {
-            let deadline = Instant::now() + self.shared.opts.publish_timeout;
-            let mut delays = session::backoff(Duration::from_secs(1));
-            loop {
-                let s = self.session(deadline).await?;
-                match tokio::time::timeout_at(deadline, self.publish_batch(&s.publish, chunk, props)).await {
-                    Ok(Ok(no)) => {
-                        refused.extend(no.into_iter().map(|i| chunk[i].job_id.as_str()));
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, batch = chunk.len(), "batch publish failed; sending the batch again");
-                        self.shared.poke.notify_one();
-                        let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                        tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
-                    }
-                    Err(_) => {
-                        return Err(QueueError::Unavailable("batch not confirmed before the deadline".into()));
-                    }
-                }
-            }
-        }
-        match refused.first() {
-            None => Ok(()),
-            Some(first) => Err(QueueError::Refused(format!(
-                "{} of {} messages refused by the broker (first: {first:?})",
-                refused.len(),
-                msgs.len()
-            ))),
-        }
-    }
-
-    /// Sends a batch, then awaits its confirms; the indexes of refused messages.
-    async fn publish_batch(
-        &self,
-        ch: &Channel,
-        msgs: &[JobMessage],
-        props: &[BasicProperties],
-    ) -> Result<Vec<usize>, lapin::Error> {
-        let opts = BasicPublishOptions { mandatory: true, immediate: false };
-        let mut pending = Vec::with_capacity(msgs.len());
-        for (m, p) in msgs.iter().zip(props) {
-            let queue = self.shared.names.jobs.as_str().into();
-            pending.push(ch.basic_publish("".into(), queue, opts, &m.body, p.clone()).await?);
-        }
-        let mut refused = Vec::new();
-        for (i, confirm) in pending.into_iter().enumerate() {
-            match confirm.await? {
-                Confirmation::Ack(None) => {}
-                Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => refused.push(i),
-            }
-        }
-        Ok(refused)
-    }
-
     /// The next delivery of fleet.jobs; `None` when this handle does not consume,
     /// after [`stop_consuming`](Self::stop_consuming), or once closed. Waits across
     /// reconnects. Deliveries of a dead session that were never handed out are
@@ -372,7 +274,10 @@ impl AmqpQueue {
             return Some(Received {
                 msg: wire::decode(&d.properties, d.data, Utc::now()),
                 redelivered: d.redelivered,
-                handle: AmqpHandle { generation: inc.generation, acker: d.acker },
+                handle: AmqpHandle {
+                    generation: inc.generation,
+                    acker: d.acker,
+                },
             });
         }
     }
@@ -386,13 +291,25 @@ impl AmqpQueue {
     /// channel dies during the call, is left to the broker to deliver again: Ok.
     async fn settle(&self, h: AmqpHandle, requeue: Option<bool>) -> Result<(), QueueError> {
         if self.stale(&h) {
-            debug!("settling a delivery of a closed channel: nothing to do, the broker delivers it again");
+            debug!(
+                "settling a delivery of a closed channel: nothing to do, the broker delivers it again"
+            );
             return Ok(());
         }
         let t = self.shared.opts.op_timeout;
         let r = match requeue {
             None => call("basic.ack", t, h.acker.ack(BasicAckOptions::default())).await,
-            Some(requeue) => call("basic.nack", t, h.acker.nack(BasicNackOptions { multiple: false, requeue })).await,
+            Some(requeue) => {
+                call(
+                    "basic.nack",
+                    t,
+                    h.acker.nack(BasicNackOptions {
+                        multiple: false,
+                        requeue,
+                    }),
+                )
+                .await
+            }
         };
         match r {
             Ok(_) => Ok(()),
@@ -417,7 +334,12 @@ impl AmqpQueue {
     /// Publishes `msg` (with its new attempt) to the retry tier for `delay`,
     /// confirmed, then acks the original. If that publish fails the original is
     /// requeued instead, so the message is never lost, and the error returned.
-    pub async fn retry(&self, h: AmqpHandle, msg: &JobMessage, delay: Duration) -> Result<(), QueueError> {
+    pub async fn retry(
+        &self,
+        h: AmqpHandle,
+        msg: &JobMessage,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         if self.stale(&h) {
             return Ok(());
         }
@@ -440,20 +362,31 @@ impl AmqpQueue {
     /// the original. If that publish fails the original is rejected without
     /// requeue, which the broker dead-letters to fleet.dead itself (without the
     /// reason headers); the error is returned.
-    pub async fn dead_letter(&self, h: AmqpHandle, msg: &JobMessage, reason: &str) -> Result<(), QueueError> {
+    pub async fn dead_letter(
+        &self,
+        h: AmqpHandle,
+        msg: &JobMessage,
+        reason: &str,
+    ) -> Result<(), QueueError> {
         if self.stale(&h) {
             return Ok(());
         }
         debug!(job_id = %msg.job_id, attempt = msg.attempt, reason, "dead letter");
         let headers = wire::dead_headers(msg, reason, Utc::now());
         let published = match wire::job_properties(msg, headers.clone()) {
-            Ok(props) => self.publish_to(&self.shared.names.dead, &msg.body, props).await,
+            Ok(props) => {
+                self.publish_to(&self.shared.names.dead, &msg.body, props)
+                    .await
+            }
             // An id the broker cannot carry: keep the message without it.
             Err(_) => {
                 let mut bare = msg.clone();
                 bare.job_id.clear();
                 match wire::job_properties(&bare, headers) {
-                    Ok(props) => self.publish_to(&self.shared.names.dead, &msg.body, props).await,
+                    Ok(props) => {
+                        self.publish_to(&self.shared.names.dead, &msg.body, props)
+                            .await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -467,15 +400,6 @@ impl AmqpQueue {
         }
     }
 
-    /// Broadcasts a control message to every worker (confirmed). Not `mandatory`:
-    /// with no worker bound there is nothing running to tell.
-    pub async fn publish_control(&self, msg: &ControlMsg) -> Result<(), QueueError> {
-        let body = serde_json::to_vec(msg).map_err(|e| QueueError::Refused(e.to_string()))?;
-        let deadline = Instant::now() + self.shared.opts.publish_timeout;
-        let exchange = self.shared.names.control.as_str();
-        self.publish_until(deadline, exchange, "", &body, wire::control_properties(), false).await
-    }
-
     /// Control messages for this worker (needs `opts.control`). Messages sent
     /// while the connection is down are not seen; a receiver that falls more than
     /// 256 behind gets `Lagged`.
@@ -487,13 +411,22 @@ impl AmqpQueue {
     pub async fn queue_stats(&self) -> Result<Vec<QueueStat>, QueueError> {
         let t = self.shared.opts.op_timeout;
         let s = self.session(Instant::now() + t).await?;
-        let ch = call("channel.open", t, s.conn.create_channel()).await.map_err(unavailable)?;
+        let ch = call("channel.open", t, s.conn.create_channel())
+            .await
+            .map_err(unavailable)?;
         let mut stats = Vec::new();
         for name in self.shared.names.queues() {
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            let q = call("queue.declare", t, ch.queue_declare(name.into(), passive, FieldTable::default()))
-                .await
-                .map_err(unavailable)?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let q = call(
+                "queue.declare",
+                t,
+                ch.queue_declare(name.into(), passive, FieldTable::default()),
+            )
+            .await
+            .map_err(unavailable)?;
             stats.push(QueueStat {
                 name: name.to_string(),
                 messages: q.message_count(),
@@ -516,13 +449,22 @@ impl AmqpQueue {
             && let Some(ch) = &s.consume
         {
             let tag = self.shared.opts.consumer_tag.as_str().into();
-            if let Err(e) = call("basic.cancel", t, ch.basic_cancel(tag, BasicCancelOptions::default())).await {
+            if let Err(e) = call(
+                "basic.cancel",
+                t,
+                ch.basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await
+            {
                 debug!(error = %e, "cancelling the consumer");
             }
         }
         let mut rx = self.shared.jobs_rx.lock().await;
         while let Ok(inc) = rx.try_recv() {
-            let h = AmqpHandle { generation: inc.generation, acker: inc.delivery.acker };
+            let h = AmqpHandle {
+                generation: inc.generation,
+                acker: inc.delivery.acker,
+            };
             let _ = self.settle(h, Some(true)).await;
         }
     }
@@ -531,7 +473,12 @@ impl AmqpQueue {
     /// the supervisor. Every clone of this handle is closed with it.
     pub async fn close(&self) {
         self.shared.shutdown.cancel();
-        let task = self.shared.supervisor.lock().expect("supervisor lock").take();
+        let task = self
+            .shared
+            .supervisor
+            .lock()
+            .expect("supervisor lock")
+            .take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(self.shared.opts.op_timeout * 2, task).await;
         }
@@ -542,47 +489,28 @@ impl AmqpQueue {
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
         let t = self.shared.opts.op_timeout;
         let s = self.session(Instant::now() + t).await?;
-        let ch = call("channel.open", t, s.conn.create_channel()).await.map_err(unavailable)?;
-        for name in self.shared.names.queues() {
-            call("queue.delete", t, ch.queue_delete(name.into(), QueueDeleteOptions::default()))
-                .await
-                .map_err(unavailable)?;
-        }
-        let control = self.shared.names.control.as_str().into();
-        call("exchange.delete", t, ch.exchange_delete(control, ExchangeDeleteOptions::default()))
+        let ch = call("channel.open", t, s.conn.create_channel())
             .await
             .map_err(unavailable)?;
+        for name in self.shared.names.queues() {
+            call(
+                "queue.delete",
+                t,
+                ch.queue_delete(name.into(), QueueDeleteOptions::default()),
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        let control = self.shared.names.control.as_str().into();
+        call(
+            "exchange.delete",
+            t,
+            ch.exchange_delete(control, ExchangeDeleteOptions::default()),
+        )
+        .await
+        .map_err(unavailable)?;
         let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
         Ok(())
-    }
-}
-
-/// How one confirmed publish ended, when it did not succeed.
-enum Published {
-    /// Nacked or returned: the broker will not take it.
-    Refused(String),
-    /// The channel or connection failed: worth another try.
-    Failed(lapin::Error),
-}
-
-async fn publish_one(
-    ch: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    props: BasicProperties,
-    mandatory: bool,
-) -> Result<(), Published> {
-    let opts = BasicPublishOptions { mandatory, immediate: false };
-    let confirm =
-        ch.basic_publish(exchange.into(), routing_key.into(), opts, body, props).await.map_err(Published::Failed)?;
-    match confirm.await.map_err(Published::Failed)? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(ret)) => {
-            Err(Published::Refused(format!("returned by the broker: {} {}", ret.reply_code, ret.reply_text)))
-        }
-        Confirmation::Nack(_) => Err(Published::Refused("nacked by the broker".into())),
-        Confirmation::NotRequested => Err(Published::Refused("the channel is not in confirm mode".into())),
     }
 }
 

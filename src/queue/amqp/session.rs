@@ -13,8 +13,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
@@ -82,14 +82,35 @@ pub(super) struct Opened {
 }
 
 /// Connects, declares the topology, and opens the channels and consumers.
-pub(super) async fn open(shared: &Shared, generation: u64, consume: bool) -> Result<Opened, CallError> {
+pub(super) async fn open(
+    shared: &Shared,
+    generation: u64,
+    consume: bool,
+) -> Result<Opened, CallError> {
     let t = shared.opts.op_timeout;
-    let props = ConnectionProperties::default().with_connection_name(shared.opts.consumer_tag.clone().into());
+    let props = ConnectionProperties::default()
+        .with_connection_name(shared.opts.consumer_tag.clone().into());
     let conn = call("connect", t, Connection::connect(&shared.url, props)).await?;
     match open_channels(shared, &conn, consume).await {
-        Ok(Channels { publish, consume, control, jobs_consumer, control_consumer }) => {
-            let session = Arc::new(Session { generation, conn, publish, consume, control });
-            Ok(Opened { session, jobs: jobs_consumer, control: control_consumer })
+        Ok(Channels {
+            publish,
+            consume,
+            control,
+            jobs_consumer,
+            control_consumer,
+        }) => {
+            let session = Arc::new(Session {
+                generation,
+                conn,
+                publish,
+                consume,
+                control,
+            });
+            Ok(Opened {
+                session,
+                jobs: jobs_consumer,
+                control: control_consumer,
+            })
         }
         Err(e) => {
             let _ = call("connection.close", t, conn.close(200, "OK".into())).await;
@@ -106,16 +127,33 @@ struct Channels {
     control_consumer: Option<Consumer>,
 }
 
-async fn open_channels(shared: &Shared, conn: &Connection, consume: bool) -> Result<Channels, CallError> {
+async fn open_channels(
+    shared: &Shared,
+    conn: &Connection,
+    consume: bool,
+) -> Result<Channels, CallError> {
     let t = shared.opts.op_timeout;
     declare(shared, conn).await?;
 
     let publish = call("channel.open", t, conn.create_channel()).await?;
-    call("confirm.select", t, publish.confirm_select(ConfirmSelectOptions::default())).await?;
+    call(
+        "confirm.select",
+        t,
+        publish.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
 
     let (consume_ch, jobs) = if consume {
         let ch = call("channel.open", t, conn.create_channel()).await?;
-        call("basic.qos", t, ch.basic_qos(shared.opts.prefetch.max(1), BasicQosOptions { global: false })).await?;
+        call(
+            "basic.qos",
+            t,
+            ch.basic_qos(
+                shared.opts.prefetch.max(1),
+                BasicQosOptions { global: false },
+            ),
+        )
+        .await?;
         let consumer = call(
             "basic.consume",
             t,
@@ -138,7 +176,11 @@ async fn open_channels(shared: &Shared, conn: &Connection, consume: bool) -> Res
         let q = call(
             "queue.declare",
             t,
-            ch.queue_declare("".into(), QueueDeclareOptions::exclusive().auto_delete(), FieldTable::default()),
+            ch.queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive().auto_delete(),
+                FieldTable::default(),
+            ),
         )
         .await?;
         call(
@@ -154,16 +196,29 @@ async fn open_channels(shared: &Shared, conn: &Connection, consume: bool) -> Res
         )
         .await?;
         let tag = format!("{}.control", shared.opts.consumer_tag);
-        let opts = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
-        let consumer =
-            call("basic.consume", t, ch.basic_consume(q.name().clone(), tag.into(), opts, FieldTable::default()))
-                .await?;
+        let opts = BasicConsumeOptions {
+            no_ack: true,
+            exclusive: true,
+            ..Default::default()
+        };
+        let consumer = call(
+            "basic.consume",
+            t,
+            ch.basic_consume(q.name().clone(), tag.into(), opts, FieldTable::default()),
+        )
+        .await?;
         (Some(ch), Some(consumer))
     } else {
         (None, None)
     };
 
-    Ok(Channels { publish, consume: consume_ch, control: control_ch, jobs_consumer: jobs, control_consumer: control })
+    Ok(Channels {
+        publish,
+        consume: consume_ch,
+        control: control_ch,
+        jobs_consumer: jobs,
+        control_consumer: control,
+    })
 }
 
 /// Declares every exchange and queue; idempotent, run on each (re)connect.
@@ -173,21 +228,36 @@ async fn open_channels(shared: &Shared, conn: &Connection, consume: bool) -> Res
 /// `status`) takes fleet.jobs as it finds it — classic or quorum, whatever the
 /// workers declared — and declares the queues only when fleet.jobs is missing.
 async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
-    let (t, names, kind) = (shared.opts.op_timeout, &shared.names, shared.opts.queue_kind);
+    let (t, names, kind) = (
+        shared.opts.op_timeout,
+        &shared.names,
+        shared.opts.queue_kind,
+    );
     // A channel of its own: a refused declaration closes the channel it was made on.
     let ch = call("channel.open", t, conn.create_channel()).await?;
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     call(
         "exchange.declare",
         t,
-        ch.exchange_declare(names.control.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()),
+        ch.exchange_declare(
+            names.control.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        ),
     )
     .await?;
     if !shared.opts.consume && exists(conn, &names.jobs, t).await? {
         let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
         return Ok(());
     }
-    let expires = shared.opts.queue_expires.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let expires = shared
+        .opts
+        .queue_expires
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let q = |name: &str, mut args: FieldTable| {
         if let Some(ms) = expires {
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
@@ -195,9 +265,22 @@ async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
         ch.queue_declare(name.into(), QueueDeclareOptions::durable(), args)
     };
     call("queue.declare", t, q(&names.dead, wire::dead_args(kind))).await?;
-    call("queue.declare", t, q(&names.jobs, wire::jobs_args(names, kind, shared.opts.delivery_limit))).await?;
+    call(
+        "queue.declare",
+        t,
+        q(
+            &names.jobs,
+            wire::jobs_args(names, kind, shared.opts.delivery_limit),
+        ),
+    )
+    .await?;
     for (ttl, name) in &names.tiers {
-        call("queue.declare", t, q(name, wire::tier_args(names, kind, *ttl))).await?;
+        call(
+            "queue.declare",
+            t,
+            q(name, wire::tier_args(names, kind, *ttl)),
+        )
+        .await?;
     }
     let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
     Ok(())
@@ -207,8 +290,17 @@ async fn declare(shared: &Shared, conn: &Connection) -> Result<(), CallError> {
 /// missing queue closes it).
 async fn exists(conn: &Connection, queue: &str, t: Duration) -> Result<bool, CallError> {
     let ch = call("channel.open", t, conn.create_channel()).await?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    match call("queue.declare", t, ch.queue_declare(queue.into(), passive, FieldTable::default())).await {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match call(
+        "queue.declare",
+        t,
+        ch.queue_declare(queue.into(), passive, FieldTable::default()),
+    )
+    .await
+    {
         Ok(_) => {
             let _ = call("channel.close", t, ch.close(200, "OK".into())).await;
             Ok(true)
@@ -286,7 +378,12 @@ pub(super) async fn supervise(shared: Arc<Shared>, first: Opened) {
         shared.session.send_replace(None);
         match end {
             End::Shutdown => {
-                let _ = call("connection.close", shared.opts.op_timeout, session.conn.close(200, "OK".into())).await;
+                let _ = call(
+                    "connection.close",
+                    shared.opts.op_timeout,
+                    session.conn.close(200, "OK".into()),
+                )
+                .await;
                 break;
             }
             End::Lost(why) => {
@@ -296,7 +393,12 @@ pub(super) async fn supervise(shared: Arc<Shared>, first: Opened) {
                 // broker requeues what it delivered there; never wait on it here.
                 tokio::spawn(async move {
                     if session.conn.status().connected() {
-                        let _ = call("connection.close", t, session.conn.close(320, "session lost".into())).await;
+                        let _ = call(
+                            "connection.close",
+                            t,
+                            session.conn.close(320, "session lost".into()),
+                        )
+                        .await;
                     }
                 });
             }
@@ -314,7 +416,11 @@ async fn next_of(c: &mut Option<Consumer>) -> Option<lapin::Result<lapin::messag
 
 /// Forwards deliveries and control messages until the session dies or shuts down.
 async fn run(shared: &Shared, opened: Opened) -> End {
-    let Opened { session, mut jobs, mut control } = opened;
+    let Opened {
+        session,
+        mut jobs,
+        mut control,
+    } = opened;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -353,12 +459,18 @@ async fn forward(shared: &Shared, generation: u64, d: lapin::message::Delivery) 
             Some(d)
         } else {
             // Unbounded, but the broker sends at most `prefetch` unacked deliveries.
-            let _ = shared.jobs_tx.send(Incoming { generation, delivery: d });
+            let _ = shared.jobs_tx.send(Incoming {
+                generation,
+                delivery: d,
+            });
             None
         }
     };
     if let Some(d) = back {
-        let requeue = BasicNackOptions { multiple: false, requeue: true };
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
         if let Err(e) = call("basic.nack", shared.opts.op_timeout, d.acker.nack(requeue)).await {
             debug!(error = %e, "requeue after stop failed; the broker requeues on close");
         }

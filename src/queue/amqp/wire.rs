@@ -45,7 +45,10 @@ impl Names {
             jobs: format!("{prefix}fleet.jobs"),
             dead: format!("{prefix}fleet.dead"),
             control: format!("{prefix}fleet.control"),
-            tiers: tiers.into_iter().map(|d| (d, format!("{prefix}fleet.retry.{}", tier_label(d)))).collect(),
+            tiers: tiers
+                .into_iter()
+                .map(|d| (d, format!("{prefix}fleet.retry.{}", tier_label(d))))
+                .collect(),
         }
     }
 
@@ -74,7 +77,11 @@ impl Names {
 /// `5s`, `300s`, `200ms`: whole seconds when they are.
 fn tier_label(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 fn int(v: i64) -> AMQPValue {
@@ -110,7 +117,10 @@ pub fn jobs_args(names: &Names, kind: QueueKind, delivery_limit: u32) -> FieldTa
 /// A retry tier: holds each message `ttl`, then dead-letters it back to fleet.jobs.
 pub fn tier_args(names: &Names, kind: QueueKind, ttl: Duration) -> FieldTable {
     let mut t = kind_args(kind);
-    t.insert("x-message-ttl".into(), int(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
+    t.insert(
+        "x-message-ttl".into(),
+        int(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+    );
     t.insert("x-dead-letter-exchange".into(), string(""));
     t.insert("x-dead-letter-routing-key".into(), string(&names.jobs));
     t
@@ -129,7 +139,10 @@ fn short(what: &str, s: &str) -> Result<ShortString, QueueError> {
 pub fn job_properties(msg: &JobMessage, extra: FieldTable) -> Result<BasicProperties, QueueError> {
     let mut headers = extra;
     headers.insert(H_ATTEMPT.into(), int(msg.attempt.into()));
-    headers.insert(H_ENQUEUED_AT.into(), string(&msg.enqueued_at.to_rfc3339_opts(SecondsFormat::Millis, true)));
+    headers.insert(
+        H_ENQUEUED_AT.into(),
+        string(&msg.enqueued_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    );
     let mut props = BasicProperties::default()
         .with_content_type(JSON.into())
         .with_delivery_mode(PERSISTENT)
@@ -147,13 +160,18 @@ pub fn dead_headers(msg: &JobMessage, reason: &str, now: DateTime<Utc>) -> Field
     let mut t = FieldTable::default();
     t.insert(H_REASON.into(), string(reason));
     t.insert(H_ORIGINAL_ID.into(), string(&msg.job_id));
-    t.insert(H_DEAD_AT.into(), string(&now.to_rfc3339_opts(SecondsFormat::Millis, true)));
+    t.insert(
+        H_DEAD_AT.into(),
+        string(&now.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    );
     t
 }
 
 /// A control message: transient JSON (the control queues do not outlive their worker).
 pub fn control_properties() -> BasicProperties {
-    BasicProperties::default().with_content_type(JSON.into()).with_delivery_mode(1)
+    BasicProperties::default()
+        .with_content_type(JSON.into())
+        .with_delivery_mode(1)
 }
 
 /// Reads a delivery back into a [`JobMessage`], whatever it holds: no message id
@@ -168,10 +186,18 @@ pub fn decode(props: &BasicProperties, body: Vec<u8>, now: DateTime<Utc>) -> Job
         .and_then(as_str)
         .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|| props.timestamp().and_then(|ts| Utc.timestamp_opt(i64::try_from(ts).ok()?, 0).single()))
+        .or_else(|| {
+            props
+                .timestamp()
+                .and_then(|ts| Utc.timestamp_opt(i64::try_from(ts).ok()?, 0).single())
+        })
         .unwrap_or(now);
     JobMessage {
-        job_id: props.message_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        job_id: props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
         priority: props.priority().unwrap_or(0),
         attempt,
         enqueued_at,
@@ -209,7 +235,14 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names::new("p.", &[Duration::from_secs(30), Duration::from_secs(5), Duration::from_millis(200)])
+        Names::new(
+            "p.",
+            &[
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+                Duration::from_millis(200),
+            ],
+        )
     }
 
     #[test]
@@ -219,7 +252,14 @@ mod tests {
         assert_eq!(n.dead, "p.fleet.dead");
         assert_eq!(n.control, "p.fleet.control");
         let tiers: Vec<&str> = n.tiers.iter().map(|(_, s)| s.as_str()).collect();
-        assert_eq!(tiers, ["p.fleet.retry.200ms", "p.fleet.retry.5s", "p.fleet.retry.30s"]);
+        assert_eq!(
+            tiers,
+            [
+                "p.fleet.retry.200ms",
+                "p.fleet.retry.5s",
+                "p.fleet.retry.30s"
+            ]
+        );
         assert_eq!(n.queues().len(), 5);
     }
 
@@ -227,33 +267,66 @@ mod tests {
     fn retry_picks_the_smallest_tier_not_shorter() {
         let n = names();
         assert_eq!(n.retry_target(Duration::ZERO), "p.fleet.jobs");
-        assert_eq!(n.retry_target(Duration::from_millis(1)), "p.fleet.retry.200ms");
-        assert_eq!(n.retry_target(Duration::from_millis(200)), "p.fleet.retry.200ms");
+        assert_eq!(
+            n.retry_target(Duration::from_millis(1)),
+            "p.fleet.retry.200ms"
+        );
+        assert_eq!(
+            n.retry_target(Duration::from_millis(200)),
+            "p.fleet.retry.200ms"
+        );
         assert_eq!(n.retry_target(Duration::from_secs(2)), "p.fleet.retry.5s");
         assert_eq!(n.retry_target(Duration::from_secs(31)), "p.fleet.retry.30s");
-        assert_eq!(Names::new("", &[]).retry_target(Duration::from_secs(9)), "fleet.jobs");
+        assert_eq!(
+            Names::new("", &[]).retry_target(Duration::from_secs(9)),
+            "fleet.jobs"
+        );
     }
 
     #[test]
     fn job_message_round_trips_through_properties() {
         let at = Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
-        let msg = JobMessage { job_id: "job-1".into(), priority: 7, attempt: 3, enqueued_at: at, body: "{}".into() };
+        let msg = JobMessage {
+            job_id: "job-1".into(),
+            priority: 7,
+            attempt: 3,
+            enqueued_at: at,
+            body: "{}".into(),
+        };
         let props = job_properties(&msg, FieldTable::default()).unwrap();
         assert_eq!(props.delivery_mode(), &Some(2));
         let back = decode(&props, b"{}".to_vec(), Utc::now());
-        assert_eq!((back.job_id.as_str(), back.priority, back.attempt, back.enqueued_at), ("job-1", 7, 3, at));
+        assert_eq!(
+            (
+                back.job_id.as_str(),
+                back.priority,
+                back.attempt,
+                back.enqueued_at
+            ),
+            ("job-1", 7, 3, at)
+        );
     }
 
     #[test]
     fn decode_tolerates_missing_and_odd_properties() {
         let now = Utc::now();
         let bare = decode(&BasicProperties::default(), b"\xff".to_vec(), now);
-        assert_eq!((bare.job_id.as_str(), bare.priority, bare.attempt, bare.enqueued_at), ("", 0, 0, now));
+        assert_eq!(
+            (
+                bare.job_id.as_str(),
+                bare.priority,
+                bare.attempt,
+                bare.enqueued_at
+            ),
+            ("", 0, 0, now)
+        );
 
         let mut h = FieldTable::default();
         h.insert(H_ATTEMPT.into(), AMQPValue::ShortUInt(4));
         h.insert(H_ENQUEUED_AT.into(), string("not a time"));
-        let props = BasicProperties::default().with_headers(h).with_timestamp(1_700_000_000);
+        let props = BasicProperties::default()
+            .with_headers(h)
+            .with_timestamp(1_700_000_000);
         let m = decode(&props, vec![], now);
         assert_eq!(m.attempt, 4);
         assert_eq!(m.enqueued_at.timestamp(), 1_700_000_000);
@@ -262,8 +335,16 @@ mod tests {
 
     #[test]
     fn an_overlong_id_is_refused_not_a_panic() {
-        let msg =
-            JobMessage { job_id: "x".repeat(300), priority: 0, attempt: 0, enqueued_at: Utc::now(), body: "{}".into() };
-        assert!(matches!(job_properties(&msg, FieldTable::default()), Err(QueueError::Refused(_))));
+        let msg = JobMessage {
+            job_id: "x".repeat(300),
+            priority: 0,
+            attempt: 0,
+            enqueued_at: Utc::now(),
+            body: "{}".into(),
+        };
+        assert!(matches!(
+            job_properties(&msg, FieldTable::default()),
+            Err(QueueError::Refused(_))
+        ));
     }
 }

@@ -22,7 +22,9 @@ use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region, ResponseChecksumValidation, SharedCredentialsProvider};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, ResponseChecksumValidation, SharedCredentialsProvider,
+};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use bytes::Bytes;
 use rand::Rng;

@@ -10,9 +10,15 @@
 //! exec (as root) that seeds on the marker, adds descendants by walking
 //! `/proc/*/status` `PPid` (for children that scrubbed their environment), stops
 //! them while walking so nothing forks away, then SIGKILLs them and their process
-//! groups. If the command still runs after that, `kill -9 -1` ends every process
+//! groups. A command that used up the pids limit leaves the kill no room to fork:
+//! if the command still runs, the container is lent a few pids (`docker update`)
+//! and the kill runs again; if even that fails, `kill -9 -1` ends every process
 //! but PID 1 (the keep-alive, which the kernel shields from signals it does not
-//! handle) as a last resort.
+//! handle). Background processes of *earlier* commands survive all but that last
+//! resort.
+//!
+//! Dropping the `exec` future does not kill the command (there is no async drop);
+//! callers that give up on a command destroy the workspace.
 
 use std::time::Duration;
 
@@ -148,7 +154,11 @@ pub(super) async fn run(
                 total_bytes,
             })
         }
-        Ok(Err(e)) => Err(from_bollard(e)),
+        Ok(Err(e)) => {
+            // The connection broke, not the command: do not leave it running.
+            kill(ws, &exec_id, &marker).await;
+            Err(from_bollard(e))
+        }
         Err(_) => {
             tracing::debug!(container = %ws.name, ?timeout, "command timed out; killing it");
             kill(ws, &exec_id, &marker).await;

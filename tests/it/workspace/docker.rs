@@ -102,6 +102,17 @@ async fn destroy_leaves_no_container() {
 }
 
 #[tokio::test]
+async fn a_dropped_workspace_is_removed_in_the_background() {
+    let (_b, ws, _g, job_id) = docker("dropped").await;
+    drop(ws);
+    let until = Instant::now() + 30 * SECOND;
+    while !containers_of(&job_id).is_empty() {
+        assert!(Instant::now() < until, "container still there after drop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn limits_and_labels_are_applied() {
     let (_b, ws, _g, job_id) = docker("limits").await;
     let ids = containers_of(&job_id);

@@ -75,6 +75,29 @@ async fn background_processes_do_not_hold_the_result() {
 }
 
 #[tokio::test]
+async fn a_cancelled_command_is_killed() {
+    let (ws, _root) = local("cancel").await;
+    let pid_file = format!("{}/pid", ws.workdir());
+    let cancelled = tokio::time::timeout(
+        SECOND,
+        ws.exec(
+            "echo $$ > pid; exec sleep 100",
+            ws.workdir(),
+            60 * SECOND,
+            100,
+        ),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the exec future was dropped half-way");
+    let pid = ws.read_file(&pid_file).await.unwrap().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid).trim().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "{state}");
+    ws.destroy().await.unwrap();
+}
+
+#[tokio::test]
 async fn output_flood_stays_bounded() {
     let (ws, _root) = local("flood").await;
     check_flood(&ws).await;
