@@ -13,6 +13,12 @@ bash scripts/build-images.sh
 step "prometheus (promtool and the server the metrics tests start)"
 bash scripts/services/prometheus.sh
 
+step "rabbitmq"
+bash scripts/services/rabbitmq.sh
+
+step "s3 (moto server)"
+eval "$(bash scripts/services/s3.sh up)"
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   step "cargo-nextest"
   cargo install --locked cargo-nextest

@@ -16,6 +16,12 @@ pub const ENV_LLM_BASE_URL: &str = "LLM_BASE_URL";
 pub const ENV_LLM_API_KEY: &str = "LLM_API_KEY";
 /// First LLM retry wait in seconds (upstream: 8); doubled up to 8× that.
 pub const ENV_LLM_RETRY_MIN_SECS: &str = "FLEET_LLM_RETRY_MIN_SECS";
+/// Seconds without a heartbeat before a running job counts as abandoned (default 30).
+pub const ENV_LEASE_SECS: &str = "FLEET_LEASE_SECS";
+/// Retry delays in seconds, comma-separated: one delay-tier queue each (default 5,30,300).
+pub const ENV_RETRY_TIERS_SECS: &str = "FLEET_RETRY_TIERS_SECS";
+/// Put before every queue and exchange name: several fleets on one vhost.
+pub const ENV_QUEUE_PREFIX: &str = "FLEET_QUEUE_PREFIX";
 /// Attempts a job gets for infrastructure faults before it is failed.
 pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
 
@@ -67,19 +73,20 @@ impl RunSettings {
         let min_backoff = env(ENV_LLM_RETRY_MIN_SECS)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(8.0);
+        let lease = env(ENV_LEASE_SECS)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(30.0)
+            .max(1.0);
         RunSettings {
             worker_id,
-            heartbeat: Duration::from_secs(5),
-            lease: Duration::from_secs(30),
+            // Several beats per lease, so one slow store write does not lose it.
+            heartbeat: Duration::from_secs_f64(lease / 6.0),
+            lease: Duration::from_secs_f64(lease),
             max_attempts: env(ENV_MAX_ATTEMPTS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(3)
                 .max(1),
-            retry_delays: vec![
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                Duration::from_secs(300),
-            ],
+            retry_delays: retry_tiers(),
             llm_base_url: env(ENV_LLM_BASE_URL).unwrap_or_else(|| DEFAULT_LLM_BASE_URL.to_string()),
             mock_llm: false,
             llm_model: env(ENV_LLM_MODEL),
@@ -125,4 +132,35 @@ pub fn hostname() -> String {
             }
         })
         .collect()
+}
+
+/// The retry delays (`FLEET_RETRY_TIERS_SECS`), ascending; bad values fall back to
+/// the defaults.
+pub fn retry_tiers() -> Vec<Duration> {
+    let parsed: Option<Vec<Duration>> = env(ENV_RETRY_TIERS_SECS).and_then(|v| {
+        v.split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0)
+                    .map(Duration::from_secs_f64)
+            })
+            .collect()
+    });
+    let mut tiers = parsed
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| [5, 30, 300].map(Duration::from_secs).to_vec());
+    tiers.sort();
+    tiers
+}
+
+/// Broker options shared by every command: the queue-name prefix and retry tiers
+/// from the environment.
+pub fn amqp_options() -> crate::queue::AmqpOptions {
+    crate::queue::AmqpOptions {
+        prefix: env(ENV_QUEUE_PREFIX).unwrap_or_default(),
+        retry_tiers: retry_tiers(),
+        ..Default::default()
+    }
 }

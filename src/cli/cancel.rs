@@ -12,7 +12,7 @@ use clap::Args;
 
 use super::{QueueArg, StoreArg, UsageError};
 use crate::job::{JobResult, Outcome, State, Tokens};
-use crate::queue::{AmqpOptions, ControlMsg, Queue};
+use crate::queue::{ControlMsg, Queue};
 use crate::store::{JobKeys, Store};
 
 #[derive(Debug, Args)]
@@ -83,7 +83,7 @@ pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
             println!("{id}: cancelled (it had not started)");
         }
         State::Running => {
-            let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default())
+            let queue = Queue::open(&a.queue.resolve(), crate::config::amqp_options())
                 .await
                 .context("connecting to the broker")?;
             queue

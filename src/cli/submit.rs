@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{QueueArg, StoreArg, UsageError};
 use crate::config;
 use crate::job::{self, Input, JobResult, JobSpec, Outcome, StatusRecord};
-use crate::queue::{AmqpOptions, JobMessage, Queue};
+use crate::queue::{JobMessage, Queue};
 use crate::results::input::tar_gz_dir;
 use crate::store::{JobKeys, Store, StoreError, keys};
 
@@ -121,7 +121,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&store_spec)
         .await
         .with_context(|| format!("opening the store {store_spec}"))?;
-    let queue = Queue::open(&a.queue.resolve(), AmqpOptions::default())
+    let queue = Queue::open(&a.queue.resolve(), config::amqp_options())
         .await
         .context("connecting to the broker")?;
     let batch_id = format!("b-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

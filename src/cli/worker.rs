@@ -74,7 +74,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         prefetch: n.min(u16::MAX as usize) as u16,
         consume: true,
         control: true,
-        ..Default::default()
+        ..config::amqp_options()
     };
     if a.quorum {
         opts.queue_kind = crate::queue::QueueKind::Quorum;

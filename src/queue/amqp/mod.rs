@@ -168,6 +168,12 @@ impl AmqpQueue {
     pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpQueue, QueueError> {
         url.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| QueueError::Config(format!("queue URL: {e}")))?;
+        if url.starts_with("amqps://") {
+            // lapin is built without a TLS backend: say so now rather than retry for connect_timeout.
+            return Err(QueueError::Config(
+                "amqps:// is not supported by this build; use amqp://".into(),
+            ));
+        }
         let names = wire::Names::new(&opts.prefix, &opts.retry_tiers);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
