@@ -34,6 +34,17 @@ PID_FILE="$STATE_DIR/moto.pid"
 LOG_FILE="$STATE_DIR/moto.log"
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/agent-fleet/moto-$MOTO_VERSION"
 
+# moto's server (`moto_server`) as one thread: moto checks If-Match/If-None-Match and
+# then writes without a lock, so on its default threaded server two conditional
+# writes can both pass (a lost update in about 1 of 100 runs of the CAS test). S3
+# itself is atomic; serving one request at a time makes moto so too.
+SERVE='
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)
+'
+
 log() { echo "s3.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -126,7 +137,7 @@ up() {
         mkdir -p "$STATE_DIR"
         log "starting moto on $ENDPOINT (log: $LOG_FILE)"
         # Its own session: the server outlives this script and the caller's process group.
-        setsid "$py" -m moto.server -H "$HOST" -p "$PORT" >"$LOG_FILE" 2>&1 </dev/null &
+        setsid "$py" -c "$SERVE" "$HOST" "$PORT" >"$LOG_FILE" 2>&1 </dev/null &
         echo $! >"$PID_FILE"
         local deadline=$((SECONDS + 60))
         until answers; do

@@ -427,34 +427,3 @@ async fn edited_scripts_are_picked_up_and_stop_stops() {
         .unwrap_err();
     assert!(matches!(e, LlmError::Unavailable { .. }), "{e:?}");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tmp_throughput() {
-    let f = Fixture::new(&[(
-        "fast",
-        r#"{"steps": [{"tool": "think", "args": {"thought": "x"}}], "repeat_last": true}"#,
-    )])
-    .await;
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let client = LlmClient::new(http.clone(), f.settings("fast"));
-        tasks.push(tokio::spawn(async move {
-            let mut messages = conversation(&format!("task {t}"));
-            for _ in 0..100 {
-                let c = client.complete(&messages, &[]).await.unwrap();
-                let _ = c;
-                let _ = &mut messages;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = 6400.0;
-    eprintln!(
-        "THROUGHPUT {:.0} req/s",
-        n / started.elapsed().as_secs_f64()
-    );
-}

@@ -6,6 +6,7 @@ mod util;
 
 mod amqp;
 mod cli;
+mod fleet;
 mod llm;
 mod prometheus;
 mod run;

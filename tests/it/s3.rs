@@ -95,13 +95,16 @@ async fn put_get_list_under_the_prefix() {
 }
 
 #[tokio::test]
-async fn list_pages_through_more_than_a_thousand_keys() {
-    let (store, _) = store().await;
-    let keys: Vec<String> = (0..1100).map(|i| format!("many/{i:05}")).collect();
+async fn list_pages_through_the_listing() {
+    let mut s = settings(&endpoint(), BUCKET);
+    s.list_page_size = Some(7);
+    let store = Store::S3(S3Store::connect(s).await.unwrap());
+    let keys: Vec<String> = (0..30).map(|i| format!("many/{i:03}")).collect();
     let puts = keys.iter().map(|k| store.put(k, Bytes::from_static(b"x")));
-    for chunk in futures_util::future::join_all(puts).await {
-        chunk.unwrap();
+    for put in futures_util::future::join_all(puts).await {
+        put.unwrap();
     }
+    store.put("other/1", Bytes::from_static(b"x")).await.unwrap();
     assert_eq!(store.list("many/").await.unwrap(), keys);
 }
 

@@ -282,6 +282,7 @@ impl S3Store {
                         .list_objects_v2()
                         .bucket(self.bucket())
                         .prefix(object_prefix)
+                        .set_max_keys(self.settings.list_page_size)
                         .set_continuation_token(token_now.clone())
                         .send()
                         .await

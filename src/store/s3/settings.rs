@@ -43,6 +43,8 @@ pub struct S3Settings {
     /// multipart checksums (moto 5.1 sends a composite CRC32 without its `-N` parts
     /// suffix, so the SDK would reject correct data). Uploads always carry checksums.
     pub validate_download_checksums: bool,
+    /// Keys per ListObjectsV2 page; S3's own cap (1000) when None.
+    pub list_page_size: Option<i32>,
 }
 
 /// The SDK's per-call deadlines.
@@ -85,6 +87,7 @@ impl S3Settings {
             retry_budget: Duration::from_secs(120),
             ping_timeout: Duration::from_secs(3),
             validate_download_checksums: true,
+            list_page_size: None,
         }
     }
 
