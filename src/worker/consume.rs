@@ -205,10 +205,9 @@ async fn handle(
         let attempt = rec.attempt;
         svc.notifier
             .job_started(&spec, attempt, &svc.settings.worker_id);
-        let wait = (Utc::now() - rec.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics().queue_wait.observe(
-            wait.min((Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0),
-        );
+        // From this message's publish (a retry's wait counts from its re-publish).
+        let wait = (Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics().queue_wait.observe(wait);
         metrics().jobs_started.inc();
         metrics().jobs_running.inc();
         running

@@ -401,3 +401,29 @@ fn completion_webhook_is_sent_after_results_are_stored() {
     assert_eq!(status["webhooks"][0]["delivered"], true, "{status}");
     assert_eq!(status["webhooks"][0]["delivery_id"], payload["delivery_id"]);
 }
+
+#[test]
+fn ctrl_c_cancels_running_and_queued_jobs_and_removes_containers() {
+    let mut b = Batch::new();
+    let slow = json!({"steps": [{"tool": "terminal", "args": {"command": "sleep 60"}}]});
+    let running = b.job(
+        "running",
+        json!({"task": "t", "limits": {"command_timeout_secs": 120}}),
+        slow.clone(),
+    );
+    let queued = b.job("queued", json!({"task": "t"}), slow);
+    b.interrupt_after = Some(std::time::Duration::from_secs(4));
+    let out = b.run_with(&["--concurrency", "1"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let r = out.result(&running);
+    assert_eq!(r["outcome"], "cancelled", "{r}");
+    assert!(r["duration_secs"].as_f64().unwrap() < 30.0);
+    assert_eq!(out.result(&queued)["outcome"], "cancelled");
+    for id in [&running, &queued] {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.store_text(id, "status.json")).unwrap();
+        assert_eq!(status["state"], "cancelled");
+        assert!(b.store_file(id, "patch.diff").is_some());
+        assert_eq!(containers_for(id), 0, "container left for {id}");
+    }
+}

@@ -104,7 +104,10 @@ async fn list_pages_through_the_listing() {
     for put in futures_util::future::join_all(puts).await {
         put.unwrap();
     }
-    store.put("other/1", Bytes::from_static(b"x")).await.unwrap();
+    store
+        .put("other/1", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     assert_eq!(store.list("many/").await.unwrap(), keys);
 }
 

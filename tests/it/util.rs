@@ -39,6 +39,8 @@ pub struct Batch {
     jobs: Vec<Value>,
     env: Vec<(String, String)>,
     inputs: usize,
+    /// Send SIGINT to `fleet run` this long after it starts.
+    pub interrupt_after: Option<std::time::Duration>,
 }
 
 /// What `fleet run` did.
@@ -69,6 +71,7 @@ impl Batch {
             jobs: Vec::new(),
             env: Vec::new(),
             inputs: 0,
+            interrupt_after: None,
         }
     }
 
@@ -163,6 +166,13 @@ impl Batch {
         }
         let child = cmd.spawn().expect("spawn fleet");
         let pid = child.id();
+        if let Some(after) = self.interrupt_after {
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                // SAFETY: signalling our own child by pid.
+                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+            });
+        }
         let out = child.wait_with_output_and_peak(pid);
         let stdout = String::from_utf8_lossy(&out.0.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.0.stderr).to_string();

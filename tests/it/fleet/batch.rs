@@ -36,17 +36,29 @@ fn two_workers_drain_a_batch_of_20_each_job_once() {
         assert_eq!(runs(s), 1, "{id}");
         assert_eq!(s.attempt, 1, "{id}");
         assert_eq!(s.batch_id.as_deref(), Some(sub.batch_id.as_str()));
-        let runner = s.history[1].worker.clone().expect("running names its worker");
-        assert_eq!(s.history[2].worker.as_deref(), Some(runner.as_str()), "{id}");
+        let runner = s.history[1]
+            .worker
+            .clone()
+            .expect("running names its worker");
+        assert_eq!(
+            s.history[2].worker.as_deref(),
+            Some(runner.as_str()),
+            "{id}"
+        );
         *per_worker.entry(runner.clone()).or_default() += 1;
 
         // One result set, by the worker that ran it.
-        let r = f.result(id).unwrap_or_else(|| panic!("{id}: no result.json"));
+        let r = f
+            .result(id)
+            .unwrap_or_else(|| panic!("{id}: no result.json"));
         assert_eq!(r.outcome, Outcome::Succeeded);
         assert_eq!(r.attempt, 1);
         assert_eq!(r.steps, 4);
         assert_eq!(r.worker.as_deref(), Some(runner.as_str()));
-        assert_eq!(r.final_message.as_deref(), Some(format!("wrote marker-{i}").as_str()));
+        assert_eq!(
+            r.final_message.as_deref(),
+            Some(format!("wrote marker-{i}").as_str())
+        );
         let mut files = f.files(id);
         files.sort();
         assert_eq!(
@@ -115,7 +127,12 @@ fn submit_wait_exits_0_for_a_succeeded_batch_and_1_for_a_stuck_one() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["job_id"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["job_id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         outcomes,

@@ -35,12 +35,21 @@ fn cancel_of_a_queued_job_marks_it_and_the_worker_skips_it() {
     assert_eq!(s.state, State::Succeeded);
 
     let s = f.status(&id).unwrap();
-    assert_eq!(states(&s), [State::Queued, State::Cancelled], "{:?}", s.history);
+    assert_eq!(
+        states(&s),
+        [State::Queued, State::Cancelled],
+        "{:?}",
+        s.history
+    );
     assert_eq!(runs(&s), 0, "a cancelled job ran");
     assert_eq!(f.result(&id).unwrap().outcome, Outcome::Cancelled);
     assert!(f.file(&id, "metrics.json").is_none(), "it never ran");
     assert_eq!(containers_for(&id), 0);
-    assert_eq!(f.depth("fleet.jobs"), 0, "the cancelled job's message was settled");
+    assert_eq!(
+        f.depth("fleet.jobs"),
+        0,
+        "the cancelled job's message was settled"
+    );
     assert!(f.alive(&w));
 
     // Cancelling it again: it already ended.
@@ -61,7 +70,9 @@ fn cancel_of_a_running_job_stops_it_within_seconds_and_removes_its_container() {
     let t0 = Instant::now();
     let out = f.cli(&["cancel", &id], Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let s = f.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60)).remove(0);
+    let s = f
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .remove(0);
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(20), "cancel took {took:?}");
     assert_eq!(s.state, State::Cancelled, "{:?}", s.history);

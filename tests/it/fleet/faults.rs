@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use agent_fleet::job::{Outcome, State};
 
-use super::harness::{
-    Fleet, WAIT, few_steps, poll, runs, slow, states, terminal_transitions,
-};
+use super::harness::{Fleet, WAIT, few_steps, poll, runs, slow, states, terminal_transitions};
 use crate::util::containers_for;
 
 #[test]
@@ -38,7 +36,12 @@ fn a_worker_killed_mid_job_its_job_completes_on_the_other_once() {
     assert_eq!(terminal_transitions(&s), 1, "{:?}", s.history);
     assert_eq!(
         states(&s),
-        [State::Queued, State::Running, State::Running, State::Succeeded],
+        [
+            State::Queued,
+            State::Running,
+            State::Running,
+            State::Succeeded
+        ],
         "{:?}",
         s.history
     );
@@ -226,7 +229,13 @@ fn drill_s3_outage_of_20s_during_uploads_results_arrive_when_it_returns() {
 
     let done = f.wait_terminal(&ids, WAIT);
     for (i, (id, s)) in ids.iter().zip(&done).enumerate() {
-        assert_eq!(s.state, State::Succeeded, "{id}: {:?} {:?}", s.history, s.error);
+        assert_eq!(
+            s.state,
+            State::Succeeded,
+            "{id}: {:?} {:?}",
+            s.history,
+            s.error
+        );
         assert_eq!(terminal_transitions(s), 1, "{id}");
         let r = f.result(id).unwrap();
         assert_eq!(r.outcome, Outcome::Succeeded);
@@ -240,7 +249,10 @@ fn drill_s3_outage_of_20s_during_uploads_results_arrive_when_it_returns() {
             format!("s{i}\n").into_bytes()
         );
         for name in ["events.jsonl", "patch.diff", "metrics.json"] {
-            assert!(f.file(id, name).is_some_and(|b| !b.is_empty()), "{id}: {name}");
+            assert!(
+                f.file(id, name).is_some_and(|b| !b.is_empty()),
+                "{id}: {name}"
+            );
         }
         assert_eq!(containers_for(id), 0, "{id}");
     }

@@ -244,7 +244,9 @@ impl Fleet {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(fleet());
-        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
         for k in [
             "FLEET_CONCURRENCY",
             "FLEET_METRICS_ADDR",
@@ -510,10 +512,7 @@ impl Fleet {
     pub fn job_file(&self) -> PathBuf {
         let jobs: Vec<Value> = std::mem::take(&mut *self.pending.lock().unwrap());
         assert!(!jobs.is_empty(), "no jobs to submit");
-        let path = self
-            .dir
-            .path()
-            .join(format!("jobs-{}.json", short_id()));
+        let path = self.dir.path().join(format!("jobs-{}.json", short_id()));
         std::fs::write(&path, Value::Array(jobs).to_string()).unwrap();
         path
     }
@@ -633,13 +632,7 @@ impl Fleet {
             within,
             &format!("the containers of {id} to be removed"),
             || (containers_for(id) == 0).then_some(()),
-            || {
-                format!(
-                    "{}\n--- docker ps\n{}",
-                    self.diagnostics(),
-                    docker_ps(id)
-                )
-            },
+            || format!("{}\n--- docker ps\n{}", self.diagnostics(), docker_ps(id)),
         );
     }
 
@@ -681,9 +674,7 @@ impl Fleet {
 
     /// Publishes a message through the crate's queue API.
     pub fn publish(&self, msg: JobMessage) {
-        self.rt
-            .block_on(self.queue.publish(msg))
-            .expect("publish");
+        self.rt.block_on(self.queue.publish(msg)).expect("publish");
     }
 
     /// Takes every message now in this fleet's `fleet.dead`: (message id, reason

@@ -38,17 +38,29 @@ fn garbage_and_oversized_messages_are_dead_lettered_and_the_worker_goes_on() {
             d.extend(f.take_dead_letters());
             (d.len() >= 2).then_some(())
         },
-        || format!("dead letters so far: {:?}\n{}", seen.lock().unwrap(), f.diagnostics()),
+        || {
+            format!(
+                "dead letters so far: {:?}\n{}",
+                seen.lock().unwrap(),
+                f.diagnostics()
+            )
+        },
     );
     let dead = seen.into_inner().unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
-    let garbage = dead.iter().find(|d| d.0.is_empty()).expect("the garbage one");
+    let garbage = dead
+        .iter()
+        .find(|d| d.0.is_empty())
+        .expect("the garbage one");
     assert!(
         garbage.1.contains("not a JSON job"),
         "reason of the garbage message: {:?}",
         garbage.1
     );
-    let big = dead.iter().find(|d| d.0 == big_id).expect("the oversized one");
+    let big = dead
+        .iter()
+        .find(|d| d.0 == big_id)
+        .expect("the oversized one");
     assert!(
         big.1.contains("exceeds") && big.1.contains(&(1usize << 20).to_string()),
         "reason of the oversized message: {:?}",
@@ -57,7 +69,10 @@ fn garbage_and_oversized_messages_are_dead_lettered_and_the_worker_goes_on() {
     assert!(big.2 > 1 << 20, "the dead letter keeps the body");
 
     let s = f.wait_state(&big_id, State::Rejected, Duration::from_secs(30));
-    assert_eq!(s.error.as_ref().map(|e| e.kind.as_str()), Some("invalid_job"));
+    assert_eq!(
+        s.error.as_ref().map(|e| e.kind.as_str()),
+        Some("invalid_job")
+    );
     let r = f.result(&big_id).expect("a result for the rejected job");
     assert_eq!(r.outcome, Outcome::Rejected);
 

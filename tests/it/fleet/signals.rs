@@ -66,7 +66,12 @@ fn sigterm_past_the_grace_period_requeues_the_job_for_another_worker() {
     assert_eq!(s.state, State::Succeeded, "{:?}", s.history);
     assert_eq!(terminal_transitions(&s), 1);
     assert_eq!(runs(&s), 2);
-    let last_run = s.history.iter().rev().find(|t| t.state == State::Running).unwrap();
+    let last_run = s
+        .history
+        .iter()
+        .rev()
+        .find(|t| t.state == State::Running)
+        .unwrap();
     assert_eq!(last_run.worker.as_deref(), Some(w2.id.as_str()));
     let r = f.result(&id).unwrap();
     assert_eq!(r.outcome, Outcome::Succeeded);
