@@ -53,7 +53,7 @@ def hostile_messages(image):
 
     # Not JSON, or not a JSON object.
     for b in [b"", b"hello", b"{", b"\xff\xfe\xfd", b"\x00" * 64, b"null", b"42",
-              b'"a string"', b"[]", b"true", b"{\"task\": \"t\"", b"\xef\xbb\xbf{}",
+              b"[]", b"{\"task\": \"t\"", b"\xef\xbb\xbf{}",
               b"[" * 200_000, b"{\"a\":" * 50_000]:
         add(b)
     add([job()])  # a job file's array, not a job
@@ -61,17 +61,12 @@ def hostile_messages(image):
 
     # Wrong types and values.
     for fields in [
-        {"task": 5}, {"task": None}, {"task": ["a"]}, {"task": ""}, {"task": "   "},
-        {"id": 7}, {"id": None}, {"id": ["a"]}, {"image": 5},
-        {"limits": "big"}, {"limits": {"memory_mb": "lots"}}, {"limits": {"pids": -1}},
-        {"limits": {"timeout_secs": -5}}, {"limits": {"cpus": "all"}},
-        {"limits": {"max_iter": 3}},
-        {"priority": 99}, {"priority": -1}, {"priority": "high"},
-        {"env": ["A=1"]}, {"env": {"A": 1}}, {"env": {"1A": "x"}}, {"env": {"A B": "x"}},
-        {"secrets": "ALL"}, {"secrets": ["NOT-A-NAME"]},
-        {"artifacts": "*"}, {"labels": ["a"]}, {"llm": {"temperature": "hot"}},
-        {"llm": {"temperature": 9}}, {"webhook": {"url": 5}}, {"stuck": {"monologue": "x"}},
-        {"unknown_field": True}, {"workdir": "relative/dir"}, {"workdir": 5},
+        {"task": 5}, {"task": None}, {"task": ["a"]}, {"task": "   "},
+        {"id": 7}, {"image": 5}, {"limits": "big"}, {"limits": {"memory_mb": "lots"}},
+        {"limits": {"pids": -1}}, {"limits": {"max_iter": 3}},
+        {"priority": 99}, {"priority": "high"}, {"env": ["A=1"]}, {"env": {"1A": "x"}},
+        {"secrets": ["NOT-A-NAME"]}, {"artifacts": "*"}, {"llm": {"temperature": "hot"}},
+        {"webhook": {"url": 5}}, {"unknown_field": True}, {"workdir": "relative/dir"},
     ]:
         add(job(**fields))
     add({"image": image})  # no task
@@ -93,8 +88,7 @@ def hostile_messages(image):
 
     # Path traversal in the job id (the body).
     for bad in ["../../etc", "..", ".", "a/b", "/etc/passwd", "..\\..\\x", "jobs/../../x",
-                "%2e%2e%2f", "", " ", "x" * 65, "\uff45\uff54\uff43", "a\nb", "~root",
-                "a b", "\u202e..", "jobs/x/../../../tmp"]:
+                "", "x" * 65, "\uff45\uff54\uff43", "a\nb", "\u202e.."]:
         add(job(id=bad))
 
     # Path traversal in the message id, with bodies that are invalid as well.

@@ -6,14 +6,12 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bytes::Bytes;
-use chrono::Utc;
 use clap::Args;
 
 use super::{QueueArg, StoreArg, UsageError};
-use crate::job::{JobResult, Outcome, State, Tokens};
+use crate::job::{Outcome, State};
 use crate::queue::{ControlMsg, Queue};
-use crate::store::{JobKeys, Store};
+use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
@@ -57,29 +55,8 @@ pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
         .context("the status record vanished")?;
     match after.state {
         State::Cancelled => {
-            let key = JobKeys(id);
-            let now = Utc::now();
-            let r = JobResult {
-                job_id: id.to_string(),
-                outcome: Outcome::Cancelled,
-                attempt: after.attempt,
-                final_message: None,
-                steps: 0,
-                cost_usd: 0.0,
-                tokens: Tokens::default(),
-                duration_secs: 0.0,
-                stuck_pattern: None,
-                error: None,
-                started_at: now,
-                finished_at: now,
-                worker: None,
-            };
-            store.put_json(&key.result(), &r).await?;
-            for k in [key.patch(), key.events()] {
-                if store.get(&k).await?.is_none() {
-                    store.put(&k, Bytes::new()).await?;
-                }
-            }
+            crate::worker::records::store_unrun(&store, id, Outcome::Cancelled, after.attempt)
+                .await?;
             println!("{id}: cancelled (it had not started)");
         }
         State::Running => {

@@ -132,6 +132,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let stats = spawn_queue_stats(queue.clone());
+    let sweep = spawn_stale_sweep(svc.backend.clone());
     let grace = Duration::from_secs(a.grace_secs);
     let drain = async {
         wait_for_signal().await;
@@ -156,6 +157,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     notifier.shutdown(Duration::from_secs(30)).await;
     watch.abort();
     stats.abort();
+    sweep.abort();
     shutdown.abort.cancel();
     queue.close().await;
     server_stop.cancel();
@@ -200,6 +202,23 @@ fn spawn_queue_stats(queue: Queue) -> tokio::task::JoinHandle<()> {
                 Err(e) => warn!(error = %e, "reading queue stats"),
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+}
+
+/// How often a worker removes the containers that dead workers of its host left
+/// (a takeover sweeps at once; this catches jobs taken over on other hosts).
+const STALE_SWEEP: Duration = Duration::from_secs(60);
+
+fn spawn_stale_sweep(backend: crate::workspace::Backend) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(STALE_SWEEP).await;
+            match backend.cleanup_stale().await {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "removed containers of dead workers"),
+                Err(e) => warn!(error = %e, "sweeping containers of dead workers"),
+            }
         }
     })
 }

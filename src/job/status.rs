@@ -294,3 +294,31 @@ pub struct JobResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
 }
+
+impl JobResult {
+    /// The result of a job that ended without (or before) a run: nothing counted yet.
+    pub fn unrun(
+        job_id: &str,
+        outcome: Outcome,
+        attempt: u32,
+        error: Option<ErrorInfo>,
+        worker: Option<&str>,
+    ) -> JobResult {
+        let now = Utc::now();
+        JobResult {
+            job_id: job_id.to_string(),
+            outcome,
+            attempt,
+            final_message: None,
+            steps: 0,
+            cost_usd: 0.0,
+            tokens: Tokens::default(),
+            duration_secs: 0.0,
+            stuck_pattern: None,
+            error,
+            started_at: now,
+            finished_at: now,
+            worker: worker.map(str::to_string),
+        }
+    }
+}

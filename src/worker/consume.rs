@@ -203,6 +203,18 @@ async fn handle(
             Ok(Claim::Run(rec)) => rec,
         };
         let attempt = rec.attempt;
+        if taken_over(&rec) {
+            // Its worker died mid-job and left its container: sweep what dead
+            // workers of this host left (cleanup_stale spares live owners).
+            let backend = svc.backend.clone();
+            tokio::spawn(async move {
+                match backend.cleanup_stale().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(removed = n, "removed containers of dead workers"),
+                    Err(e) => warn!(error = %e, "could not remove containers of dead workers"),
+                }
+            });
+        }
         svc.notifier
             .job_started(&spec, attempt, &svc.settings.worker_id);
         // From this message's publish (a retry's wait counts from its re-publish).
@@ -396,13 +408,7 @@ async fn claim(
         return Ok(Claim::Defer);
     };
     Ok(if won.load(Ordering::SeqCst) {
-        if rec
-            .history
-            .iter()
-            .rev()
-            .nth(1)
-            .is_some_and(|t| t.state == State::Running)
-        {
+        if taken_over(&rec) {
             metrics()
                 .job_retries
                 .with_label_values(&["worker_lost"])
@@ -416,6 +422,16 @@ async fn claim(
     } else {
         Claim::Defer
     })
+}
+
+/// A claimed record whose previous state was `running`: a run taken over from a
+/// worker whose lease expired.
+fn taken_over(rec: &StatusRecord) -> bool {
+    rec.history
+        .iter()
+        .rev()
+        .nth(1)
+        .is_some_and(|t| t.state == State::Running)
 }
 
 /// Writes result.json then the terminal status; tells the observer.

@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use tracing::warn;
 
 use super::consume::{Observer, Shutdown, Worker};
 use super::runner::Services;
-use crate::job::{JobResult, JobSpec, Outcome, State, StatusRecord, Tokens};
+use crate::job::{JobResult, JobSpec, Outcome, State, StatusRecord};
 use crate::queue::memory::MemoryQueue;
 use crate::queue::{JobMessage, Queue};
 use crate::store::{JobKeys, StoreError};
@@ -65,25 +64,8 @@ pub async fn run_batch(
             Some(r) => r,
             None => {
                 // Never started (interrupted): cancelled, with a record that says so.
-                let now = Utc::now();
-                let r = JobResult {
-                    job_id: spec.id.clone(),
-                    outcome: Outcome::Cancelled,
-                    attempt: 0,
-                    final_message: None,
-                    steps: 0,
-                    cost_usd: 0.0,
-                    tokens: Tokens::default(),
-                    duration_secs: 0.0,
-                    stuck_pattern: None,
-                    error: None,
-                    started_at: now,
-                    finished_at: now,
-                    worker: None,
-                };
-                if let Err(e) = svc.store.put_json(&key.result(), &r).await {
-                    warn!(error = %e, job_id = %spec.id, "could not record a cancelled job");
-                }
+                let r = super::records::store_unrun(&svc.store, &spec.id, Outcome::Cancelled, 0)
+                    .await?;
                 let _ = svc
                     .store
                     .update_status(&spec.id, |s| {
@@ -98,11 +80,6 @@ pub async fn run_batch(
                         true
                     })
                     .await;
-                for p in [key.patch(), key.events()] {
-                    if svc.store.get(&p).await?.is_none() {
-                        svc.store.put(&p, Bytes::new()).await?;
-                    }
-                }
                 if let Some(o) = &observer {
                     o.finished(&spec.id, &r);
                 }

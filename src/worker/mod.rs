@@ -12,6 +12,7 @@
 
 pub mod consume;
 pub mod embedded;
+pub mod records;
 pub mod runner;
 
 pub use consume::{Observer, Shutdown, Worker};

@@ -1,0 +1,813 @@
+#!/usr/bin/env bash
+# Fault drills against the real thing: RabbitMQ, an S3 server (moto), Docker and
+# `fleet worker` processes, with the scripted LLM (`fleet mock-llm`, scripts in
+# chaos/llm/). Each drill breaks one thing while jobs run and then checks that
+#
+#   - no job is lost: every job submitted reaches a terminal state with result.json;
+#   - none runs twice: its status history has one terminal transition, and as many
+#     `running` transitions as the drill explains (one per attempt that started);
+#   - no workspace container is left (label agent-fleet=1, the drill's job ids);
+#   - the worker still serves: it runs one more normal job afterwards (unless the
+#     drill ends it on purpose, and then another worker does).
+#
+# Each drill prints one line, `PASS name` or `FAIL name: why`; the last line is
+# `N passed, N failed`, and the exit status is 1 if any failed. Progress goes to
+# stderr.
+#
+#   scripts/chaos.sh                 every drill (about 10 minutes)
+#   scripts/chaos.sh --quick         the quick ones, under a minute each (CI)
+#   scripts/chaos.sh --only NAME...  the named drills
+#   scripts/chaos.sh --list          the drills, quick ones marked
+#   scripts/chaos.sh --keep          keep the work directory (logs, stores)
+#
+# Needs root on Debian with Docker running, python3 and PyPI (pika, and moto for
+# the S3 drill, each in a venv under the user's cache directory). Starts what it
+# needs through scripts/services/ (idempotent) and builds `fleet` with
+# `cargo build --release --bin fleet` unless FLEET_BIN names a binary. Every
+# drill has its own queue prefix (FLEET_QUEUE_PREFIX), store and workers; the
+# S3 drill has its own moto on FLEET_CHAOS_S3_PORT (default 9107). Every process
+# and container it starts is stopped, by PID or id, on every path out.
+#
+# The broker-restart drill restarts the shared local RabbitMQ (stop_app +
+# start_app): other clients of that broker see their connections drop.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO" || exit 1
+
+ALL=(kill-9 sigterm oom fork-storm hostile-messages webhook-down docker-down
+     broker-restart s3-down output-flood)
+QUICK=(kill-9 sigterm oom fork-storm hostile-messages webhook-down docker-down)
+IMAGE=agent-fleet/workspace:test
+PIKA_VERSION=1.3.2
+S3_PORT=${FLEET_CHAOS_S3_PORT:-9107}
+S3_BUCKET=fleet-test
+
+say() { echo "chaos: $*" >&2; }
+
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+
+selected=()
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) selected=("${QUICK[@]}") ;;
+        --only)
+            shift
+            while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do selected+=("$1"); shift; done
+            continue
+            ;;
+        --keep) keep=1 ;;
+        --list)
+            for d in "${ALL[@]}"; do
+                case " ${QUICK[*]} " in *" $d "*) echo "$d (quick)" ;; *) echo "$d" ;; esac
+            done
+            exit 0
+            ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ ${#selected[@]} -gt 0 ] || selected=("${ALL[@]}")
+for d in "${selected[@]}"; do
+    case " ${ALL[*]} " in
+        *" $d "*) ;;
+        *) echo "chaos.sh: no drill named $d (one of: ${ALL[*]})" >&2; exit 2 ;;
+    esac
+done
+
+# ---------------------------------------------------------------------------
+# Processes, containers and queues this run owns, and their cleanup.
+
+RUN=$(printf '%04x%02x' $((RANDOM)) $((RANDOM % 256)))
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet-chaos-$RUN.XXXXXX")
+GLOBAL_PIDS=()    # the scripted LLM
+DRILL_PIDS=()     # workers, receivers, proxies of the current drill
+WORKER_PIDS=()    # every worker ever started (their containers are ours)
+PREFIXES=()       # queue prefixes used
+S3_STARTED=0
+BROKER_TOUCHED=0
+passed=0
+failed=0
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# Stops one process we started: SIGTERM (twice: a worker drains on the first and
+# requeues on the second), then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
+    kill -CONT "$pid" 2>/dev/null
+    kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 50); do alive "$pid" || break; sleep 0.2; done
+    if alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null
+        for i in $(seq 50); do alive "$pid" || break; sleep 0.2; done
+    fi
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# Containers of this run: its job ids start with c$RUN-, and any container owned
+# by one of its workers (hostile messages get generated ids).
+our_containers() {
+    docker ps -aq --filter label=agent-fleet=1 \
+        --format '{{.ID}} {{.Label "fleet.job_id"}} {{.Label "fleet.pid"}}' 2>/dev/null |
+        while read -r id job pid; do
+            if [ "${job#c"$RUN"-}" != "$job" ]; then echo "$id"; continue; fi
+            for p in "${WORKER_PIDS[@]}"; do [ "$pid" = "$p" ] && echo "$id" && break; done
+        done
+}
+
+remove_containers() {
+    local ids
+    ids=$(our_containers)
+    [ -n "$ids" ] || return 0
+    say "removing containers left behind: $(echo $ids)"
+    # shellcheck disable=SC2086
+    docker rm -f $ids >/dev/null 2>&1 || true
+}
+
+delete_queues() {
+    local prefix=$1 names
+    [ -n "$prefix" ] || return 0
+    names=$(rabbitmqctl -q list_queues name --no-table-headers 2>/dev/null |
+        awk -v p="$prefix" 'index($1, p) == 1 { print substr($1, length(p) + 1) }')
+    # shellcheck disable=SC2086
+    "$PIKA_PY" "$REPO/chaos/lib/amqp.py" delete "$prefix" $names >/dev/null 2>&1 || true
+}
+
+drill_cleanup() {
+    local pid
+    for pid in "${DRILL_PIDS[@]}"; do stop_pid "$pid"; done
+    DRILL_PIDS=()
+    remove_containers
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    drill_cleanup
+    local pid p
+    for pid in "${GLOBAL_PIDS[@]}"; do stop_pid "$pid"; done
+    if [ "$BROKER_TOUCHED" = 1 ] && ! bash scripts/services/rabbitmq.sh status; then
+        bash scripts/services/rabbitmq.sh start >/dev/null 2>&1 || true
+    fi
+    if [ -n "${PIKA_PY:-}" ]; then
+        for p in "${PREFIXES[@]}"; do delete_queues "$p"; done
+    fi
+    if [ "$S3_STARTED" = 1 ]; then
+        FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh down >/dev/null 2>&1 || true
+    fi
+    if [ "$keep" = 1 ] || [ "$failed" -gt 0 ]; then
+        say "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------
+# Set-up: services, image, binary, pika, the scripted LLM.
+
+setup_fail() {
+    echo "FAIL setup: $*"
+    echo "0 passed, ${#selected[@]} failed"
+    failed=${#selected[@]}
+    exit 1
+}
+
+pika_python() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/agent-fleet/pika-$PIKA_VERSION"
+    local py="$venv/bin/python"
+    if [ -x "$py" ] && "$py" -c "import pika, sys; sys.exit(pika.__version__ != '$PIKA_VERSION')" 2>/dev/null; then
+        echo "$py"; return 0
+    fi
+    say "installing pika==$PIKA_VERSION into $venv"
+    mkdir -p "$(dirname "$venv")"
+    [ -x "$py" ] || python3 -m venv --without-pip "$venv" >&2 || return 1
+    python3 -m pip --python "$py" install --quiet --disable-pip-version-check "pika==$PIKA_VERSION" >&2 || return 1
+    echo "$py"
+}
+
+docker info >/dev/null 2>&1 || setup_fail "Docker is not reachable (docker info failed)"
+command -v python3 >/dev/null || setup_fail "python3 is required"
+say "starting RabbitMQ (scripts/services/rabbitmq.sh)"
+bash scripts/services/rabbitmq.sh start >/dev/null || setup_fail "RabbitMQ did not start"
+say "building the workspace image (scripts/build-images.sh)"
+sh scripts/build-images.sh >/dev/null || setup_fail "scripts/build-images.sh failed"
+if [ -n "${FLEET_BIN:-}" ]; then
+    FLEET=$FLEET_BIN
+else
+    say "building fleet (cargo build --release --bin fleet)"
+    cargo build --release --bin fleet >&2 || setup_fail "cargo build failed"
+    FLEET="$REPO/target/release/fleet"
+fi
+[ -x "$FLEET" ] || setup_fail "no fleet binary at $FLEET"
+PIKA_PY=$(pika_python) || setup_fail "could not install pika (PyPI)"
+
+"$FLEET" mock-llm --scripts "$REPO/chaos/llm" --addr 127.0.0.1:0 >"$WORK/mock-llm.out" 2>"$WORK/mock-llm.log" &
+GLOBAL_PIDS+=($!)
+for _ in $(seq 100); do
+    LLM_URL=$(grep -m1 -o 'http://[^ ]*' "$WORK/mock-llm.out" 2>/dev/null)
+    [ -n "$LLM_URL" ] && break
+    sleep 0.1
+done
+[ -n "${LLM_URL:-}" ] || setup_fail "fleet mock-llm did not print its URL"
+say "scripted LLM at $LLM_URL; work directory $WORK; run $RUN"
+
+# ---------------------------------------------------------------------------
+# Drill helpers. A drill runs in this shell with D (its directory), P (its queue
+# prefix), S (its store) and FE (the environment of every fleet command).
+
+REASON=""
+fail() { REASON="$*"; return 1; }
+
+# drill_env NAME [VAR=VALUE...]: a fresh directory, queue prefix and store.
+drill_env() {
+    local name=$1; shift
+    D="$WORK/$name"
+    mkdir -p "$D/views"
+    P="chaos-$RUN-$name."
+    PREFIXES+=("$P")
+    S=${S_OVERRIDE:-$D/store}
+    FE=(FLEET_QUEUE_PREFIX="$P" FLEET_STORE="$S" LLM_BASE_URL="$LLM_URL"
+        FLEET_LLM_RETRY_MIN_SECS=0.2 FLEET_DEFAULT_IMAGE="$IMAGE"
+        RUST_LOG="${RUST_LOG:-info}" "$@")
+}
+
+fleet() { env "${FE[@]}" "$FLEET" "$@"; }
+
+# job ID MODEL [EXTRA_FIELDS]: one job's JSON.
+job() {
+    printf '{"id": "%s", "task": "chaos drill job %s", "llm": {"model": "%s"}%s}' \
+        "$1" "$1" "$2" "${3:+, $3}"
+}
+
+# submit FILE JOB_JSON...: writes a job file and submits it.
+submit() {
+    local file=$1; shift
+    local IFS=,
+    printf '{"defaults": {"image": "%s", "limits": {"timeout_secs": 600, "command_timeout_secs": 60, "memory_mb": 256, "max_iterations": 40}},\n "jobs": [%s]}\n' \
+        "$IMAGE" "$*" >"$file"
+    fleet submit "$file" >"$file.ids" 2>>"$D/submit.log" || fail "fleet submit $file failed: $(tail -n1 "$D/submit.log")"
+}
+
+# start_worker NAME [VAR=VALUE...] [-- WORKER_FLAGS...]: a worker with the drill's
+# environment; waits until it serves. Sets WPID[NAME] and WID[NAME].
+declare -A WPID WID
+start_worker() {
+    local name=$1; shift
+    local extra_env=() flags=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do extra_env+=("$1"); shift; done
+    [ "${1:-}" = "--" ] && { shift; flags=("$@"); }
+    local log="$D/worker-$name.log"
+    env "${FE[@]}" "${extra_env[@]}" "$FLEET" worker --concurrency 1 --metrics-addr 127.0.0.1:0 \
+        "${flags[@]}" >"$log" 2>&1 &
+    local pid=$!
+    DRILL_PIDS+=("$pid")
+    WORKER_PIDS+=("$pid")
+    WPID[$name]=$pid
+    local i id=""
+    for i in $(seq 150); do
+        id=$(sed -n 's/^fleet worker \([^ ]*\): .* slots.*/\1/p' "$log" | head -n1)
+        [ -n "$id" ] && break
+        alive "$pid" || break
+        sleep 0.2
+    done
+    if [ -z "$id" ]; then
+        fail "worker $name did not start: $(grep -v '^ *$' "$log" | tail -n1)"
+        return 1
+    fi
+    WID[$name]=$id
+    say "worker $name started (pid $pid, $id)"
+}
+
+# view ID...: `fleet status ID --json` into $D/views/ID.json (empty when unknown).
+view() {
+    local id
+    for id in "$@"; do fleet status "$id" --json >"$D/views/$id.json" 2>/dev/null; done
+}
+
+check() { python3 "$REPO/chaos/lib/check.py" "$@"; }
+
+# state ID: the job's state, "-" when it has none.
+state() {
+    view "$1"
+    python3 -c 'import json,sys
+try: print(json.load(open(sys.argv[1]))["status"]["state"])
+except Exception: print("-")' "$D/views/$1.json"
+}
+
+is_terminal() {
+    case "$(state "$1")" in
+        succeeded | failed | stuck | max_iterations | timed_out | budget_exceeded | cancelled | rejected) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# wait_terminal TIMEOUT ID...: until every job is terminal.
+wait_terminal() {
+    local timeout=$1; shift
+    local deadline=$((SECONDS + timeout)) id pending
+    while :; do
+        pending=()
+        for id in "$@"; do is_terminal "$id" || pending+=("$id"); done
+        [ ${#pending[@]} -eq 0 ] && return 0
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            fail "not terminal after ${timeout}s: $(for id in "${pending[@]}"; do printf '%s=%s ' "$id" "$(state "$id")"; done)"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# wait_for TIMEOUT WHAT COMMAND...: until COMMAND succeeds.
+wait_for() {
+    local timeout=$1 what=$2; shift 2
+    local deadline=$((SECONDS + timeout))
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || { fail "timed out after ${timeout}s waiting for $what"; return 1; }
+        sleep 0.5
+    done
+}
+
+containers_of() {
+    docker ps -aq --filter label=agent-fleet=1 --filter "label=fleet.job_id=$1" 2>/dev/null
+}
+
+running_with_container() {
+    [ "$(state "$1")" = running ] && [ -n "$(containers_of "$1")" ]
+}
+
+# no_containers ID...: none of the jobs has a container (a few seconds of grace).
+no_containers() {
+    local id left i
+    for i in $(seq 10); do
+        left=""
+        for id in "$@"; do [ -z "$(containers_of "$id")" ] || left="$left $id"; done
+        [ -z "$left" ] && return 0
+        sleep 0.5
+    done
+    fail "containers left for:$left"
+}
+
+# jobs_ok CHECK_ARGS... ID...: check.py jobs over fresh views.
+jobs_ok() {
+    local ids=() a
+    for a in "$@"; do case "$a" in c"$RUN"-*) ids+=("$a") ;; esac; done
+    view "${ids[@]}"
+    local out
+    out=$(check jobs "$D/views" "$@") || { fail "$out"; return 1; }
+    say "  $out"
+}
+
+# still_serving TAG [WORKER_NAME...]: one more normal job, done by one of them.
+still_serving() {
+    local tag=$1; shift
+    local id="c$RUN-$tag-after"
+    submit "$D/after.json" "$(job "$id" chaos-quick)" || return 1
+    wait_terminal 90 "$id" || return 1
+    jobs_ok --outcome succeeded --running 1 "$id" || return 1
+    if [ $# -gt 0 ]; then
+        local w ok=0 ran
+        ran=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"].get("worker",""))' "$D/views/$id.json")
+        for w in "$@"; do [ "$ran" = "${WID[$w]}" ] && ok=1; done
+        [ "$ok" = 1 ] || { fail "the job after the drill ran on $ran, not on $*"; return 1; }
+    fi
+    local w
+    for w in "$@"; do alive "${WPID[$w]}" || { fail "worker $w is gone"; return 1; }; done
+    say "  still serving: $id succeeded"
+}
+
+# The worker's peak resident memory in MiB.
+vmhwm_mib() { awk '/^VmHWM:/ { printf "%d", $2 / 1024 }' "/proc/$1/status" 2>/dev/null; }
+
+no_panic() {
+    local f
+    for f in "$D"/worker-*.log; do
+        if grep -q "panicked" "$f"; then
+            fail "$(basename "$f"): $(grep -m1 panicked "$f")"
+            return 1
+        fi
+    done
+}
+
+# fleet status --fleet --json into FILE
+fleet_view() { fleet status --fleet --json >"$1" 2>"$1.err"; }
+
+dead_count_is() {
+    fleet_view "$D/fleet.json" && check dead "$D/fleet.json" "$P" "$1" >/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# The drills. Each returns 0 (pass) or 1 with REASON set.
+
+# kill -9 a worker mid-job: the broker redelivers when its connection drops;
+# another worker defers until the dead worker's lease runs out, then takes the
+# job over as attempt 2 and finishes it once. The dead worker's container is
+# removed by the next worker to start on the host (the killed one's restart).
+drill_kill_9() {
+    drill_env kill-9 FLEET_LEASE_SECS=6 FLEET_RETRY_TIERS_SECS=1,3
+    local j="c$RUN-k9-1"
+    start_worker a || return
+    submit "$D/jobs.json" "$(job "$j" chaos-slow)" || return
+    wait_for 60 "$j running in a container" running_with_container "$j" || return
+    start_worker b || return
+    sleep 3
+    local orphan
+    orphan=$(containers_of "$j")
+    say "  kill -9 worker a (pid ${WPID[a]}) while $j runs in container $orphan"
+    kill -KILL "${WPID[a]}"
+    wait "${WPID[a]}" 2>/dev/null
+    wait_terminal 120 "$j" || return
+    jobs_ok --outcome succeeded --running 2 --attempt 2 "$j" || return
+    local second
+    second=$(python3 -c 'import json,sys
+h=[t for t in json.load(open(sys.argv[1]))["status"]["history"] if t["state"]=="running"]
+print(h[1].get("worker",""), "|", h[1].get("note",""))' "$D/views/$j.json")
+    case "$second" in
+        "${WID[b]} | taken over"*) ;;
+        *) fail "the second run was not worker b taking over: $second"; return 1 ;;
+    esac
+    # The killed worker's container outlives it until a worker starts on this host.
+    if [ -n "$(docker ps -aq --filter "id=$orphan")" ]; then
+        say "  the dead worker's container is still there; restarting worker a"
+        start_worker a2 || return
+        wait_for 20 "the restarted worker to remove $orphan" \
+            test -z "$(docker ps -aq --filter "id=$orphan")" || return
+    fi
+    no_containers "$j" || return
+    still_serving k9 b a2 || return
+    no_panic
+}
+
+# SIGTERM with running jobs: the worker stops taking jobs; a job that can finish
+# within --grace-secs does; one that cannot is stopped, its container removed and
+# its message requeued, and another worker runs it. A job still queued stays queued.
+drill_sigterm() {
+    drill_env sigterm FLEET_LEASE_SECS=10 FLEET_RETRY_TIERS_SECS=1,3
+    local short="c$RUN-st-short" long="c$RUN-st-long" queued="c$RUN-st-queued"
+    start_worker a -- --concurrency 2 --grace-secs 12 || return
+    submit "$D/jobs.json" "$(job "$short" chaos-slow)" "$(job "$long" chaos-long)" || return
+    wait_for 60 "both jobs running" eval 'running_with_container "$short" && running_with_container "$long"' || return
+    submit "$D/queued.json" "$(job "$queued" chaos-quick)" || return
+    sleep 3
+    say "  SIGTERM worker a (grace 12 s) with $short and $long running, $queued queued"
+    local t0=$SECONDS
+    kill -TERM "${WPID[a]}"
+    local i
+    for i in $(seq 120); do alive "${WPID[a]}" || break; sleep 0.5; done
+    if alive "${WPID[a]}"; then fail "worker a still running $((SECONDS - t0))s after SIGTERM"; return 1; fi
+    wait "${WPID[a]}"
+    local rc=$? took=$((SECONDS - t0))
+    [ "$rc" = 0 ] || { fail "worker a exited with $rc after SIGTERM"; return 1; }
+    [ "$took" -le 40 ] || { fail "worker a took ${took}s to drain (grace 12 s)"; return 1; }
+    say "  worker a drained and exited in ${took}s"
+    jobs_ok --outcome succeeded --running 1 "$short" || return
+    [ "$(state "$long")" = queued ] || { fail "$long is $(state "$long") after the drain, not queued"; return 1; }
+    [ "$(state "$queued")" = queued ] || { fail "$queued is $(state "$queued") after the drain, not queued"; return 1; }
+    no_containers "$short" "$long" || return
+    start_worker b || return
+    wait_terminal 120 "$long" "$queued" || return
+    jobs_ok --outcome succeeded --running 2 "$long" || return
+    jobs_ok --outcome succeeded --running 1 "$queued" || return
+    no_containers "$short" "$long" "$queued" || return
+    still_serving st b || return
+    no_panic
+}
+
+# A container OOM-killed: limits.memory_mb 16 and a pipeline that buffers 500 MB.
+# The kernel kills the allocating process inside the container; the agent sees
+# the exit status and goes on; the worker is untouched.
+drill_oom() {
+    drill_env oom
+    local j="c$RUN-oom-1"
+    start_worker a || return
+    submit "$D/jobs.json" "$(job "$j" chaos-oom '"limits": {"memory_mb": 16, "command_timeout_secs": 60}')" || return
+    wait_terminal 120 "$j" || return
+    jobs_ok --outcome succeeded,failed --running 1 "$j" || return
+    local first
+    first=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    e=json.loads(l)
+    if e.get("kind")=="ObservationEvent":
+        print(e.get("exit_code"), "|", e.get("content","").strip().splitlines()[-1:] ); break' "$S/jobs/$j/events.jsonl")
+    say "  first observation: $first"
+    case "$first" in
+        *"pipeline exit 137"* | "137 |"*) ;;
+        *) fail "the allocating command was not OOM-killed: $first"; return 1 ;;
+    esac
+    no_containers "$j" || return
+    still_serving oom a || return
+    no_panic
+}
+
+# pids.current and pids.events "max" of a container (cgroup v1 or v2).
+pids_of() {
+    local id=$1 dir
+    for dir in /sys/fs/cgroup/pids/docker/"$id"* /sys/fs/cgroup/system.slice/docker-"$id"*.scope \
+        /sys/fs/cgroup/docker/"$id"*; do
+        if [ -r "$dir/pids.current" ]; then
+            echo "$(cat "$dir/pids.current") $(awk '$1 == "max" { print $2 }' "$dir/pids.events" 2>/dev/null)"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# A fork storm: limits.pids 64 and a shell fork bomb. The pids limit holds (the
+# container never has more than its limit, and the host is untouched), the
+# command is killed at its timeout, the agent goes on, the workspace is removed.
+drill_fork_storm() {
+    drill_env fork-storm
+    local j="c$RUN-fs-1" limit=64
+    start_worker a || return
+    submit "$D/jobs.json" "$(job "$j" chaos-forkbomb "\"limits\": {\"pids\": $limit, \"command_timeout_secs\": 10}")" || return
+    local deadline=$((SECONDS + 120)) peak=0 hits=0 cid="" full="" cur ev
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if [ -z "$cid" ]; then
+            cid=$(containers_of "$j" | head -n1)
+            [ -n "$cid" ] && full=$(docker inspect --format '{{.Id}}' "$cid" 2>/dev/null)
+        fi
+        if [ -n "$full" ] && read -r cur ev < <(pids_of "$full"); then
+            [ "$cur" -gt "$peak" ] && peak=$cur
+            [ -n "$ev" ] && [ "$ev" -gt "$hits" ] && hits=$ev
+        fi
+        is_terminal "$j" && break
+        sleep 0.3
+    done
+    wait_terminal 10 "$j" || return
+    say "  container pids: peak $peak (limit $limit, +16 lent to the kill), forks refused at the limit: $hits"
+    [ -n "$full" ] || { fail "never saw the job's container"; return 1; }
+    [ "$peak" -le $((limit + 16)) ] || { fail "pids peaked at $peak, over the limit $limit"; return 1; }
+    [ "$hits" -gt 0 ] || [ "$peak" -ge "$limit" ] || { fail "the fork bomb never reached the pids limit (peak $peak)"; return 1; }
+    jobs_ok --outcome succeeded --running 1 "$j" || return
+    local obs
+    obs=$(python3 -c 'import json,sys
+o=[json.loads(l) for l in open(sys.argv[1])]
+o=[e for e in o if e.get("kind")=="ObservationEvent" and e.get("tool_name")=="terminal"]
+print(bool(o[0].get("timed_out")), "|", "survived" in o[1].get("content",""))' "$S/jobs/$j/events.jsonl" 2>&1)
+    [ "$obs" = "True | True" ] || { fail "expected the storm to time out and the next command to run: $obs"; return 1; }
+    no_containers "$j" || return
+    still_serving fs a || return
+    no_panic
+}
+
+# 1 GiB of output from one command: the observation is cut to 30,000 characters
+# (head and tail) and the worker's peak RSS stays small.
+drill_output_flood() {
+    drill_env output-flood
+    local j="c$RUN-of-1"
+    start_worker a || return
+    local before
+    before=$(vmhwm_mib "${WPID[a]}")
+    submit "$D/jobs.json" "$(job "$j" chaos-flood '"limits": {"command_timeout_secs": 900, "timeout_secs": 1200}')" || return
+    local t0=$SECONDS
+    wait_terminal 900 "$j" || return
+    local peak
+    peak=$(vmhwm_mib "${WPID[a]}")
+    say "  1 GiB through the terminal in $((SECONDS - t0))s; worker peak RSS ${peak} MiB (${before} MiB at start)"
+    jobs_ok --outcome succeeded --running 1 "$j" || return
+    local out
+    out=$(check observations "$S" "$j" 31000) || { fail "$out"; return 1; }
+    say "  $out"
+    grep -q 'flood done' "$S/jobs/$j/events.jsonl" || { fail "the tail of the output (flood done) is not in the observation"; return 1; }
+    [ "$peak" -lt 150 ] || { fail "worker peak RSS ${peak} MiB (limit 150 MiB)"; return 1; }
+    no_containers "$j" || return
+    still_serving of a || return
+    no_panic
+}
+
+# 100 malformed or hostile messages straight to the broker (chaos/lib/amqp.py):
+# every one is dead-lettered, the worker stays up, and nothing is written but
+# rejection records under jobs/<valid message id>/.
+drill_hostile_messages() {
+    S_OVERRIDE="$WORK/hostile-messages/a/b/store" drill_env hostile-messages FLEET_RETRY_TIERS_SECS=1,3
+    mkdir -p "$S"
+    start_worker a -- --concurrency 4 || return
+    local out
+    out=$(FLEET_QUEUE="${FLEET_QUEUE:-}" "$PIKA_PY" "$REPO/chaos/lib/amqp.py" hostile "$P" "$IMAGE" 2>"$D/publish.log") ||
+        { fail "publishing the hostile messages failed: $(tail -n1 "$D/publish.log")"; return 1; }
+    local ids
+    ids=$(python3 -c 'import json,sys; print(" ".join(json.loads(sys.argv[1])["valid_message_ids"]))' "$out")
+    say "  published 100 hostile messages; valid message ids among them: $ids"
+    wait_for 120 "100 messages in ${P}fleet.dead" dead_count_is 100 || {
+        fail "$REASON; $(check dead "$D/fleet.json" "$P" 100)"
+        return 1
+    }
+    say "  $(check dead "$D/fleet.json" "$P" 100)"
+    alive "${WPID[a]}" || { fail "the worker died"; return 1; }
+    # shellcheck disable=SC2086
+    jobs_ok --outcome rejected --running 0 $ids || return
+    # shellcheck disable=SC2086
+    out=$(check tree "$S" $ids) || { fail "$out"; return 1; }
+    say "  store: $out"
+    local extra
+    extra=$(find "$WORK/hostile-messages/a" -mindepth 1 -maxdepth 2 ! -path "$S" ! -path "$WORK/hostile-messages/a/b")
+    [ -z "$extra" ] || { fail "written outside the store: $extra"; return 1; }
+    [ ! -e /tmp/fleet-chaos-escape ] || { fail "/tmp/fleet-chaos-escape was written"; return 1; }
+    [ -z "$(our_containers)" ] || { fail "a hostile message started a container"; return 1; }
+    still_serving hm a || return
+    no_panic
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_receiver() {
+    python3 "$REPO/chaos/lib/receiver.py" "$HOOK_PORT" "$D/received.jsonl" >>"$D/receiver.log" 2>&1 &
+    RECEIVER_PID=$!
+    DRILL_PIDS+=("$RECEIVER_PID")
+    wait_for 10 "the webhook receiver" grep -q listening "$D/receiver.log"
+}
+
+# A webhook receiver down while jobs finish, then back: deliveries are retried
+# with backoff until it answers; each is recorded in status.json `webhooks`,
+# signed, and arrives (at least once).
+drill_webhook_down() {
+    HOOK_PORT=$(free_port)
+    local secret="chaos-secret-$RUN"
+    drill_env webhook-down FLEET_WEBHOOK_URL="http://127.0.0.1:$HOOK_PORT/fleet" \
+        FLEET_WEBHOOK_SECRET="$secret"
+    local j1="c$RUN-wh-1" j2="c$RUN-wh-2"
+    local hook="\"webhook\": {\"url\": \"http://127.0.0.1:$HOOK_PORT/job\", \"secret_env\": \"FLEET_WEBHOOK_SECRET\"}"
+    : >"$D/received.jsonl"
+    start_worker a -- --concurrency 2 || return
+    say "  receiver down (nothing listens on 127.0.0.1:$HOOK_PORT)"
+    submit "$D/jobs.json" "$(job "$j1" chaos-quick "$hook")" "$(job "$j2" chaos-quick)" || return
+    wait_terminal 90 "$j1" "$j2" || return
+    sleep 4
+    say "  receiver back up"
+    start_receiver || return
+    wait_for 120 "every webhook delivered" eval 'view "$j1" "$j2"; check webhooks "$D/views" "$D/received.jsonl" "$secret" "$j1" "$j2" >/dev/null' || {
+        fail "$REASON: $(check webhooks "$D/views" "$D/received.jsonl" "$secret" "$j1" "$j2")"
+        return 1
+    }
+    local out
+    out=$(check webhooks "$D/views" "$D/received.jsonl" "$secret" "$j1" "$j2") || { fail "$out"; return 1; }
+    say "  $out"
+    jobs_ok --outcome succeeded --running 1 "$j1" "$j2" || return
+    no_containers "$j1" "$j2" || return
+    still_serving wh a || return
+    no_panic
+}
+
+start_docker_proxy() {
+    rm -f "$D/docker.sock"
+    python3 "$REPO/chaos/lib/docker_proxy.py" "$D/docker.sock" "$DOCKER_SOCK" >>"$D/proxy.log" 2>&1 &
+    PROXY_PID=$!
+    DRILL_PIDS+=("$PROXY_PID")
+    wait_for 10 "the Docker socket proxy" test -S "$D/docker.sock"
+}
+
+# Docker unreachable. A worker that cannot reach Docker at start-up refuses to
+# start (jobs stay queued). A worker whose Docker goes away (its DOCKER_HOST is a
+# socket proxy we stop) fails each attempt as docker_unavailable, retries, then
+# ends the job as failed and dead-letters its message; when Docker is back it
+# serves again.
+drill_docker_down() {
+    case "${DOCKER_HOST:-}" in
+        unix://*) DOCKER_SOCK=${DOCKER_HOST#unix://} ;;
+        "") DOCKER_SOCK=/var/run/docker.sock ;;
+        *) fail "DOCKER_HOST=$DOCKER_HOST is not a Unix socket: cannot put a proxy in front of it"; return 1 ;;
+    esac
+    drill_env docker-down FLEET_MAX_ATTEMPTS=3 FLEET_RETRY_TIERS_SECS=1,2
+    local j0="c$RUN-dd-0" j1="c$RUN-dd-1"
+    start_docker_proxy || return
+    submit "$D/j0.json" "$(job "$j0" chaos-quick)" || return
+    # A worker whose Docker is unreachable from the start.
+    env "${FE[@]}" DOCKER_HOST=unix:///nonexistent.sock "$FLEET" worker --concurrency 1 \
+        --metrics-addr 127.0.0.1:0 >"$D/worker-nodocker.log" 2>&1 &
+    local bad=$!
+    DRILL_PIDS+=("$bad")
+    WORKER_PIDS+=("$bad")
+    local i
+    for i in $(seq 120); do alive "$bad" || break; sleep 0.5; done
+    alive "$bad" && { fail "a worker without Docker kept running"; return 1; }
+    wait "$bad"
+    local rc=$?
+    [ "$rc" = 1 ] || { fail "a worker without Docker exited with $rc, expected 1"; return 1; }
+    say "  worker without Docker refused to start: $(grep -m1 -i docker "$D/worker-nodocker.log")"
+    [ "$(state "$j0")" = queued ] || { fail "$j0 is $(state "$j0"), expected still queued"; return 1; }
+    # A worker whose Docker goes away while it runs.
+    start_worker a DOCKER_HOST="unix://$D/docker.sock" || return
+    wait_terminal 60 "$j0" || return
+    jobs_ok --outcome succeeded --running 1 "$j0" || return
+    say "  Docker away for worker a (proxy pid $PROXY_PID stopped)"
+    stop_pid "$PROXY_PID"
+    rm -f "$D/docker.sock"
+    submit "$D/j1.json" "$(job "$j1" chaos-quick)" || return
+    wait_terminal 90 "$j1" || return
+    jobs_ok --outcome failed --error-kind docker_unavailable --running 3 --attempt 3 "$j1" || return
+    wait_for 20 "the failed job in ${P}fleet.dead" dead_count_is 1 || return
+    say "  $j1 failed as docker_unavailable after 3 attempts; its message is in ${P}fleet.dead"
+    no_containers "$j0" "$j1" || return
+    say "  Docker back for worker a"
+    start_docker_proxy || return
+    still_serving dd a || return
+    no_panic
+}
+
+# The broker restarted mid-batch (scripts/services/rabbitmq.sh restart drops
+# every connection): workers reconnect, running jobs finish and their stale
+# deliveries come back only to be skipped, queued jobs survive (durable queue,
+# persistent messages), and a submit during the restart waits for the broker.
+drill_broker_restart() {
+    drill_env broker-restart FLEET_LEASE_SECS=10 FLEET_RETRY_TIERS_SECS=1,3
+    local ids=() specs=() i
+    for i in 1 2 3 4 5 6 7 8; do
+        ids+=("c$RUN-br-$i")
+        specs+=("$(job "c$RUN-br-$i" chaos-slow)")
+    done
+    start_worker a -- --concurrency 2 || return
+    start_worker b -- --concurrency 2 || return
+    submit "$D/jobs.json" "${specs[@]}" || return
+    local running
+    wait_for 60 "four jobs running" eval 'running=0; for i in "${ids[@]}"; do [ "$(state "$i")" = running ] && running=$((running + 1)); done; [ "$running" -ge 4 ]' || return
+    say "  restarting RabbitMQ with 4 jobs running and 4 queued"
+    BROKER_TOUCHED=1
+    bash scripts/services/rabbitmq.sh restart >"$D/restart.log" 2>&1 &
+    local restart=$!
+    sleep 1
+    local late="c$RUN-br-late"
+    ids+=("$late")
+    submit "$D/late.json" "$(job "$late" chaos-quick)" &
+    local late_submit=$!
+    wait "$restart" || { fail "rabbitmq.sh restart failed: $(tail -n1 "$D/restart.log")"; return 1; }
+    wait "$late_submit" || { fail "a submit during the restart failed: $(tail -n1 "$D/submit.log")"; return 1; }
+    say "  broker back; the submit during the restart went through"
+    wait_terminal 240 "${ids[@]}" || return
+    jobs_ok --outcome succeeded --running 1 "${ids[@]}" || return
+    no_containers "${ids[@]}" || return
+    dead_count_is 0 || { fail "messages dead-lettered: $(check dead "$D/fleet.json" "$P" 0)"; return 1; }
+    still_serving br a b || return
+    no_panic
+}
+
+# The S3 endpoint down for 30 s (a dedicated moto frozen with SIGSTOP: connections
+# hang, nothing answers) while jobs run and while a submit stores its job: the
+# store retries within its budget, results land when it is back.
+drill_s3_down() {
+    local st
+    st=$(FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh status 2>/dev/null)
+    [ "$st" != foreign ] || { fail "something else answers on 127.0.0.1:$S3_PORT (set FLEET_CHAOS_S3_PORT)"; return 1; }
+    say "  starting a dedicated moto on 127.0.0.1:$S3_PORT"
+    S3_STARTED=1
+    local envs
+    envs=$(FLEET_TEST_S3_PORT=$S3_PORT FLEET_TEST_S3_BUCKET=$S3_BUCKET bash scripts/services/s3.sh up 2>"$WORK/s3-up.log") ||
+        { fail "moto did not start: $(tail -n1 "$WORK/s3-up.log")"; return 1; }
+    local s3env=()
+    mapfile -t s3env < <(sed -n 's/^export //p' <<<"$envs")
+    S_OVERRIDE="s3://$S3_BUCKET/chaos-$RUN" drill_env s3-down "${s3env[@]}" FLEET_LEASE_SECS=60 FLEET_RETRY_TIERS_SECS=1,3
+    local j1="c$RUN-s3-1" j2="c$RUN-s3-2" j3="c$RUN-s3-3"
+    start_worker a -- --concurrency 2 || return
+    submit "$D/jobs.json" "$(job "$j1" chaos-slow)" "$(job "$j2" chaos-slow)" || return
+    wait_for 60 "both jobs running" eval 'running_with_container "$j1" && running_with_container "$j2"' || return
+    sleep 2
+    say "  S3 down for 30 s (SIGSTOP)"
+    FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh stop 2>>"$D/s3.log" || { fail "s3.sh stop failed"; return 1; }
+    local t0=$SECONDS
+    submit "$D/during.json" "$(job "$j3" chaos-quick)" &
+    local during=$!
+    sleep 30
+    FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh start 2>>"$D/s3.log" || { fail "s3.sh start failed"; return 1; }
+    say "  S3 back after $((SECONDS - t0))s"
+    wait "$during" || { fail "a submit during the outage failed: $(tail -n1 "$D/submit.log")"; return 1; }
+    wait_terminal 240 "$j1" "$j2" "$j3" || return
+    jobs_ok --outcome succeeded --running 1 "$j1" "$j2" "$j3" || return
+    no_containers "$j1" "$j2" "$j3" || return
+    still_serving s3 a || return
+    no_panic
+    FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh down >/dev/null 2>&1
+    S3_STARTED=0
+}
+
+# ---------------------------------------------------------------------------
+
+for name in "${selected[@]}"; do
+    say "== $name"
+    REASON=""
+    t0=$SECONDS
+    S_OVERRIDE=""
+    "drill_${name//-/_}"
+    rc=$?
+    [ "$rc" = 0 ] || [ -n "$REASON" ] || REASON="exited with $rc"
+    drill_cleanup
+    if [ "$rc" = 0 ]; then
+        echo "PASS $name"
+        passed=$((passed + 1))
+    else
+        echo "FAIL $name: $REASON"
+        failed=$((failed + 1))
+    fi
+    say "   $name took $((SECONDS - t0))s"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
