@@ -188,7 +188,7 @@ impl Store {
                     true
                 }
             }
-            Store::S3(s) => s.put_if(key, body, &s3::Precondition::IfAbsent).await?,
+            Store::S3(s) => s.put_if_absent(key, body).await?,
         };
         if written {
             crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);

@@ -112,6 +112,22 @@ async fn list_pages_through_the_listing() {
 }
 
 #[tokio::test]
+async fn open_takes_an_s3_spec() {
+    // Builds the client only; no call is made.
+    let store = Store::open("s3://fleet-test/some/prefix/").await.unwrap();
+    assert_eq!(
+        store.locate("jobs/a/job.json"),
+        "s3://fleet-test/some/prefix/jobs/a/job.json"
+    );
+    let store = Store::open("s3://fleet-test").await.unwrap();
+    assert_eq!(
+        store.locate("jobs/a/job.json"),
+        "s3://fleet-test/jobs/a/job.json"
+    );
+    assert!(Store::open("s3://x").await.is_err());
+}
+
+#[tokio::test]
 async fn a_missing_key_is_none() {
     let (store, _) = store().await;
     assert!(store.get("jobs/nope/result.json").await.unwrap().is_none());

@@ -82,7 +82,9 @@ impl Failure {
                 Failure::fatal(DisplayErrorContext(&err).to_string())
             }
             // Connection refused/reset, DNS, attempt or operation timeouts, a response
-            // that could not be read.
+            // that could not be read. Credentials that failed to load arrive here too
+            // and are retried like the rest (STS and IMDS have bad moments; each load
+            // is bounded); with none configured at all, the final error says so.
             SdkError::DispatchFailure(_)
             | SdkError::TimeoutError(_)
             | SdkError::ResponseError(_) => Failure {

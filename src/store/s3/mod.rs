@@ -194,6 +194,19 @@ impl S3Store {
         Ok(result)
     }
 
+    /// Writes `body` only if nothing is at `key` yet (`If-None-Match: *`); false when
+    /// something is. A retried write that finds its own lost first attempt (the
+    /// same bytes) counts as written.
+    pub async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
+        if self
+            .put_if(key, body.clone(), &Precondition::IfAbsent)
+            .await?
+        {
+            return Ok(true);
+        }
+        Ok(self.get(key).await?.is_some_and(|stored| stored == body))
+    }
+
     /// Uploads a file: one PutObject up to [`MULTIPART_THRESHOLD`], a multipart
     /// upload streamed from disk part by part above it. Returns the bytes sent.
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {

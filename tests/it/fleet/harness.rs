@@ -230,6 +230,7 @@ impl Fleet {
             ("FLEET_LLM_RETRY_MIN_SECS", "0.05".into()),
             ("FLEET_DEFAULT_IMAGE", TEST_IMAGE.into()),
             ("LLM_BASE_URL", self.llm_url.clone()),
+            ("NO_COLOR", "1".into()),
             (
                 "RUST_LOG",
                 "warn,agent_fleet=info,fleet=info,lapin=warn".into(),
