@@ -29,3 +29,9 @@ cargo build --locked --bin fleet --tests
 
 step "tests"
 cargo nextest run --locked --no-fail-fast "$@"
+
+# Drills that restart the shared broker run alone, one at a time, after the rest.
+if [ $# -eq 0 ]; then
+  step "broker drills (serial)"
+  cargo nextest run --locked --no-fail-fast --run-ignored only -j 1
+fi

@@ -71,12 +71,13 @@ def hostile_messages(image):
         add(job(**fields))
     add({"image": image})  # no task
 
-    # Huge strings (all under 1 MiB, so the parser has to deal with them).
+    # Huge strings (all under 1 MiB, so the parser has to deal with them, and the
+    # reason it gives must not carry them whole into the dead letter's headers).
     add(job(id="a" * 100_000))
     add(job(image="x" * 500_000))
-    add(job(workdir="/" + "d/" * 300_000))
+    add(job(workdir="/" + "d/" * 300_000 + ".."))
     add(job(artifacts=["a/" * 200_000 + ".."]))
-    add(job(env={"K" * 300_000: "v"}))
+    add(job(env={"K" * 300_000 + "-": "v"}))
     add(job(secrets=["S" * 200_000 + "-"]))
     add(job(id="../" * 100_000))
     add(job(task="T" * 900_000, id="../huge"))

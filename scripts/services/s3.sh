@@ -190,7 +190,8 @@ down() {
         sleep 0.1
     done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$LOG_FILE"
+    rmdir "$STATE_DIR" 2>/dev/null || true
     log "terminated pid $pid"
 }
 
@@ -212,6 +213,6 @@ case "${1:-up}" in
     down) down ;;
     status) status ;;
     env) print_env ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command: $1 (up|stop|start|down|status|env)" ;;
 esac

@@ -124,7 +124,10 @@ impl Worker {
 }
 
 /// Reads a delivery's job, or says why it cannot be run.
-fn decode(d: &Delivery) -> Result<JobSpec, String> {
+///
+/// A job from the broker (`from_broker`) may not name `input.path`: that would be
+/// a directory on the worker's host. `fleet submit` uploads it as `store_key`.
+fn decode(d: &Delivery, from_broker: bool) -> Result<JobSpec, String> {
     if d.msg.body.len() > MAX_MESSAGE_BYTES {
         return Err(format!(
             "message of {} bytes exceeds {MAX_MESSAGE_BYTES}",
@@ -141,7 +144,27 @@ fn decode(d: &Delivery) -> Result<JobSpec, String> {
             d.msg.job_id, spec.id
         ));
     }
+    if from_broker && matches!(spec.input, Some(job::Input::Path { .. })) {
+        return Err(
+            "invalid job: input.path: a queued job cannot read the worker's \
+                    files; upload the input (fleet submit stores it as input.store_key)"
+                .into(),
+        );
+    }
     Ok(spec)
+}
+
+/// The longest rejection reason kept: it travels in a dead letter's headers (an
+/// AMQP header frame holds 128 KiB) and in the status record, and a hostile
+/// message can make the parser quote a huge value.
+const MAX_REASON_CHARS: usize = 1000;
+
+fn clip_reason(reason: String) -> String {
+    if reason.chars().count() <= MAX_REASON_CHARS {
+        return reason;
+    }
+    let head: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    format!("{head}… ({} bytes in all)", reason.len())
 }
 
 async fn handle(
@@ -152,9 +175,9 @@ async fn handle(
     observer: Option<&dyn Observer>,
     running: &Mutex<HashMap<String, JobControl>>,
 ) {
-    let spec = match decode(&d) {
+    let spec = match decode(&d, matches!(queue, Queue::Amqp(_))) {
         Ok(s) => s,
-        Err(reason) => return reject(svc, queue, d, &reason).await,
+        Err(reason) => return reject(svc, queue, d, &clip_reason(reason)).await,
     };
     let attempt = d.msg.attempt + 1;
     let span = info_span!("job", job_id = %spec.id, attempt);
@@ -604,4 +627,23 @@ fn heartbeat(
         }
     });
     stop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_reason_is_clipped_on_a_char_boundary() {
+        let short = "invalid job: id: \"..\"".to_string();
+        assert_eq!(clip_reason(short.clone()), short);
+        let huge = format!("invalid job: image: {:?}", "é".repeat(300_000));
+        let clipped = clip_reason(huge.clone());
+        assert!(
+            clipped.len() < 2 * MAX_REASON_CHARS + 64,
+            "{}",
+            clipped.len()
+        );
+        assert!(clipped.ends_with(&format!("({} bytes in all)", huge.len())));
+    }
 }

@@ -5,7 +5,7 @@
 //! them an outer retry with backoff rides out an endpoint that is down for tens of
 //! seconds, up to the store's retry budget, then fails with
 //! `StoreError::Unavailable`. Non-transient failures (403, a missing bucket) fail at
-//! once as `StoreError::Io` naming the bucket and key ([`error`]).
+//! once as `StoreError::Io` naming the bucket and key (see `error.rs`).
 //!
 //! Status records are updated with optimistic concurrency ([`S3Store::update_status`]):
 //! conditional writes (`If-Match` on the ETag read, `If-None-Match: *` to create).
@@ -364,7 +364,7 @@ impl S3Store {
     /// Read-modify-write of the JSON status record at `key` with optimistic
     /// concurrency: read it and its ETag, apply `f`, write with `If-Match`; when
     /// someone else wrote in between (412), read again and re-apply `f`, up to
-    /// [`CAS_ROUNDS`] times, then `StoreError::Conflict`. So two workers racing to
+    /// `CAS_ROUNDS` (24) times, then `StoreError::Conflict`. So two workers racing to
     /// claim a job cannot both win.
     ///
     /// `f` may run several times and must decide from the record it is given. A
