@@ -53,7 +53,7 @@ def hostile_messages(image):
 
     # Not JSON, or not a JSON object.
     for b in [b"", b"hello", b"{", b"\xff\xfe\xfd", b"\x00" * 64, b"null", b"42",
-              b"[]", b"{\"task\": \"t\"", b"\xef\xbb\xbf{}",
+              b"[]", b"{\"task\": \"t\"",
               b"[" * 200_000, b"{\"a\":" * 50_000]:
         add(b)
     add([job()])  # a job file's array, not a job
@@ -119,7 +119,10 @@ def hostile_messages(image):
 
     # NUL bytes.
     add(job(id="a\u0000b"))
-    add(job(workdir="/work\u0000space"))
+    # A NUL in the workdir passes the job parser today; Docker refuses it (500):
+    # with an id, the job fails cleanly after its attempts and is dead-lettered.
+    add(job(id="chaos-nul-workdir", workdir="/work\u0000space"), message_id="chaos-nul-workdir")
+    add(job(id=None, workdir="/work\u0000space"))  # "id": null, so no id at all
     add(job(env={"A\u0000B": "x"}))
     add(job(secrets=["A\u0000"]))
     add(job(image="img\u0000:latest"))

@@ -7,15 +7,16 @@ summary on success (exit 0), or the first problem found (exit 1).
         is terminal with a result.json whose outcome is the state, has exactly one
         terminal transition in its history, and the expected number of `running`
         transitions (one per attempt that started).
-    check.py webhooks VIEWS RECEIVED SECRET ID...
-        Every job's webhook deliveries in status.json are delivered; each
+    check.py webhooks VIEWS RECEIVED SECRET ID[=N]...
+        Each job has N (default 1) webhook deliveries in status.json, all delivered; each
         delivery_id arrived at the receiver (RECEIVED: its JSON lines), with a valid
         X-Fleet-Signature; prints how many attempts the deliveries took.
     check.py tree STORE_DIR ID...
         Every file of a local store is batches/*.json or jobs/<valid id>/..., and
         the job directories are exactly the given ids.
-    check.py observations STORE_DIR ID MAX_CHARS
-        The job's largest observation is at most MAX_CHARS characters.
+    check.py observations STORE_DIR ID MAX_CHARS [TEXT...]
+        The job's largest observation is at most MAX_CHARS characters and holds
+        each TEXT.
     check.py dead FLEET_STATUS_JSON PREFIX N
         `fleet status --fleet --json` shows N messages in PREFIXfleet.dead and none
         waiting in PREFIXfleet.jobs.
@@ -118,11 +119,14 @@ def cmd_webhooks(args):
                 raise Fail("delivery_id in the body differs from X-Fleet-Delivery")
             got.setdefault(payload["delivery_id"], []).append(payload)
     attempts = []
-    for job_id in args[3:]:
+    for arg in args[3:]:
+        job_id, _, n = arg.partition("=")
+        want = int(n or 1)
         s = load_view(views, job_id)["status"]
         hooks = [w for w in s.get("webhooks") or [] if w.get("event") == "job.completed"]
-        if not hooks:
-            raise Fail(f"{job_id}: no webhook delivery recorded in status.json")
+        if len(hooks) != want:
+            raise Fail(f"{job_id}: {len(hooks)} webhook deliveries recorded in status.json, "
+                       f"expected {want}")
         for w in hooks:
             if not w.get("delivered"):
                 raise Fail(f"{job_id}: webhook to {w.get('url')} not delivered after "
@@ -164,19 +168,24 @@ def cmd_tree(args):
 
 
 def cmd_observations(args):
-    root, job_id, limit = args[0], args[1], int(args[2])
+    root, job_id, limit, needles = args[0], args[1], int(args[2]), args[3:]
     path = os.path.join(root, "jobs", job_id, "events.jsonl")
-    biggest = 0
+    biggest = ""
     with open(path) as f:
         for line in f:
             e = json.loads(line)
-            if e.get("kind") == "ObservationEvent":
-                biggest = max(biggest, len(e.get("content", "")))
-    if biggest == 0:
+            if e.get("kind") == "ObservationEvent" and len(e.get("content", "")) > len(biggest):
+                biggest = e["content"]
+    if not biggest:
         raise Fail(f"{job_id}: no observation in events.jsonl")
-    if biggest > limit:
-        raise Fail(f"{job_id}: an observation of {biggest} characters (limit {limit})")
-    return f"largest observation {biggest} characters"
+    if len(biggest) > limit:
+        raise Fail(f"{job_id}: an observation of {len(biggest)} characters (limit {limit})")
+    for n in needles:
+        if n not in biggest:
+            raise Fail(f"{job_id}: {n!r} is not in the largest observation")
+    cut = re.search(r"(\d+) of (\d+) bytes of output were cut", biggest)
+    note = f", {cut.group(1)} of {cut.group(2)} bytes cut" if cut else ""
+    return f"largest observation {len(biggest)} characters{note}"
 
 
 def cmd_dead(args):

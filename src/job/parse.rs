@@ -220,6 +220,18 @@ fn valid_image(image: &str) -> bool {
         && !image.starts_with(['-', '.', '/', ':'])
 }
 
+/// A task longer than this is refused (the queue's messages are at most 1 MiB).
+const MAX_TASK_BYTES: usize = 256 * 1024;
+
+/// A value quoted in an error, cut so the message stays one readable line.
+fn clip(v: &str) -> String {
+    if v.chars().count() <= 80 {
+        v.to_string()
+    } else {
+        format!("{}…", v.chars().take(80).collect::<String>())
+    }
+}
+
 fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     let bad = |f: &str, m: String| Err((f.to_string(), m));
     if !valid_id(&s.id) {
@@ -243,15 +255,35 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         }
         _ => {}
     }
-    if !s.workdir.starts_with('/') || s.workdir.split('/').any(|c| c == "..") {
+    if !s.workdir.starts_with('/')
+        || s.workdir.split('/').any(|c| c == "..")
+        || s.workdir.len() > 1024
+        || s.workdir.chars().any(char::is_control)
+    {
         return bad(
             "workdir",
-            format!("{:?} must be an absolute path without `..`", s.workdir),
+            format!(
+                "{:?} must be an absolute path without `..` or control characters, at most 1024 bytes",
+                clip(&s.workdir)
+            ),
         );
     }
-    for k in s.env.keys() {
+    if s.task.len() > MAX_TASK_BYTES {
+        return bad(
+            "task",
+            format!("{} bytes is more than {MAX_TASK_BYTES}", s.task.len()),
+        );
+    }
+    for (k, v) in &s.env {
         if !is_name(k) {
-            return bad(&format!("env.{k}"), "not a valid variable name".into());
+            return bad(
+                &format!("env.{}", clip(k)),
+                "not a valid variable name".into(),
+            );
+        }
+        // Docker refuses NUL in the environment; better said here than retried there.
+        if v.contains('\0') {
+            return bad(&format!("env.{k}"), "contains a NUL character".into());
         }
     }
     for (i, k) in s.secrets.iter().enumerate() {
@@ -433,5 +465,9 @@ mod tests {
         let e = parse(r#"[{"id": "a", "task": "t", "artifacts": ["../../etc/*"]}]"#).unwrap_err();
         assert!(e.contains("artifacts[0]"), "{e}");
         assert!(!e.contains('\n'));
+        let e = parse(r#"[{"id": "a", "task": "t", "workdir": "/w\u0000x"}]"#).unwrap_err();
+        assert!(e.contains("workdir"), "{e}");
+        let e = parse(r#"[{"id": "a", "task": "t", "env": {"A": "x\u0000"}}]"#).unwrap_err();
+        assert!(e.contains("env.A") && e.contains("NUL"), "{e}");
     }
 }

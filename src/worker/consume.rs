@@ -125,8 +125,9 @@ impl Worker {
 
 /// Reads a delivery's job, or says why it cannot be run.
 ///
-/// A job from the broker (`from_broker`) may not name `input.path`: that would be
-/// a directory on the worker's host. `fleet submit` uploads it as `store_key`.
+/// A job from the broker (`from_broker`) needs an id, and may not name
+/// `input.path`: that would be a directory on the worker's host (`fleet submit`
+/// uploads it as `store_key`).
 fn decode(d: &Delivery, from_broker: bool) -> Result<JobSpec, String> {
     if d.msg.body.len() > MAX_MESSAGE_BYTES {
         return Err(format!(
@@ -136,8 +137,18 @@ fn decode(d: &Delivery, from_broker: bool) -> Result<JobSpec, String> {
     }
     let value: serde_json::Value =
         serde_json::from_slice(&d.msg.body).map_err(|e| format!("body is not a JSON job: {e}"))?;
+    let has_id = value.get("id").is_some_and(|v| v.is_string());
     let spec = job::job_from_value(value, &job::ParseOptions::default())
         .map_err(|(field, message)| format!("invalid job: {field}: {message}"))?;
+    if from_broker && !has_id && d.msg.job_id.is_empty() {
+        // Parsing would give it a new UUID on every delivery: each retry or
+        // redelivery would be another job.
+        return Err(
+            "invalid job: id: a queued job needs an id (the job's `id` or the \
+                    message id)"
+                .into(),
+        );
+    }
     if !d.msg.job_id.is_empty() && spec.id != d.msg.job_id {
         return Err(format!(
             "message id {:?} does not match the job id {:?}",
