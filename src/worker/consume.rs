@@ -15,9 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::runner::{self, AttemptEnd, JobControl, Services};
 use crate::agent::{EventLog, Progress};
-use crate::job::{
-    self, ErrorInfo, JobResult, JobSpec, Outcome, Phase, State, StatusRecord, Tokens,
-};
+use crate::job::{self, ErrorInfo, JobResult, JobSpec, Outcome, Phase, State, StatusRecord};
 use crate::queue::{Delivery, Queue};
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
@@ -511,22 +509,7 @@ fn empty_result(
     error: Option<ErrorInfo>,
     worker: &str,
 ) -> JobResult {
-    let now = Utc::now();
-    JobResult {
-        job_id: spec.id.clone(),
-        outcome,
-        attempt,
-        final_message: None,
-        steps: 0,
-        cost_usd: 0.0,
-        tokens: Tokens::default(),
-        duration_secs: 0.0,
-        stuck_pattern: None,
-        error,
-        started_at: now,
-        finished_at: now,
-        worker: Some(worker.to_string()),
-    }
+    JobResult::unrun(&spec.id, outcome, attempt, error, Some(worker))
 }
 
 /// An invalid message: dead-lettered with the reason; `rejected` where an id is readable.
@@ -553,22 +536,13 @@ async fn reject(svc: &Services, queue: &Queue, d: Delivery, reason: &str) {
                 Some(&svc.settings.worker_id),
                 Some(reason.to_string()),
             );
-            let now = Utc::now();
-            let r = JobResult {
-                job_id: id.clone(),
-                outcome: Outcome::Rejected,
-                attempt: rec.attempt,
-                final_message: None,
-                steps: 0,
-                cost_usd: 0.0,
-                tokens: Tokens::default(),
-                duration_secs: 0.0,
-                stuck_pattern: None,
-                error: Some(e),
-                started_at: now,
-                finished_at: now,
-                worker: Some(svc.settings.worker_id.clone()),
-            };
+            let r = JobResult::unrun(
+                &id,
+                Outcome::Rejected,
+                rec.attempt,
+                Some(e),
+                Some(&svc.settings.worker_id),
+            );
             let _ = svc.store.put_json(&key.result(), &r).await;
             let _ = svc.store.put_json(&key.status(), &rec).await;
             metrics()
