@@ -23,6 +23,10 @@
 //! 8. [`telemetry`] — tracing spans carry `job_id`/`attempt`; Prometheus series
 //!    (names in one place) are served on `/metrics` with `/healthz` and `/readyz`.
 //!
+//! Between 3 and 4, [`policy`] holds the line between what a job asks for and what
+//! the worker allows (secrets, endpoints, networks, ceilings): a job that breaks it
+//! is rejected before a workspace exists.
+//!
 //! [`mock_llm`] is the scripted OpenAI-compatible server used by tests, benchmarks
 //! and the offline quickstart; [`cli`] and [`config`] are the command-line surface.
 
@@ -32,6 +36,7 @@ pub mod config;
 pub mod job;
 pub mod llm;
 pub mod mock_llm;
+pub mod policy;
 pub mod queue;
 pub mod results;
 pub mod store;

@@ -70,6 +70,9 @@ impl Setup {
             cpus: 1.0,
             pids: 64,
             network: "none".into(),
+            user: None,
+            read_only_root: false,
+            disk_mb: None,
         };
         Backend::Local(LocalBackend::new(self.root.path().to_path_buf()))
             .start(&spec)

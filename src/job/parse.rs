@@ -355,6 +355,28 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
             format!("{:?} is not a network name", l.network),
         );
     }
+    if let Some(d) = l.disk_mb {
+        if d < 16 {
+            return bad("limits.disk_mb", format!("{d} must be at least 16"));
+        }
+    }
+    if let Some(u) = &l.user {
+        let part = |p: &str| {
+            (1..=32).contains(&p.len())
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !p.starts_with('-')
+        };
+        let ok = match u.split_once(':') {
+            Some((a, b)) => part(a) && part(b),
+            None => part(u),
+        };
+        if !ok {
+            return bad(
+                "limits.user",
+                format!("{:?} must be USER or USER:GROUP (names or numbers)", clip(u)),
+            );
+        }
+    }
     let st = &s.stuck;
     for (name, v) in [
         ("action_observation", st.action_observation),

@@ -104,6 +104,16 @@ pub struct Limits {
     pub cpus: f64,
     pub pids: i64,
     pub network: String,
+    /// The workspace's disk limit in MiB (default: the worker's `FLEET_MAX_DISK_MB`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// Run the job's commands as this user (`UID[:GID]` or a name the image knows),
+    /// within the worker's `FLEET_JOB_USERS`; default: the image's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A read-only root filesystem; the workdir and `/tmp` stay writable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 impl Default for Limits {
@@ -117,6 +127,9 @@ impl Default for Limits {
             cpus: 1.0,
             pids: 512,
             network: "none".into(),
+            disk_mb: None,
+            user: None,
+            read_only_root: false,
         }
     }
 }
