@@ -668,8 +668,11 @@ start_receiver() {
 drill_webhook_down() {
     HOOK_PORT=$(free_port)
     local secret="chaos-secret-$RUN"
+    # The job's webhook is on loopback and signed with the worker's secret: both
+    # need the policy to allow them.
     drill_env webhook-down FLEET_WEBHOOK_URL="http://127.0.0.1:$HOOK_PORT/fleet" \
-        FLEET_WEBHOOK_SECRET="$secret"
+        FLEET_WEBHOOK_SECRET="$secret" FLEET_JOB_SECRETS=FLEET_WEBHOOK_SECRET \
+        FLEET_WEBHOOK_ALLOW_PRIVATE=1
     local j1="c$RUN-wh-1" j2="c$RUN-wh-2"
     local hook="\"webhook\": {\"url\": \"http://127.0.0.1:$HOOK_PORT/job\", \"secret_env\": \"FLEET_WEBHOOK_SECRET\"}"
     : >"$D/received.jsonl"

@@ -451,11 +451,16 @@ fn literal_ip(host: &str) -> Option<IpAddr> {
 }
 
 fn refused_address(host: &str, ip: IpAddr) -> Violation {
+    let class = address_class(ip).unwrap_or("private");
+    let what = if literal_ip(host) == Some(ip) {
+        format!("{host} is a {class} address")
+    } else {
+        format!("{host} resolves to {ip}, a {class} address")
+    };
     Violation::new(
         "webhook.url",
         format!(
-            "{host} is {ip}, a {} address; job webhooks may not reach the worker's own network ({}=1 allows it)",
-            address_class(ip).unwrap_or("private"),
+            "{what}; job webhooks may not reach the worker's own network ({}=1 allows it)",
             config::ENV_WEBHOOK_ALLOW_PRIVATE
         ),
     )

@@ -130,7 +130,7 @@ fn addresses_are_classified() {
 #[tokio::test]
 async fn a_webhook_name_is_checked_by_its_resolved_address() {
     let e = check_webhook_address("http://localhost:9/hook").await.unwrap_err().to_string();
-    assert!(e.starts_with("webhook.url: localhost is ") && e.contains("loopback"), "{e}");
+    assert!(e.starts_with("webhook.url: localhost resolves to ") && e.contains("loopback"), "{e}");
     let e = check_webhook_address("http://169.254.169.254/latest").await.unwrap_err().to_string();
     assert!(e.contains("link-local"), "{e}");
 }

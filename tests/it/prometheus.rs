@@ -291,6 +291,7 @@ async fn drive_traffic(stop: CancellationToken) {
     let settings = WebhookSettings {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
+        allow_private: true,
         ..WebhookSettings::new(None, "FLEET_TEST_PROM_UNSET")
     };
     let notifier = Notifier::new(webhook::http_client().unwrap(), store.clone(), settings);

@@ -194,6 +194,8 @@ fn fast() -> WebhookSettings {
         attempt_timeout: Duration::from_secs(5),
         max_elapsed: Duration::from_secs(20),
         store_timeout: Duration::from_secs(5),
+        // The receivers listen on loopback.
+        allow_private: true,
         ..WebhookSettings::new(None, "FLEET_TEST_WEBHOOK_UNSET")
     }
 }

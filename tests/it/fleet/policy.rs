@@ -1,0 +1,479 @@
+//! The trust boundary between job submitters and workers (the worker policy),
+//! against a real worker, broker, S3 server and Docker. The evidence is what the
+//! fleet does not write itself: what a receiver got, the objects in the store
+//! (read back through the S3 API), Docker's own records of containers (`docker
+//! events`, `docker inspect`).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_fleet::job::State;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use serde_json::{Value, json};
+
+use super::harness::{Fleet, WAIT, poll};
+use crate::util::containers_for;
+
+/// A plain HTTP receiver on 127.0.0.1 that keeps every request it gets, raw
+/// (request line, headers, body), and answers 200 with a small JSON body.
+struct RawReceiver {
+    port: u16,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawReceiver {
+    fn start() -> RawReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Until the headers and the body they announce are in (or the peer stops).
+                loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                keep.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+                let body = r#"{"error": {"message": "receiver"}}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        RawReceiver { port, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn got(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// Every object under the job's store prefix, as text (read back through S3).
+fn store_objects(f: &Fleet, id: &str) -> Vec<(String, String)> {
+    f.files(id)
+        .into_iter()
+        .map(|name| {
+            let body = f.file(id, &name).unwrap_or_default();
+            (name, String::from_utf8_lossy(&body).to_string())
+        })
+        .collect()
+}
+
+/// Docker's own record of containers created for `job_id` since `since`.
+fn containers_created_since(job_id: &str, since: &str) -> usize {
+    let until = chrono::Utc::now().timestamp().to_string();
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            &format!("label=fleet.job_id={job_id}"),
+            "--format",
+            "{{.ID}}",
+        ])
+        .output()
+        .expect("docker events");
+    assert!(out.status.success(), "docker events: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// The forms a value can leak in: raw, base64 (with and without padding, with a
+/// trailing newline), URL-encoded, JSON-escaped.
+fn leak_forms(v: &str) -> Vec<String> {
+    let url: String = v
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let json = serde_json::to_string(v).unwrap();
+    vec![
+        v.to_string(),
+        STANDARD.encode(v),
+        STANDARD_NO_PAD.encode(v),
+        STANDARD_NO_PAD.encode(format!("{v}\n")),
+        url,
+        json[1..json.len() - 1].to_string(),
+    ]
+}
+
+fn assert_nowhere(values: &[&str], place: &str, text: &str) {
+    for v in values {
+        for form in leak_forms(v) {
+            assert!(!text.contains(&form), "{place} holds {form:?} (a form of a worker value):\n{text}");
+        }
+    }
+}
+
+/// With no policy variables set, each escape a job file can try is refused as
+/// `rejected`/`policy` with a one-line message naming the field and the rule; no
+/// container is created for it, no request reaches the endpoint or webhook it
+/// names, and no worker value is in any stored object.
+#[test]
+fn a_default_worker_refuses_every_escape() {
+    let worker_secret = format!("wk-{}", uuid::Uuid::new_v4().simple());
+    let mut f = Fleet::new();
+    f.set_env("FLEET_IT_WORKER_SECRET", &worker_secret);
+    f.set_env("LLM_API_KEY", "sk-worker-llm-key-0123456789");
+    let rx = RawReceiver::start();
+    let finish = json!({"steps": [{"tool": "finish", "args": {"message": "done"}}]});
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "key-to-any-host",
+            json!({"llm": {"base_url": rx.url("/v1"), "api_key_env": "AWS_SECRET_ACCESS_KEY"}}),
+            format!("llm.base_url: {} is not in FLEET_LLM_ENDPOINTS", rx.url("/v1")),
+        ),
+        (
+            "worker-key-to-any-host",
+            json!({"llm": {"base_url": rx.url("/v1")}}),
+            "llm.base_url: ".into(),
+        ),
+        (
+            "aws-key-env",
+            json!({"llm": {"api_key_env": "AWS_SECRET_ACCESS_KEY"}}),
+            "llm.api_key_env: AWS_SECRET_ACCESS_KEY is not in FLEET_JOB_SECRETS".into(),
+        ),
+        (
+            "broker-password",
+            json!({"secrets": ["FLEET_QUEUE"]}),
+            "secrets: FLEET_QUEUE is not in FLEET_JOB_SECRETS".into(),
+        ),
+        (
+            "worker-secret",
+            json!({"secrets": ["FLEET_IT_WORKER_SECRET"]}),
+            "secrets: FLEET_IT_WORKER_SECRET is not in FLEET_JOB_SECRETS".into(),
+        ),
+        (
+            "host-network",
+            json!({"limits": {"network": "host"}}),
+            "limits.network: host is refused".into(),
+        ),
+        (
+            "bridge-network",
+            json!({"limits": {"network": "bridge"}}),
+            "limits.network: bridge is not in FLEET_JOB_NETWORKS".into(),
+        ),
+        (
+            "pids",
+            json!({"limits": {"pids": 9223372036854775807i64}}),
+            "limits.pids: 9223372036854775807 is over FLEET_MAX_PIDS = 4096".into(),
+        ),
+        (
+            "memory",
+            json!({"limits": {"memory_mb": 10000000}}),
+            "limits.memory_mb: 10000000 is over FLEET_MAX_MEMORY_MB = 8192".into(),
+        ),
+        (
+            "timeout",
+            json!({"limits": {"timeout_secs": 100000000}}),
+            "limits.timeout_secs: 100000000 is over FLEET_MAX_TIMEOUT_SECS".into(),
+        ),
+        (
+            "disk",
+            json!({"limits": {"disk_mb": 100000000}}),
+            "limits.disk_mb: 100000000 is over FLEET_MAX_DISK_MB".into(),
+        ),
+        (
+            "root-user",
+            json!({"limits": {"user": "0"}}),
+            "limits.user: 0 is root".into(),
+        ),
+        (
+            "webhook-loopback",
+            json!({"webhook": {"url": rx.url("/hook")}}),
+            "webhook.url: 127.0.0.1 is a loopback address".into(),
+        ),
+        (
+            "webhook-localhost",
+            json!({"webhook": {"url": format!("http://localhost:{}/hook", rx.port)}}),
+            "webhook.url: localhost resolves to ".into(),
+        ),
+        (
+            "webhook-worker-secret",
+            json!({"webhook": {"url": "https://hooks.example.invalid/x", "secret_env": "FLEET_IT_WORKER_SECRET"}}),
+            "webhook.secret_env: FLEET_IT_WORKER_SECRET is not in FLEET_JOB_SECRETS".into(),
+        ),
+    ];
+    let since = chrono::Utc::now().timestamp().to_string();
+    let mut ids = Vec::new();
+    for (name, job, _) in &cases {
+        let mut job = job.clone();
+        job["task"] = json!(format!("escape: {name}"));
+        ids.push(f.add_job(name, job, finish.clone()));
+    }
+    f.worker(2, &[]);
+    let sub = f.submit();
+    assert_eq!(sub.job_ids, ids);
+    let statuses = f.wait_terminal(&ids, WAIT);
+    let worker_values = [worker_secret.as_str(), "sk-worker-llm-key-0123456789", "amqp://guest:guest@127.0.0.1:5672/%2f"];
+    for ((id, (name, _, want)), status) in ids.iter().zip(&cases).zip(&statuses) {
+        assert_eq!(status.state, State::Rejected, "{name}: {status:?}");
+        let r = f.result(id).unwrap_or_else(|| panic!("{name}: no result.json"));
+        let e = r.error.clone().unwrap_or_else(|| panic!("{name}: no error"));
+        assert_eq!(e.kind, "policy", "{name}: {e:?}");
+        assert!(!e.retryable, "{name}");
+        assert!(e.message.starts_with(want.as_str()), "{name}: {:?} does not start with {want:?}", e.message);
+        assert!(!e.message.contains('\n'), "{name}: {:?}", e.message);
+        // One try: rejected straight from queued, never running.
+        assert!(!status.history.iter().any(|t| t.state == State::Running), "{name}: {status:?}");
+        assert_eq!(containers_created_since(id, &since), 0, "{name}: a container was created");
+        assert_eq!(containers_for(id), 0, "{name}");
+        for (key, text) in store_objects(&f, id) {
+            assert_nowhere(&worker_values, &format!("{name}: store object {key}"), &text);
+        }
+    }
+    // Nothing at all reached the receiver the jobs named (LLM endpoint, webhooks).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rx.got(), Vec::<String>::new(), "the receiver got requests");
+    // The worker is still serving: a plain job runs to the end.
+    let ok = f.add_job("plain", json!({"task": "plain"}), finish);
+    f.submit();
+    let s = f.wait_terminal(&[ok], WAIT);
+    assert_eq!(s[0].state, State::Succeeded, "{:?}", s[0]);
+}
+
+/// With the policy variables set, the same kinds of jobs run: an allowed secret
+/// reaches the workspace (docker inspect shows it in the container's environment)
+/// and is masked everywhere the job's output goes — events, patch, artifacts,
+/// result/status, the webhook a receiver got, the worker's log — in its raw form,
+/// base64, URL-encoded, JSON-escaped, each line of a multi-line value, and cut by
+/// the output limit.
+#[test]
+fn allowed_secrets_reach_the_workspace_and_are_masked_everywhere() {
+    let token = format!("Q7x{}/+&\"z", uuid::Uuid::new_v4().simple());
+    let line1 = format!("L1{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let line2 = format!("L2{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let multi = format!("{line1}\n{line2}\n");
+    let hook_secret = format!("hs-{}", uuid::Uuid::new_v4().simple());
+    let mut f = Fleet::new();
+    f.set_env("FLEET_IT_TEAM_TOKEN", &token);
+    f.set_env("FLEET_IT_TEAM_CERT", &multi);
+    f.set_env("FLEET_IT_HOOK_SECRET", &hook_secret);
+    f.set_env("FLEET_JOB_SECRETS", "FLEET_IT_TEAM_TOKEN,FLEET_IT_TEAM_CERT,FLEET_IT_HOOK_SECRET");
+    f.set_env("FLEET_WEBHOOK_ALLOW_PRIVATE", "1");
+    f.set_env("FLEET_JOB_NETWORKS", "bridge");
+    let rx = RawReceiver::start();
+    // The commands print the value in every encoding; one puts it on the output
+    // limit's cut (30 000 characters: 15 000 kept at each end).
+    let commands = [
+        r#"echo "raw=$FLEET_IT_TEAM_TOKEN"; printf %s "$FLEET_IT_TEAM_TOKEN" | base64; echo "$FLEET_IT_TEAM_TOKEN" | base64; printf %s "$FLEET_IT_TEAM_TOKEN" | base64 | tr -d ="#.to_string(),
+        r#"printf %s "$FLEET_IT_TEAM_TOKEN" | sed 's|/|%2F|g; s|+|%2B|g; s|&|%26|g; s|"|%22|g'; echo; printf %s "$FLEET_IT_TEAM_TOKEN" | sed 's|"|\\"|g'; echo"#.to_string(),
+        r#"printf %s "$FLEET_IT_TEAM_CERT" > cert.pem; printf '%s\n' "$FLEET_IT_TEAM_TOKEN" > token.txt; printf %s "$FLEET_IT_TEAM_TOKEN" | base64 > token.b64; cat cert.pem"#.to_string(),
+        r#"head -c 14995 /dev/zero | tr '\0' a; printf %s "$FLEET_IT_TEAM_TOKEN"; head -c 40000 /dev/zero | tr '\0' b"#.to_string(),
+        "sleep 4; echo slept".to_string(),
+    ];
+    let mut steps: Vec<Value> = commands
+        .iter()
+        .map(|c| json!({"tool": "terminal", "args": {"command": c}}))
+        .collect();
+    // The scripted LLM itself repeats the value (a model can): the final message.
+    steps.push(json!({"tool": "finish", "args": {"message": format!("the token is {token}")}}));
+    let id = f.add_job(
+        "allowed",
+        json!({
+            "task": "use the token",
+            "secrets": ["FLEET_IT_TEAM_TOKEN", "FLEET_IT_TEAM_CERT"],
+            "webhook": {"url": rx.url("/hook"), "secret_env": "FLEET_IT_HOOK_SECRET"},
+            "limits": {"network": "bridge"},
+            "artifacts": ["token.txt", "token.b64", "cert.pem"]
+        }),
+        json!({"steps": steps}),
+    );
+    let w = f.worker(1, &[]);
+    f.submit();
+    // While it runs: the container has the value (it reached the workspace).
+    let env = poll(
+        WAIT,
+        "the job's container",
+        || {
+            let out = Command::new("docker")
+                .args(["ps", "-q", "--filter", &format!("label=fleet.job_id={id}")])
+                .output()
+                .ok()?;
+            let cid = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+            let out = Command::new("docker")
+                .args(["inspect", "--format", "{{json .Config.Env}}", &cid])
+                .output()
+                .ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        },
+        || f.diagnostics(),
+    );
+    let env: Vec<String> = serde_json::from_str(&env).unwrap();
+    assert!(env.contains(&format!("FLEET_IT_TEAM_TOKEN={token}")), "{env:?}");
+    assert!(env.contains(&format!("FLEET_IT_TEAM_CERT={multi}")), "{env:?}");
+    assert!(!env.iter().any(|e| e.contains(&hook_secret)), "{env:?}");
+    let s = f.wait_terminal(&[id.clone()], WAIT);
+    assert_eq!(s[0].state, State::Succeeded, "{:?}", s[0]);
+    let secrets = [token.as_str(), line1.as_str(), line2.as_str(), hook_secret.as_str()];
+    let objects = store_objects(&f, &id);
+    for want in ["events.jsonl", "patch.diff", "result.json", "status.json", "artifacts/token.txt", "artifacts/token.b64", "artifacts/cert.pem"] {
+        assert!(objects.iter().any(|(k, _)| k == want), "{want} missing: {:?}", objects.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    }
+    for (key, text) in &objects {
+        assert_nowhere(&secrets, &format!("store object {key}"), text);
+    }
+    // The value on the cut: not even its first characters survive next to it.
+    let events = &objects.iter().find(|(k, _)| k == "events.jsonl").unwrap().1;
+    assert!(events.contains("<response clipped"), "no cut output in the events");
+    assert!(!events.contains(&token[..5]), "a piece of the value survived the cut");
+    assert!(events.contains("<secret-hidden>"));
+    let patch = &objects.iter().find(|(k, _)| k == "patch.diff").unwrap().1;
+    assert!(patch.contains("+<secret-hidden>"), "{patch}");
+    // The webhook arrived (signed with the allowed secret), masked.
+    let got = poll(WAIT, "the webhook", || {
+        let g = rx.got();
+        (!g.is_empty()).then_some(g)
+    }, || f.diagnostics());
+    assert!(got[0].starts_with("POST /hook"), "{}", got[0]);
+    assert!(got[0].to_ascii_lowercase().contains("x-fleet-signature: sha256="), "{}", got[0]);
+    for g in &got {
+        assert_nowhere(&secrets, "the webhook request", g);
+    }
+    assert!(got[0].contains("<secret-hidden>"), "{}", got[0]);
+    // The worker's own log.
+    assert_nowhere(&secrets, "the worker's log", &f.worker_log(&w));
+    // Docker removed the container.
+    let t = Instant::now();
+    while containers_for(&id) > 0 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(containers_for(&id), 0);
+}
+
+/// Whatever the job says, its container gets no host mount, no device and no
+/// Docker socket; a job can ask for a non-root user, a read-only root filesystem
+/// (workdir and /tmp writable) and a disk limit, and Docker shows each.
+#[test]
+fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
+    let f = Fleet::new();
+    // Fields that would name a mount, a device or privileges are not in the job
+    // file format: refused as invalid before anything runs.
+    for extra in [
+        json!({"mounts": ["/var/run/docker.sock:/var/run/docker.sock"]}),
+        json!({"limits": {"devices": ["/dev/sda"]}}),
+        json!({"limits": {"privileged": true}}),
+        json!({"volumes": {"/": "/host"}}),
+    ] {
+        let file = f.dir.path().join("bad.json");
+        let mut job = json!({"id": "bad", "task": "t"});
+        for (k, v) in extra.as_object().unwrap() {
+            job[k] = v.clone();
+        }
+        std::fs::write(&file, Value::Array(vec![job]).to_string()).unwrap();
+        let out = f.cli(&["submit", file.to_str().unwrap()], Duration::from_secs(60));
+        assert_eq!(out.code, Some(2), "{extra}: {}", out.stderr);
+        assert!(out.stderr.contains("unknown field"), "{extra}: {}", out.stderr);
+    }
+    let commands = [
+        "id -u; id -g",
+        "touch /etc/fleet-probe 2>&1 || echo root-is-read-only",
+        "touch /tmp/probe && echo tmp-writable; touch probe && echo workdir-writable",
+        "ls /var/run/docker.sock /run/docker.sock 2>&1 || echo no-docker-socket",
+        "dd if=/dev/zero of=big bs=1M count=80 2>&1; rm -f big",
+        "sleep 3; echo done",
+    ];
+    let mut steps: Vec<Value> = commands
+        .iter()
+        .map(|c| json!({"tool": "terminal", "args": {"command": c}}))
+        .collect();
+    steps.push(json!({"tool": "finish", "args": {"message": "probed"}}));
+    let id = f.add_job(
+        "hardened",
+        json!({"task": "probe", "limits": {"user": "1000:1000", "read_only_root": true, "disk_mb": 32}}),
+        json!({"steps": steps}),
+    );
+    f.worker(1, &[]);
+    f.submit();
+    let inspect = poll(
+        WAIT,
+        "the job's container",
+        || {
+            let out = Command::new("docker")
+                .args(["ps", "-q", "--filter", &format!("label=fleet.job_id={id}")])
+                .output()
+                .ok()?;
+            let cid = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+            let out = Command::new("docker").args(["inspect", &cid]).output().ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        },
+        || f.diagnostics(),
+    );
+    let v: Value = serde_json::from_str(&inspect).unwrap();
+    let c = &v[0];
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["Privileged"], json!(false));
+    assert_eq!(hc["Init"], json!(true));
+    assert_eq!(hc["ReadonlyRootfs"], json!(true));
+    assert!(hc["Binds"].is_null() || hc["Binds"] == json!([]), "{}", hc["Binds"]);
+    assert!(hc["Devices"].is_null() || hc["Devices"] == json!([]), "{}", hc["Devices"]);
+    assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
+    assert_eq!(hc["NetworkMode"], json!("none"));
+    assert_eq!(c["Config"]["User"], json!("1000:1000"));
+    for m in c["Mounts"].as_array().unwrap() {
+        assert_eq!(m["Type"], json!("volume"), "a mount that is not a volume: {m}");
+        assert!(!m.to_string().contains("docker.sock"), "{m}");
+    }
+    assert!(!inspect.contains("docker.sock"));
+    let s = f.wait_terminal(&[id.clone()], WAIT);
+    assert_eq!(s[0].state, State::Succeeded, "{:?}", s[0]);
+    let events = String::from_utf8(f.file(&id, "events.jsonl").unwrap()).unwrap();
+    let observations: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "ObservationEvent" && e["tool_name"] == "terminal")
+        .map(|e| e["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(observations.len(), commands.len(), "{events}");
+    assert!(observations[0].contains("1000\n1000"), "{}", observations[0]);
+    assert!(observations[1].contains("root-is-read-only"), "{}", observations[1]);
+    assert!(observations[2].contains("tmp-writable") && observations[2].contains("workdir-writable"), "{}", observations[2]);
+    assert!(observations[3].contains("no-docker-socket"), "{}", observations[3]);
+    assert!(observations[4].contains("No space left"), "the disk limit did not hold: {}", observations[4]);
+    let t = Instant::now();
+    while containers_for(&id) > 0 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(containers_for(&id), 0);
+}
