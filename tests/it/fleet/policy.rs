@@ -477,3 +477,114 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
     }
     assert_eq!(containers_for(&id), 0);
 }
+
+/// `fleet worker --print-policy` shows the policy the environment gives; a bad
+/// policy value stops the worker with one line naming the variable (exit 2);
+/// `fleet submit --policy-check` refuses early what a worker would reject.
+#[test]
+fn print_policy_bad_values_and_submit_policy_check() {
+    let mut f = Fleet::new();
+    let out = f.cli(&["worker", "--print-policy"], Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for want in ["FLEET_JOB_SECRETS            (none)", "FLEET_JOB_NETWORKS           none", "FLEET_MAX_PIDS               4096", "FLEET_WEBHOOK_ALLOW_PRIVATE  no"] {
+        assert!(out.stdout.contains(want), "{want:?} not in:\n{}", out.stdout);
+    }
+    let id = f.add_job("checked", json!({"task": "t", "secrets": ["FLEET_QUEUE"]}), json!({"steps": []}));
+    let file = f.job_file();
+    let out = f.cli(&["submit", file.to_str().unwrap(), "--policy-check"], Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("job 0 (id \"{id}\"): refused by the worker policy: secrets: FLEET_QUEUE is not in FLEET_JOB_SECRETS")), "{}", out.stderr);
+    assert!(f.status(&id).is_none(), "a refused submit stored the job");
+    f.set_env("FLEET_MAX_PIDS", "lots");
+    let out = f.cli(&["worker", "--print-policy"], Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("FLEET_MAX_PIDS=\"lots\": expected a number above 0"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+}
+
+/// `fleet run` trusts its own job file: a job naming a variable of the
+/// environment runs; `--policy worker` refuses the same job as a worker would.
+#[test]
+fn fleet_run_trusts_its_file_unless_told_to_apply_the_worker_policy() {
+    let batch = || {
+        let mut b = crate::util::Batch::new();
+        b.env("FLEET_IT_RUN_TOKEN", "run-token-value-123");
+        let script = json!({"steps": [
+            {"tool": "terminal", "args": {"command": "echo $FLEET_IT_RUN_TOKEN"}},
+            {"tool": "finish", "args": {"message": "done"}}
+        ]});
+        let id = b.job("trusted", json!({"task": "t", "secrets": ["FLEET_IT_RUN_TOKEN"]}), script);
+        (b, id)
+    };
+    let (b, id) = batch();
+    let out = b.run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.result(&id)["outcome"], "succeeded");
+    let events = b.store_text(&id, "events.jsonl");
+    assert!(events.contains("<secret-hidden>") && !events.contains("run-token-value-123"), "{events}");
+    let (b, id) = batch();
+    let out = b.run_with(&["--policy", "worker"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let r = out.result(&id);
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    assert_eq!(r["error"]["kind"], "policy", "{r}");
+    assert_eq!(r["error"]["message"], "secrets: FLEET_IT_RUN_TOKEN is not in FLEET_JOB_SECRETS", "{r}");
+    // A value too short to be masked is refused even from a trusted file.
+    let mut b = crate::util::Batch::new();
+    b.env("FLEET_IT_SHORT", "abc");
+    let id = b.job("short", json!({"task": "t", "secrets": ["FLEET_IT_SHORT"]}), json!({"steps": []}));
+    let out = b.run();
+    let r = out.result(&id);
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    assert_eq!(r["error"]["message"], "secrets: the value of FLEET_IT_SHORT has 3 characters; values shorter than 6 cannot be masked", "{r}");
+}
+
+/// The webhook address rule at delivery: a job URL whose name resolves to
+/// loopback, or a loopback literal, gets nothing (recorded as not delivered, with
+/// the reason); the worker-wide URL on the same receiver is delivered.
+#[test]
+fn job_webhooks_connect_only_to_public_addresses() {
+    use agent_fleet::results::webhook::{self, Notifier, WebhookSettings};
+    use agent_fleet::store::Store;
+    let rx = RawReceiver::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let settings = WebhookSettings {
+            max_attempts: 1,
+            ..WebhookSettings::new(Some(rx.url("/worker")), "FLEET_IT_GUARD_UNSET")
+        };
+        assert!(!settings.allow_private);
+        let notifier = Notifier::new(webhook::http_client().unwrap(), store.clone(), settings);
+        for (id, url) in [
+            ("by-name", format!("http://localhost:{}/job", rx.port)),
+            ("by-literal", rx.url("/job")),
+        ] {
+            let spec = agent_fleet::job::job_from_value(
+                json!({"id": id, "task": "t", "image": "img", "webhook": {"url": url}}),
+                &agent_fleet::job::ParseOptions::default(),
+            )
+            .unwrap();
+            store
+                .put_json(&agent_fleet::store::JobKeys(id).status(), &agent_fleet::job::StatusRecord::queued(id, None))
+                .await
+                .unwrap();
+            let r = agent_fleet::job::JobResult::unrun(id, agent_fleet::job::Outcome::Succeeded, 1, None, None);
+            notifier.job_finished(&spec, &r);
+        }
+        notifier.shutdown(Duration::from_secs(20)).await;
+        for id in ["by-name", "by-literal"] {
+            let s = store.status(id).await.unwrap().unwrap();
+            let job_hook = s.webhooks.iter().find(|w| w.url.ends_with("/job")).expect("job delivery recorded");
+            assert!(!job_hook.delivered, "{id}: {job_hook:?}");
+            let why = job_hook.last_error.clone().unwrap_or_default();
+            assert!(why.contains("FLEET_WEBHOOK_ALLOW_PRIVATE"), "{id}: {why}");
+            let worker_hook = s.webhooks.iter().find(|w| w.url.ends_with("/worker")).expect("worker delivery");
+            assert!(worker_hook.delivered, "{id}: {worker_hook:?}");
+        }
+    });
+    let got = rx.got();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|g| g.starts_with("POST /worker")), "{got:?}");
+}
