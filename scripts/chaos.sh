@@ -655,7 +655,8 @@ drill_hostile_messages() {
 # Well-formed jobs that each try one escape from a default worker (no policy
 # variables set): send the worker's AWS secret to a host of the job's choosing,
 # take the broker URL or another worker variable as a secret, the host network,
-# any Docker network, limits of any size, webhooks to loopback. Each ends
+# any Docker network, limits of any size, webhooks to loopback, another job's
+# files as input. Each ends
 # rejected/policy with a one-line message naming the field; no container is
 # created for any; the receiver they point at gets nothing; no worker value is
 # in any stored object, nor in the environment of a container the worker runs.
@@ -673,7 +674,8 @@ drill_hostile_valid_jobs() {
     local rx="http://127.0.0.1:$HOOK_PORT" since
     since=$(date +%s)
     local names=(key-to-host worker-key-to-host aws-key broker-url worker-var host-net
-                 bridge-net pids memory timeout webhook-loopback webhook-secret root-user)
+                 bridge-net pids memory timeout webhook-loopback webhook-secret root-user
+                 other-input)
     local fields=(
         "\"llm\": {\"model\": \"chaos-quick\", \"base_url\": \"$rx/v1\", \"api_key_env\": \"AWS_SECRET_ACCESS_KEY\"}"
         "\"llm\": {\"model\": \"chaos-quick\", \"base_url\": \"$rx/v1\"}"
@@ -688,6 +690,7 @@ drill_hostile_valid_jobs() {
         "\"webhook\": {\"url\": \"$rx/hook\"}"
         "\"webhook\": {\"url\": \"https://hooks.example.invalid/x\", \"secret_env\": \"HV_WORKER_TOKEN\"}"
         "\"limits\": {\"user\": \"root\"}"
+        "\"input\": {\"store_key\": \"jobs/c$RUN-hv-valid/job.json\"}"
     )
     local jobs=() ids=() i id
     for i in "${!names[@]}"; do
@@ -719,7 +722,8 @@ want = {"key-to-host": "llm.base_url:", "worker-key-to-host": "llm.base_url:", "
         "broker-url": "secrets:", "worker-var": "secrets:", "host-net": "limits.network:",
         "bridge-net": "limits.network:", "pids": "limits.pids:", "memory": "limits.memory_mb:",
         "timeout": "limits.timeout_secs:", "webhook-loopback": "webhook.url:",
-        "webhook-secret": "webhook.secret_env:", "root-user": "limits.user:"}
+        "webhook-secret": "webhook.secret_env:", "root-user": "limits.user:",
+        "other-input": "input.store_key:"}
 bad = []
 for i in ids:
     msg = json.load(open(f"{views}/{i}.json"))["result"]["error"]["message"]

@@ -287,23 +287,53 @@ impl Policy {
             ))
         };
         if l.memory_mb > self.max_memory_mb {
-            return over("memory_mb", l.memory_mb.to_string(), config::ENV_MAX_MEMORY_MB, self.max_memory_mb.to_string());
+            return over(
+                "memory_mb",
+                l.memory_mb.to_string(),
+                config::ENV_MAX_MEMORY_MB,
+                self.max_memory_mb.to_string(),
+            );
         }
         if l.cpus > self.max_cpus {
-            return over("cpus", l.cpus.to_string(), config::ENV_MAX_CPUS, self.max_cpus.to_string());
+            return over(
+                "cpus",
+                l.cpus.to_string(),
+                config::ENV_MAX_CPUS,
+                self.max_cpus.to_string(),
+            );
         }
         if l.pids > self.max_pids {
-            return over("pids", l.pids.to_string(), config::ENV_MAX_PIDS, self.max_pids.to_string());
+            return over(
+                "pids",
+                l.pids.to_string(),
+                config::ENV_MAX_PIDS,
+                self.max_pids.to_string(),
+            );
         }
         if l.timeout_secs > self.max_timeout_secs {
-            return over("timeout_secs", l.timeout_secs.to_string(), config::ENV_MAX_TIMEOUT_SECS, self.max_timeout_secs.to_string());
+            return over(
+                "timeout_secs",
+                l.timeout_secs.to_string(),
+                config::ENV_MAX_TIMEOUT_SECS,
+                self.max_timeout_secs.to_string(),
+            );
         }
         if l.max_iterations > self.max_iterations {
-            return over("max_iterations", l.max_iterations.to_string(), config::ENV_MAX_ITERATIONS, self.max_iterations.to_string());
+            return over(
+                "max_iterations",
+                l.max_iterations.to_string(),
+                config::ENV_MAX_ITERATIONS,
+                self.max_iterations.to_string(),
+            );
         }
         if let Some(d) = l.disk_mb {
             if d > self.max_disk_mb {
-                return over("disk_mb", d.to_string(), config::ENV_MAX_DISK_MB, self.max_disk_mb.to_string());
+                return over(
+                    "disk_mb",
+                    d.to_string(),
+                    config::ENV_MAX_DISK_MB,
+                    self.max_disk_mb.to_string(),
+                );
             }
         }
         if let Some(u) = &l.user {
@@ -324,6 +354,22 @@ impl Policy {
                     ));
                 }
                 _ => {}
+            }
+        }
+        if let Some(crate::job::Input::StoreKey { store_key }) = &spec.input {
+            // The store holds every team's jobs: a job reads its own input
+            // (`jobs/<id>/…`, what `fleet submit` uploads) or a key outside the
+            // fleet's own records, never another job's files or a batch list.
+            let own = format!("jobs/{}/", spec.id);
+            let key = store_key.trim_start_matches('/');
+            if (key.starts_with("jobs/") && !key.starts_with(&own)) || key.starts_with("batches/") {
+                return Err(Violation::new(
+                    "input.store_key",
+                    format!(
+                        "{} is another job's record; a job may read only {own}… or keys outside jobs/ and batches/",
+                        clip(store_key)
+                    ),
+                ));
             }
         }
         check_values(spec, env)
@@ -348,10 +394,17 @@ impl Policy {
             (config::ENV_JOB_SECRETS, set(&self.job_secrets)),
             (
                 config::ENV_LLM_ENDPOINTS,
-                format!("{} (and the worker's {})", set(&self.llm_endpoints), self.worker_llm_base_url),
+                format!(
+                    "{} (and the worker's {})",
+                    set(&self.llm_endpoints),
+                    self.worker_llm_base_url
+                ),
             ),
             (config::ENV_JOB_NETWORKS, set(&self.job_networks)),
-            (config::ENV_ALLOW_HOST_NETWORK, yes(self.allow_host_network).into()),
+            (
+                config::ENV_ALLOW_HOST_NETWORK,
+                yes(self.allow_host_network).into(),
+            ),
             (
                 config::ENV_JOB_USERS,
                 self.job_users
@@ -362,14 +415,18 @@ impl Policy {
             (config::ENV_MAX_MEMORY_MB, self.max_memory_mb.to_string()),
             (config::ENV_MAX_CPUS, self.max_cpus.to_string()),
             (config::ENV_MAX_PIDS, self.max_pids.to_string()),
-            (config::ENV_MAX_TIMEOUT_SECS, self.max_timeout_secs.to_string()),
+            (
+                config::ENV_MAX_TIMEOUT_SECS,
+                self.max_timeout_secs.to_string(),
+            ),
             (config::ENV_MAX_ITERATIONS, self.max_iterations.to_string()),
             (config::ENV_MAX_DISK_MB, self.max_disk_mb.to_string()),
-            (config::ENV_WEBHOOK_ALLOW_PRIVATE, yes(self.webhook_allow_private).into()),
+            (
+                config::ENV_WEBHOOK_ALLOW_PRIVATE,
+                yes(self.webhook_allow_private).into(),
+            ),
         ];
-        rows.iter()
-            .map(|(k, v)| format!("{k:<28} {v}\n"))
-            .collect()
+        rows.iter().map(|(k, v)| format!("{k:<28} {v}\n")).collect()
     }
 }
 
@@ -381,7 +438,12 @@ pub fn check_values(spec: &JobSpec, env: &dyn Fn(&str) -> Option<String>) -> Res
         .secrets
         .iter()
         .map(|n| ("secrets", n.as_str()))
-        .chain(spec.llm.api_key_env.as_deref().map(|n| ("llm.api_key_env", n)))
+        .chain(
+            spec.llm
+                .api_key_env
+                .as_deref()
+                .map(|n| ("llm.api_key_env", n)),
+        )
         .chain(
             spec.webhook
                 .as_ref()
@@ -402,10 +464,17 @@ pub fn check_values(spec: &JobSpec, env: &dyn Fn(&str) -> Option<String>) -> Res
         }
     }
     let w = spec.workdir.trim_end_matches('/');
-    if w.is_empty() || ["/proc", "/sys", "/dev"].iter().any(|d| w == *d || w.starts_with(&format!("{d}/"))) {
+    if w.is_empty()
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|d| w == *d || w.starts_with(&format!("{d}/")))
+    {
         return Err(Violation::new(
             "workdir",
-            format!("{:?} is a system directory; use a directory of its own", spec.workdir),
+            format!(
+                "{:?} is a system directory; use a directory of its own",
+                spec.workdir
+            ),
         ));
     }
     Ok(())
@@ -416,7 +485,10 @@ pub fn check_values(spec: &JobSpec, env: &dyn Fn(&str) -> Option<String>) -> Res
 /// is left to the delivery, whose resolver applies the same rule.
 pub async fn check_webhook_address(url: &str) -> Result<(), Violation> {
     let Some((host, port)) = host_port(url) else {
-        return Err(Violation::new("webhook.url", format!("{} has no host", clip(url))));
+        return Err(Violation::new(
+            "webhook.url",
+            format!("{} has no host", clip(url)),
+        ));
     };
     if let Some(ip) = literal_ip(&host) {
         return match address_class(ip) {
@@ -424,7 +496,11 @@ pub async fn check_webhook_address(url: &str) -> Result<(), Violation> {
             None => Ok(()),
         };
     }
-    let lookup = tokio::time::timeout(RESOLVE_DEADLINE, tokio::net::lookup_host((host.as_str(), port))).await;
+    let lookup = tokio::time::timeout(
+        RESOLVE_DEADLINE,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await;
     let addrs: Vec<IpAddr> = match lookup {
         Ok(Ok(a)) => a.map(|s| s.ip()).collect(),
         _ => return Ok(()),
@@ -476,9 +552,12 @@ impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found = tokio::time::timeout(RESOLVE_DEADLINE, tokio::net::lookup_host((host.as_str(), 0)))
-                .await
-                .map_err(|_| format!("resolving {host} timed out"))??;
+            let found = tokio::time::timeout(
+                RESOLVE_DEADLINE,
+                tokio::net::lookup_host((host.as_str(), 0)),
+            )
+            .await
+            .map_err(|_| format!("resolving {host} timed out"))??;
             let public: Vec<std::net::SocketAddr> =
                 found.filter(|a| address_class(a.ip()).is_none()).collect();
             if public.is_empty() {
@@ -504,7 +583,12 @@ pub fn address_class(ip: IpAddr) -> Option<&'static str> {
                 Some("private")
             } else if v4.is_link_local() {
                 Some("link-local")
-            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() || o[0] == 0 || o[0] >= 240 {
+            } else if v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+            {
                 Some("reserved")
             } else {
                 None
@@ -533,12 +617,18 @@ pub fn address_class(ip: IpAddr) -> Option<&'static str> {
 /// The host and port of an http(s) URL (no userinfo, IPv6 brackets kept).
 fn host_port(url: &str) -> Option<(String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
-    let default = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit('@').next()?;
     let (host, port) = if let Some(end) = authority.find(']') {
         let host = &authority[..=end];
-        let port = authority[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+        let port = authority[end + 1..]
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok());
         (host.to_string(), port)
     } else {
         match authority.rsplit_once(':') {

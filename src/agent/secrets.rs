@@ -157,9 +157,7 @@ fn forms_of(v: &str, out: &mut Vec<String>) {
         out.push(lower_hex_escapes(&url));
         out.push(url.replace("%20", "+"));
         // Only the unreserved characters left as they are (what most URL builders do).
-        out.push(
-            percent_encoding::utf8_percent_encode(w, UNRESERVED_KEPT).to_string(),
-        );
+        out.push(percent_encoding::utf8_percent_encode(w, UNRESERVED_KEPT).to_string());
         base64_cores(w.as_bytes(), out);
     }
     if trimmed.contains('\n') {
@@ -269,7 +267,11 @@ mod tests {
 
     #[test]
     fn masks_longest_first_and_skips_short_values() {
-        let m = Masker::new(["abcdef".to_string(), "abcdefghij".to_string(), "xy".to_string()]);
+        let m = Masker::new([
+            "abcdef".to_string(),
+            "abcdefghij".to_string(),
+            "xy".to_string(),
+        ]);
         assert_eq!(
             m.mask("k=abcdefghij; j=abcdef; xy"),
             "k=<secret-hidden>; j=<secret-hidden>; xy"
@@ -300,7 +302,10 @@ mod tests {
             let out = m.mask(&format!("before {c} after"));
             assert!(out.contains(HIDDEN), "{c} -> {out}");
             assert!(!out.contains(&c), "{c} -> {out}");
-            assert!(out.starts_with("before ") && out.ends_with(" after"), "{out}");
+            assert!(
+                out.starts_with("before ") && out.ends_with(" after"),
+                "{out}"
+            );
         }
     }
 
@@ -308,9 +313,13 @@ mod tests {
     fn masks_each_line_of_a_multi_line_value() {
         let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0BAQEFAASC\n-----END KEY-----\n";
         let m = Masker::new([key.to_string()]);
-        let patch = "+-----BEGIN KEY-----\n+MIIEvQIBADANBgkq\n+hkiG9w0BAQEFAASC\n+-----END KEY-----\n";
+        let patch =
+            "+-----BEGIN KEY-----\n+MIIEvQIBADANBgkq\n+hkiG9w0BAQEFAASC\n+-----END KEY-----\n";
         let out = m.mask(patch);
-        assert!(!out.contains("MIIEvQIBADANBgkq") && !out.contains("hkiG9w0BAQEFAASC"), "{out}");
+        assert!(
+            !out.contains("MIIEvQIBADANBgkq") && !out.contains("hkiG9w0BAQEFAASC"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -318,7 +327,10 @@ mod tests {
         let m = Masker::new(["ABCDEFGHIJKLMNOP".to_string()]);
         let text = "out: ABCDEFG\n<response clipped: 5 of 100 bytes of output were cut from the middle>\nJKLMNOP done";
         let out = m.mask(text);
-        assert!(!out.contains("ABCDEFG") && !out.contains("JKLMNOP"), "{out}");
+        assert!(
+            !out.contains("ABCDEFG") && !out.contains("JKLMNOP"),
+            "{out}"
+        );
         assert!(out.contains("<response clipped"), "{out}");
         // Ordinary text around a notice is left alone.
         let plain = "abc\n<response clipped: 1 of 2 bytes of output were cut from the middle>\nxyz";

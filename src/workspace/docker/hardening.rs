@@ -37,9 +37,10 @@ pub enum DiskLimit {
 impl DiskLimit {
     /// From the engine's storage driver and its status rows (`docker info`).
     pub fn for_driver(driver: &str, status: &[Vec<String>]) -> DiskLimit {
-        let backing_xfs = status
-            .iter()
-            .any(|row| row.first().is_some_and(|k| k == "Backing Filesystem") && row.get(1).is_some_and(|v| v == "xfs"));
+        let backing_xfs = status.iter().any(|row| {
+            row.first().is_some_and(|k| k == "Backing Filesystem")
+                && row.get(1).is_some_and(|v| v == "xfs")
+        });
         match driver {
             "btrfs" | "zfs" | "devicemapper" | "windowsfilter" => DiskLimit::StorageOpt,
             "overlay2" if backing_xfs => DiskLimit::StorageOpt,
@@ -171,10 +172,19 @@ mod tests {
 
     #[test]
     fn disk_limit_by_driver() {
-        assert_eq!(DiskLimit::for_driver("fuse-overlayfs", &[]), DiskLimit::TmpfsVolume);
+        assert_eq!(
+            DiskLimit::for_driver("fuse-overlayfs", &[]),
+            DiskLimit::TmpfsVolume
+        );
         let xfs = vec![vec!["Backing Filesystem".to_string(), "xfs".to_string()]];
-        assert_eq!(DiskLimit::for_driver("overlay2", &xfs), DiskLimit::StorageOpt);
-        assert_eq!(DiskLimit::for_driver("overlay2", &[]), DiskLimit::TmpfsVolume);
+        assert_eq!(
+            DiskLimit::for_driver("overlay2", &xfs),
+            DiskLimit::StorageOpt
+        );
+        assert_eq!(
+            DiskLimit::for_driver("overlay2", &[]),
+            DiskLimit::TmpfsVolume
+        );
         let mut s = spec();
         s.disk_mb = Some(100);
         let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
@@ -186,7 +196,14 @@ mod tests {
         assert_eq!(m.target.as_deref(), Some("/workspace"));
         assert_eq!(m.typ, Some(MountType::VOLUME));
         assert_eq!(m.source, None);
-        let opts = m.volume_options.clone().unwrap().driver_config.unwrap().options.unwrap();
+        let opts = m
+            .volume_options
+            .clone()
+            .unwrap()
+            .driver_config
+            .unwrap()
+            .options
+            .unwrap();
         assert_eq!(opts["o"], "size=100m,mode=1777");
     }
 

@@ -49,7 +49,8 @@ impl RawReceiver {
                             .lines()
                             .find_map(|l| {
                                 let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
                             })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
@@ -57,7 +58,9 @@ impl RawReceiver {
                         }
                     }
                 }
-                keep.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).to_string());
                 let body = r#"{"error": {"message": "receiver"}}"#;
                 let _ = write!(
                     conn,
@@ -110,7 +113,11 @@ fn containers_created_since(job_id: &str, since: &str) -> usize {
         ])
         .output()
         .expect("docker events");
-    assert!(out.status.success(), "docker events: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
@@ -141,7 +148,10 @@ fn leak_forms(v: &str) -> Vec<String> {
 fn assert_nowhere(values: &[&str], place: &str, text: &str) {
     for v in values {
         for form in leak_forms(v) {
-            assert!(!text.contains(&form), "{place} holds {form:?} (a form of a worker value):\n{text}");
+            assert!(
+                !text.contains(&form),
+                "{place} holds {form:?} (a form of a worker value):\n{text}"
+            );
         }
     }
 }
@@ -162,7 +172,10 @@ fn a_default_worker_refuses_every_escape() {
         (
             "key-to-any-host",
             json!({"llm": {"base_url": rx.url("/v1"), "api_key_env": "AWS_SECRET_ACCESS_KEY"}}),
-            format!("llm.base_url: {} is not in FLEET_LLM_ENDPOINTS", rx.url("/v1")),
+            format!(
+                "llm.base_url: {} is not in FLEET_LLM_ENDPOINTS",
+                rx.url("/v1")
+            ),
         ),
         (
             "worker-key-to-any-host",
@@ -235,6 +248,12 @@ fn a_default_worker_refuses_every_escape() {
             "webhook.secret_env: FLEET_IT_WORKER_SECRET is not in FLEET_JOB_SECRETS".into(),
         ),
     ];
+    let mut cases = cases;
+    cases.push((
+        "other-jobs-input",
+        json!({"input": {"store_key": "jobs/another-teams-job/input.tar.gz"}}),
+        "input.store_key: jobs/another-teams-job/input.tar.gz is another job's record".into(),
+    ));
     let since = chrono::Utc::now().timestamp().to_string();
     let mut ids = Vec::new();
     for (name, job, _) in &cases {
@@ -246,21 +265,45 @@ fn a_default_worker_refuses_every_escape() {
     let sub = f.submit();
     assert_eq!(sub.job_ids, ids);
     let statuses = f.wait_terminal(&ids, WAIT);
-    let worker_values = [worker_secret.as_str(), "sk-worker-llm-key-0123456789", "amqp://guest:guest@127.0.0.1:5672/%2f"];
+    let worker_values = [
+        worker_secret.as_str(),
+        "sk-worker-llm-key-0123456789",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    ];
     for ((id, (name, _, want)), status) in ids.iter().zip(&cases).zip(&statuses) {
         assert_eq!(status.state, State::Rejected, "{name}: {status:?}");
-        let r = f.result(id).unwrap_or_else(|| panic!("{name}: no result.json"));
-        let e = r.error.clone().unwrap_or_else(|| panic!("{name}: no error"));
+        let r = f
+            .result(id)
+            .unwrap_or_else(|| panic!("{name}: no result.json"));
+        let e = r
+            .error
+            .clone()
+            .unwrap_or_else(|| panic!("{name}: no error"));
         assert_eq!(e.kind, "policy", "{name}: {e:?}");
         assert!(!e.retryable, "{name}");
-        assert!(e.message.starts_with(want.as_str()), "{name}: {:?} does not start with {want:?}", e.message);
+        assert!(
+            e.message.starts_with(want.as_str()),
+            "{name}: {:?} does not start with {want:?}",
+            e.message
+        );
         assert!(!e.message.contains('\n'), "{name}: {:?}", e.message);
         // One try: rejected straight from queued, never running.
-        assert!(!status.history.iter().any(|t| t.state == State::Running), "{name}: {status:?}");
-        assert_eq!(containers_created_since(id, &since), 0, "{name}: a container was created");
+        assert!(
+            !status.history.iter().any(|t| t.state == State::Running),
+            "{name}: {status:?}"
+        );
+        assert_eq!(
+            containers_created_since(id, &since),
+            0,
+            "{name}: a container was created"
+        );
         assert_eq!(containers_for(id), 0, "{name}");
         for (key, text) in store_objects(&f, id) {
-            assert_nowhere(&worker_values, &format!("{name}: store object {key}"), &text);
+            assert_nowhere(
+                &worker_values,
+                &format!("{name}: store object {key}"),
+                &text,
+            );
         }
     }
     // Nothing at all reached the receiver the jobs named (LLM endpoint, webhooks).
@@ -290,7 +333,10 @@ fn allowed_secrets_reach_the_workspace_and_are_masked_everywhere() {
     f.set_env("FLEET_IT_TEAM_TOKEN", &token);
     f.set_env("FLEET_IT_TEAM_CERT", &multi);
     f.set_env("FLEET_IT_HOOK_SECRET", &hook_secret);
-    f.set_env("FLEET_JOB_SECRETS", "FLEET_IT_TEAM_TOKEN,FLEET_IT_TEAM_CERT,FLEET_IT_HOOK_SECRET");
+    f.set_env(
+        "FLEET_JOB_SECRETS",
+        "FLEET_IT_TEAM_TOKEN,FLEET_IT_TEAM_CERT,FLEET_IT_HOOK_SECRET",
+    );
     f.set_env("FLEET_WEBHOOK_ALLOW_PRIVATE", "1");
     f.set_env("FLEET_JOB_NETWORKS", "bridge");
     let rx = RawReceiver::start();
@@ -331,43 +377,88 @@ fn allowed_secrets_reach_the_workspace_and_are_masked_everywhere() {
                 .args(["ps", "-q", "--filter", &format!("label=fleet.job_id={id}")])
                 .output()
                 .ok()?;
-            let cid = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+            let cid = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string();
             let out = Command::new("docker")
                 .args(["inspect", "--format", "{{json .Config.Env}}", &cid])
                 .output()
                 .ok()?;
-            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).to_string())
         },
         || f.diagnostics(),
     );
     let env: Vec<String> = serde_json::from_str(&env).unwrap();
-    assert!(env.contains(&format!("FLEET_IT_TEAM_TOKEN={token}")), "{env:?}");
-    assert!(env.contains(&format!("FLEET_IT_TEAM_CERT={multi}")), "{env:?}");
+    assert!(
+        env.contains(&format!("FLEET_IT_TEAM_TOKEN={token}")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&format!("FLEET_IT_TEAM_CERT={multi}")),
+        "{env:?}"
+    );
     assert!(!env.iter().any(|e| e.contains(&hook_secret)), "{env:?}");
-    let s = f.wait_terminal(&[id.clone()], WAIT);
+    let s = f.wait_terminal(std::slice::from_ref(&id), WAIT);
     assert_eq!(s[0].state, State::Succeeded, "{:?}", s[0]);
-    let secrets = [token.as_str(), line1.as_str(), line2.as_str(), hook_secret.as_str()];
+    let secrets = [
+        token.as_str(),
+        line1.as_str(),
+        line2.as_str(),
+        hook_secret.as_str(),
+    ];
     let objects = store_objects(&f, &id);
-    for want in ["events.jsonl", "patch.diff", "result.json", "status.json", "artifacts/token.txt", "artifacts/token.b64", "artifacts/cert.pem"] {
-        assert!(objects.iter().any(|(k, _)| k == want), "{want} missing: {:?}", objects.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    for want in [
+        "events.jsonl",
+        "patch.diff",
+        "result.json",
+        "status.json",
+        "artifacts/token.txt",
+        "artifacts/token.b64",
+        "artifacts/cert.pem",
+    ] {
+        assert!(
+            objects.iter().any(|(k, _)| k == want),
+            "{want} missing: {:?}",
+            objects.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
     }
     for (key, text) in &objects {
         assert_nowhere(&secrets, &format!("store object {key}"), text);
     }
     // The value on the cut: not even its first characters survive next to it.
     let events = &objects.iter().find(|(k, _)| k == "events.jsonl").unwrap().1;
-    assert!(events.contains("<response clipped"), "no cut output in the events");
-    assert!(!events.contains(&token[..5]), "a piece of the value survived the cut");
+    assert!(
+        events.contains("<response clipped"),
+        "no cut output in the events"
+    );
+    assert!(
+        !events.contains(&token[..5]),
+        "a piece of the value survived the cut"
+    );
     assert!(events.contains("<secret-hidden>"));
     let patch = &objects.iter().find(|(k, _)| k == "patch.diff").unwrap().1;
     assert!(patch.contains("+<secret-hidden>"), "{patch}");
     // The webhook arrived (signed with the allowed secret), masked.
-    let got = poll(WAIT, "the webhook", || {
-        let g = rx.got();
-        (!g.is_empty()).then_some(g)
-    }, || f.diagnostics());
+    let got = poll(
+        WAIT,
+        "the webhook",
+        || {
+            let g = rx.got();
+            (!g.is_empty()).then_some(g)
+        },
+        || f.diagnostics(),
+    );
     assert!(got[0].starts_with("POST /hook"), "{}", got[0]);
-    assert!(got[0].to_ascii_lowercase().contains("x-fleet-signature: sha256="), "{}", got[0]);
+    assert!(
+        got[0]
+            .to_ascii_lowercase()
+            .contains("x-fleet-signature: sha256="),
+        "{}",
+        got[0]
+    );
     for g in &got {
         assert_nowhere(&secrets, "the webhook request", g);
     }
@@ -404,7 +495,11 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
         std::fs::write(&file, Value::Array(vec![job]).to_string()).unwrap();
         let out = f.cli(&["submit", file.to_str().unwrap()], Duration::from_secs(60));
         assert_eq!(out.code, Some(2), "{extra}: {}", out.stderr);
-        assert!(out.stderr.contains("unknown field"), "{extra}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("unknown field"),
+            "{extra}: {}",
+            out.stderr
+        );
     }
     let commands = [
         "id -u; id -g",
@@ -434,9 +529,17 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
                 .args(["ps", "-q", "--filter", &format!("label=fleet.job_id={id}")])
                 .output()
                 .ok()?;
-            let cid = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
-            let out = Command::new("docker").args(["inspect", &cid]).output().ok()?;
-            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+            let cid = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string();
+            let out = Command::new("docker")
+                .args(["inspect", &cid])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).to_string())
         },
         || f.diagnostics(),
     );
@@ -446,17 +549,29 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
     assert_eq!(hc["Privileged"], json!(false));
     assert_eq!(hc["Init"], json!(true));
     assert_eq!(hc["ReadonlyRootfs"], json!(true));
-    assert!(hc["Binds"].is_null() || hc["Binds"] == json!([]), "{}", hc["Binds"]);
-    assert!(hc["Devices"].is_null() || hc["Devices"] == json!([]), "{}", hc["Devices"]);
+    assert!(
+        hc["Binds"].is_null() || hc["Binds"] == json!([]),
+        "{}",
+        hc["Binds"]
+    );
+    assert!(
+        hc["Devices"].is_null() || hc["Devices"] == json!([]),
+        "{}",
+        hc["Devices"]
+    );
     assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
     assert_eq!(hc["NetworkMode"], json!("none"));
     assert_eq!(c["Config"]["User"], json!("1000:1000"));
     for m in c["Mounts"].as_array().unwrap() {
-        assert_eq!(m["Type"], json!("volume"), "a mount that is not a volume: {m}");
+        assert_eq!(
+            m["Type"],
+            json!("volume"),
+            "a mount that is not a volume: {m}"
+        );
         assert!(!m.to_string().contains("docker.sock"), "{m}");
     }
     assert!(!inspect.contains("docker.sock"));
-    let s = f.wait_terminal(&[id.clone()], WAIT);
+    let s = f.wait_terminal(std::slice::from_ref(&id), WAIT);
     assert_eq!(s[0].state, State::Succeeded, "{:?}", s[0]);
     let events = String::from_utf8(f.file(&id, "events.jsonl").unwrap()).unwrap();
     let observations: Vec<String> = events
@@ -466,11 +581,31 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
         .map(|e| e["content"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(observations.len(), commands.len(), "{events}");
-    assert!(observations[0].contains("1000\n1000"), "{}", observations[0]);
-    assert!(observations[1].contains("root-is-read-only"), "{}", observations[1]);
-    assert!(observations[2].contains("tmp-writable") && observations[2].contains("workdir-writable"), "{}", observations[2]);
-    assert!(observations[3].contains("no-docker-socket"), "{}", observations[3]);
-    assert!(observations[4].contains("No space left"), "the disk limit did not hold: {}", observations[4]);
+    assert!(
+        observations[0].contains("1000\n1000"),
+        "{}",
+        observations[0]
+    );
+    assert!(
+        observations[1].contains("root-is-read-only"),
+        "{}",
+        observations[1]
+    );
+    assert!(
+        observations[2].contains("tmp-writable") && observations[2].contains("workdir-writable"),
+        "{}",
+        observations[2]
+    );
+    assert!(
+        observations[3].contains("no-docker-socket"),
+        "{}",
+        observations[3]
+    );
+    assert!(
+        observations[4].contains("No space left"),
+        "the disk limit did not hold: {}",
+        observations[4]
+    );
     let t = Instant::now();
     while containers_for(&id) > 0 && t.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(200));
@@ -486,19 +621,40 @@ fn print_policy_bad_values_and_submit_policy_check() {
     let mut f = Fleet::new();
     let out = f.cli(&["worker", "--print-policy"], Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    for want in ["FLEET_JOB_SECRETS            (none)", "FLEET_JOB_NETWORKS           none", "FLEET_MAX_PIDS               4096", "FLEET_WEBHOOK_ALLOW_PRIVATE  no"] {
-        assert!(out.stdout.contains(want), "{want:?} not in:\n{}", out.stdout);
+    for want in [
+        "FLEET_JOB_SECRETS            (none)",
+        "FLEET_JOB_NETWORKS           none",
+        "FLEET_MAX_PIDS               4096",
+        "FLEET_WEBHOOK_ALLOW_PRIVATE  no",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "{want:?} not in:\n{}",
+            out.stdout
+        );
     }
-    let id = f.add_job("checked", json!({"task": "t", "secrets": ["FLEET_QUEUE"]}), json!({"steps": []}));
+    let id = f.add_job(
+        "checked",
+        json!({"task": "t", "secrets": ["FLEET_QUEUE"]}),
+        json!({"steps": []}),
+    );
     let file = f.job_file();
-    let out = f.cli(&["submit", file.to_str().unwrap(), "--policy-check"], Duration::from_secs(60));
+    let out = f.cli(
+        &["submit", file.to_str().unwrap(), "--policy-check"],
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("job 0 (id \"{id}\"): refused by the worker policy: secrets: FLEET_QUEUE is not in FLEET_JOB_SECRETS")), "{}", out.stderr);
     assert!(f.status(&id).is_none(), "a refused submit stored the job");
     f.set_env("FLEET_MAX_PIDS", "lots");
     let out = f.cli(&["worker", "--print-policy"], Duration::from_secs(30));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("FLEET_MAX_PIDS=\"lots\": expected a number above 0"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("FLEET_MAX_PIDS=\"lots\": expected a number above 0"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }
 
@@ -513,7 +669,11 @@ fn fleet_run_trusts_its_file_unless_told_to_apply_the_worker_policy() {
             {"tool": "terminal", "args": {"command": "echo $FLEET_IT_RUN_TOKEN"}},
             {"tool": "finish", "args": {"message": "done"}}
         ]});
-        let id = b.job("trusted", json!({"task": "t", "secrets": ["FLEET_IT_RUN_TOKEN"]}), script);
+        let id = b.job(
+            "trusted",
+            json!({"task": "t", "secrets": ["FLEET_IT_RUN_TOKEN"]}),
+            script,
+        );
         (b, id)
     };
     let (b, id) = batch();
@@ -521,22 +681,36 @@ fn fleet_run_trusts_its_file_unless_told_to_apply_the_worker_policy() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.result(&id)["outcome"], "succeeded");
     let events = b.store_text(&id, "events.jsonl");
-    assert!(events.contains("<secret-hidden>") && !events.contains("run-token-value-123"), "{events}");
+    assert!(
+        events.contains("<secret-hidden>") && !events.contains("run-token-value-123"),
+        "{events}"
+    );
     let (b, id) = batch();
     let out = b.run_with(&["--policy", "worker"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     let r = out.result(&id);
     assert_eq!(r["outcome"], "rejected", "{r}");
     assert_eq!(r["error"]["kind"], "policy", "{r}");
-    assert_eq!(r["error"]["message"], "secrets: FLEET_IT_RUN_TOKEN is not in FLEET_JOB_SECRETS", "{r}");
+    assert_eq!(
+        r["error"]["message"], "secrets: FLEET_IT_RUN_TOKEN is not in FLEET_JOB_SECRETS",
+        "{r}"
+    );
     // A value too short to be masked is refused even from a trusted file.
     let mut b = crate::util::Batch::new();
     b.env("FLEET_IT_SHORT", "abc");
-    let id = b.job("short", json!({"task": "t", "secrets": ["FLEET_IT_SHORT"]}), json!({"steps": []}));
+    let id = b.job(
+        "short",
+        json!({"task": "t", "secrets": ["FLEET_IT_SHORT"]}),
+        json!({"steps": []}),
+    );
     let out = b.run();
     let r = out.result(&id);
     assert_eq!(r["outcome"], "rejected", "{r}");
-    assert_eq!(r["error"]["message"], "secrets: the value of FLEET_IT_SHORT has 3 characters; values shorter than 6 cannot be masked", "{r}");
+    assert_eq!(
+        r["error"]["message"],
+        "secrets: the value of FLEET_IT_SHORT has 3 characters; values shorter than 6 cannot be masked",
+        "{r}"
+    );
 }
 
 /// The webhook address rule at delivery: a job URL whose name resolves to
@@ -567,20 +741,37 @@ fn job_webhooks_connect_only_to_public_addresses() {
             )
             .unwrap();
             store
-                .put_json(&agent_fleet::store::JobKeys(id).status(), &agent_fleet::job::StatusRecord::queued(id, None))
+                .put_json(
+                    &agent_fleet::store::JobKeys(id).status(),
+                    &agent_fleet::job::StatusRecord::queued(id, None),
+                )
                 .await
                 .unwrap();
-            let r = agent_fleet::job::JobResult::unrun(id, agent_fleet::job::Outcome::Succeeded, 1, None, None);
+            let r = agent_fleet::job::JobResult::unrun(
+                id,
+                agent_fleet::job::Outcome::Succeeded,
+                1,
+                None,
+                None,
+            );
             notifier.job_finished(&spec, &r);
         }
         notifier.shutdown(Duration::from_secs(20)).await;
         for id in ["by-name", "by-literal"] {
             let s = store.status(id).await.unwrap().unwrap();
-            let job_hook = s.webhooks.iter().find(|w| w.url.ends_with("/job")).expect("job delivery recorded");
+            let job_hook = s
+                .webhooks
+                .iter()
+                .find(|w| w.url.ends_with("/job"))
+                .expect("job delivery recorded");
             assert!(!job_hook.delivered, "{id}: {job_hook:?}");
             let why = job_hook.last_error.clone().unwrap_or_default();
             assert!(why.contains("FLEET_WEBHOOK_ALLOW_PRIVATE"), "{id}: {why}");
-            let worker_hook = s.webhooks.iter().find(|w| w.url.ends_with("/worker")).expect("worker delivery");
+            let worker_hook = s
+                .webhooks
+                .iter()
+                .find(|w| w.url.ends_with("/worker"))
+                .expect("worker delivery");
             assert!(worker_hook.delivered, "{id}: {worker_hook:?}");
         }
     });
