@@ -32,6 +32,9 @@ const MIN_PARTIAL_CHARS: usize = 3;
 /// Where a truncated text was cut (see `workspace::output`).
 const CLIP_NOTICE: &str = "\n<response clipped: ";
 
+/// Clip notices looked at in one text (a real output has one).
+const MAX_CUTS: usize = 8;
+
 /// Replaces known secret values, in their common encodings, in text.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
@@ -73,23 +76,37 @@ impl Masker {
     /// The text with every form of every value hidden, and partial forms hidden
     /// around a clip notice.
     pub fn mask(&self, text: &str) -> String {
-        let Some(m) = &self.matcher else {
+        if self.matcher.is_none() {
             return text.to_string();
-        };
-        match text.find(CLIP_NOTICE) {
-            None => m.replace_all(text, &vec![HIDDEN; self.forms.len()]),
-            Some(at) => {
-                let (head, rest) = text.split_at(at);
-                // The notice ends at its closing `>` and a newline.
-                let end = rest.find(">\n").map(|i| i + 2).unwrap_or(rest.len());
-                let (notice, tail) = rest.split_at(end);
-                format!(
-                    "{}{notice}{}",
-                    self.cut_end(&self.replace(head)),
-                    self.cut_start(&self.mask(tail))
-                )
-            }
         }
+        // The pieces between clip notices; a form can be cut at each notice's edges.
+        // A loop, not recursion, and a bounded number of notices: a hostile output
+        // can print as many fake ones as it likes.
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        let mut after_cut = false;
+        for _ in 0..MAX_CUTS {
+            let Some(at) = rest.find(CLIP_NOTICE) else {
+                break;
+            };
+            let (piece, tail) = rest.split_at(at);
+            // The notice ends at its closing `>` and a newline.
+            let end = tail.find(">\n").map(|i| i + 2).unwrap_or(tail.len());
+            let mut masked = self.replace(piece);
+            if after_cut {
+                masked = self.cut_start(&masked);
+            }
+            out.push_str(&self.cut_end(&masked));
+            out.push_str(&self.replace(&tail[..end]));
+            rest = &tail[end..];
+            after_cut = true;
+        }
+        let mut masked = self.replace(rest);
+        if after_cut {
+            masked = self.cut_start(&masked);
+        }
+        out.push_str(&masked);
+        out
     }
 
     /// Bytes (artifacts): masked as text when they are UTF-8, byte-wise otherwise.
@@ -112,31 +129,82 @@ impl Masker {
 
     /// Hides a trailing piece of `text` that is the beginning of a form.
     fn cut_end(&self, text: &str) -> String {
-        for f in &self.forms {
-            let mut ends: Vec<usize> = f.char_indices().map(|(i, _)| i).skip(1).collect();
-            ends.reverse();
-            for end in ends {
-                let piece = &f[..end];
-                if piece.chars().count() >= MIN_PARTIAL_CHARS && text.ends_with(piece) {
-                    return format!("{}{HIDDEN}", &text[..text.len() - piece.len()]);
-                }
-            }
+        let t = text.as_bytes();
+        let best = self
+            .forms
+            .iter()
+            .map(|f| {
+                let tail = &t[t.len().saturating_sub(f.len())..];
+                overlap(tail, f.as_bytes(), |k| {
+                    text.is_char_boundary(t.len() - k) && f.is_char_boundary(k)
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        if best == 0 {
+            return text.to_string();
         }
-        text.to_string()
+        format!("{}{HIDDEN}", &text[..text.len() - best])
     }
 
     /// Hides a leading piece of `text` that is the end of a form.
     fn cut_start(&self, text: &str) -> String {
-        for f in &self.forms {
-            for (start, _) in f.char_indices().skip(1) {
-                let piece = &f[start..];
-                if piece.chars().count() >= MIN_PARTIAL_CHARS && text.starts_with(piece) {
-                    return format!("{HIDDEN}{}", &text[piece.len()..]);
-                }
-            }
+        let t = text.as_bytes();
+        let best = self
+            .forms
+            .iter()
+            .map(|f| {
+                let head: Vec<u8> = t[..t.len().min(f.len())].iter().rev().copied().collect();
+                let rf: Vec<u8> = f.bytes().rev().collect();
+                overlap(&head, &rf, |k| {
+                    text.is_char_boundary(k) && f.is_char_boundary(f.len() - k)
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        if best == 0 {
+            return text.to_string();
         }
-        text.to_string()
+        format!("{HIDDEN}{}", &text[best..])
     }
+}
+
+/// The longest `k` (at least [`MIN_PARTIAL_CHARS`] bytes, shorter than the form)
+/// such that `text` ends with `form[..k]` and `ok(k)`; 0 when there is none. Linear
+/// in the lengths (the prefix function of `form`), so a long key costs no more
+/// than reading it.
+fn overlap(text: &[u8], form: &[u8], ok: impl Fn(usize) -> bool) -> usize {
+    if form.len() < 2 {
+        return 0;
+    }
+    let mut pi = vec![0usize; form.len()];
+    for i in 1..form.len() {
+        let mut k = pi[i - 1];
+        while k > 0 && form[i] != form[k] {
+            k = pi[k - 1];
+        }
+        if form[i] == form[k] {
+            k += 1;
+        }
+        pi[i] = k;
+    }
+    let mut k = 0;
+    for &c in text {
+        while k > 0 && (k == form.len() || c != form[k]) {
+            k = pi[k - 1];
+        }
+        if c == form[k] {
+            k += 1;
+        }
+    }
+    // Longest first, down the chain of borders, to one that may be cut there.
+    while k > 0 {
+        if k < form.len() && k >= MIN_PARTIAL_CHARS && ok(k) {
+            return k;
+        }
+        k = pi[k - 1];
+    }
+    0
 }
 
 /// The forms one value is searched in.
@@ -332,6 +400,13 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("<response clipped"), "{out}");
+        // Any number of (fake) notices: bounded work, every full value still hidden.
+        let many = format!(
+            "{}ABCDEFGHIJKLMNOP",
+            "x\n<response clipped: ABCDEFGHIJKLMNOP>\n".repeat(100_000)
+        );
+        let out = m.mask(&many);
+        assert!(!out.contains("ABCDEFGHIJKLMNOP"));
         // Ordinary text around a notice is left alone.
         let plain = "abc\n<response clipped: 1 of 2 bytes of output were cut from the middle>\nxyz";
         assert_eq!(m.mask(plain), plain);
