@@ -123,10 +123,15 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     if a.policy_check {
         let base = config::RunSettings::from_env(String::new()).llm_base_url;
-        let policy = crate::policy::Policy::from_env(&base).map_err(|e| UsageError(e.to_string()))?;
+        let policy =
+            crate::policy::Policy::from_env(&base).map_err(|e| UsageError(e.to_string()))?;
         for (i, j) in jobs.iter().enumerate() {
             if let Err(v) = policy.check(j).await {
-                return Err(UsageError(format!("job {i} (id {:?}): refused by the worker policy: {v}", j.id)).into());
+                return Err(UsageError(format!(
+                    "job {i} (id {:?}): refused by the worker policy: {v}",
+                    j.id
+                ))
+                .into());
             }
         }
     }

@@ -363,7 +363,8 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     if let Some(u) = &l.user {
         let part = |p: &str| {
             (1..=32).contains(&p.len())
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
                 && !p.starts_with('-')
         };
         let ok = match u.split_once(':') {
@@ -373,7 +374,10 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         if !ok {
             return bad(
                 "limits.user",
-                format!("{:?} must be USER or USER:GROUP (names or numbers)", clip(u)),
+                format!(
+                    "{:?} must be USER or USER:GROUP (names or numbers)",
+                    clip(u)
+                ),
             );
         }
     }

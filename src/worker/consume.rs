@@ -194,7 +194,15 @@ async fn handle(
     // The worker policy, before a claim: a refused job gets no workspace and no secret.
     if let Err(v) = super::admit::admit(svc, &spec).await {
         let id = spec.id.clone();
-        return reject(svc, queue, d, &id, crate::policy::POLICY_KIND, &v.to_string()).await;
+        return reject(
+            svc,
+            queue,
+            d,
+            &id,
+            crate::policy::POLICY_KIND,
+            &v.to_string(),
+        )
+        .await;
     }
     let attempt = d.msg.attempt + 1;
     let span = info_span!("job", job_id = %spec.id, attempt);

@@ -144,9 +144,11 @@ fn resolve_secrets(
         .api_key_env
         .clone()
         .unwrap_or_else(|| crate::config::ENV_LLM_API_KEY.to_string());
-    let foreign_endpoint = spec.llm.base_url.as_deref().is_some_and(|u| {
-        u.trim_end_matches('/') != s.llm_base_url.trim_end_matches('/')
-    });
+    let foreign_endpoint = spec
+        .llm
+        .base_url
+        .as_deref()
+        .is_some_and(|u| u.trim_end_matches('/') != s.llm_base_url.trim_end_matches('/'));
     let api_key = if enforce_policy && foreign_endpoint && spec.llm.api_key_env.is_none() {
         None
     } else {
@@ -229,9 +231,10 @@ pub async fn run_attempt(
     let mut llm_stats = LlmStats::default();
     let mut artifacts = 0usize;
 
-    let prepared = resolve_secrets(spec, &svc.settings, svc.enforce_policy).and_then(|(env, key)| {
-        llm_settings(spec, &svc.settings, key.clone()).map(|l| (env, key, l))
-    });
+    let prepared =
+        resolve_secrets(spec, &svc.settings, svc.enforce_policy).and_then(|(env, key)| {
+            llm_settings(spec, &svc.settings, key.clone()).map(|l| (env, key, l))
+        });
     // Every value this job resolves, plus the signing secrets its webhooks use.
     let masker = {
         let mut values: Vec<String> = spec

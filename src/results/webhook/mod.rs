@@ -355,15 +355,13 @@ impl Notifier {
         debug!(job_id = %p.job_id, delivery_id = %p.delivery_id, url = %p.url, event, "webhook queued");
         let inner = self.inner.clone();
         self.spawn(async move {
-            let client = if guarded { &inner.job_client } else { &inner.client };
-            let rec = deliver::deliver(
-                client,
-                &inner.settings,
-                &inner.senders,
-                &inner.cancel,
-                &p,
-            )
-            .await;
+            let client = if guarded {
+                &inner.job_client
+            } else {
+                &inner.client
+            };
+            let rec =
+                deliver::deliver(client, &inner.settings, &inner.senders, &inner.cancel, &p).await;
             drop(slot);
             record(&inner, &p.job_id, rec).await;
         });

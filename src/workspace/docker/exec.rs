@@ -279,7 +279,10 @@ async fn still_running_after(ws: &DockerWorkspace, exec_id: &str, wait: Duration
 }
 
 /// Runs a helper command as root and waits for it, discarding its output.
-pub(super) async fn run_as_root(ws: &DockerWorkspace, cmd: Vec<&str>) -> Result<(), WorkspaceError> {
+pub(super) async fn run_as_root(
+    ws: &DockerWorkspace,
+    cmd: Vec<&str>,
+) -> Result<(), WorkspaceError> {
     let config = CreateExecOptions {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
