@@ -87,7 +87,8 @@ pub fn harden(body: &mut ContainerCreateBody, spec: &WorkspaceSpec, disk: DiskLi
     if let Some(size) = workdir_volume {
         mounts.push(workdir_mount(&spec.workdir, size));
     }
-    if spec.read_only_root {
+    // A workdir at /tmp is already the writable volume there.
+    if spec.read_only_root && spec.workdir.trim_end_matches('/') != "/tmp" {
         let mb = spec.disk_mb.unwrap_or(TMP_MAX_MB).min(TMP_MAX_MB);
         hc.tmpfs = Some(HashMap::from([(
             "/tmp".to_string(),
@@ -218,5 +219,10 @@ mod tests {
         assert_eq!(hc.readonly_rootfs, Some(true));
         assert!(hc.tmpfs.unwrap()["/tmp"].contains("exec"));
         assert_eq!(hc.mounts.unwrap()[0].target.as_deref(), Some("/workspace"));
+        // A workdir at /tmp: one mount there, the volume.
+        s.workdir = "/tmp".into();
+        let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
+        assert_eq!(hc.tmpfs, None);
+        assert_eq!(hc.mounts.unwrap()[0].target.as_deref(), Some("/tmp"));
     }
 }
