@@ -614,29 +614,15 @@ pub fn address_class(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// The host and port of an http(s) URL (no userinfo, IPv6 brackets kept).
+/// The host and port of an http(s) URL, parsed as the HTTP client parses it (so
+/// `http://2130706433/` is the address 127.0.0.1, as it would be connected to).
+/// An IP host is given as the address, without IPv6 brackets.
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let default = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let (host, port) = if let Some(end) = authority.find(']') {
-        let host = &authority[..=end];
-        let port = authority[end + 1..]
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok());
-        (host.to_string(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().ok()),
-            None => (authority.to_string(), None),
-        }
-    };
-    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port.unwrap_or(default)))
+    let u = reqwest::Url::parse(url).ok()?;
+    let port = u.port_or_known_default()?;
+    // An IP host comes back normalised (IPv6 in brackets).
+    let host = u.host_str()?.trim_matches(['[', ']']).to_ascii_lowercase();
+    Some((host, port))
 }
 
 fn normalize_url(u: &str) -> String {

@@ -249,6 +249,10 @@ fn addresses_are_classified() {
     assert!(literal_webhook_refusal("http://127.0.0.1:8080/x").is_some());
     assert!(literal_webhook_refusal("http://user@[::1]:8080/x").is_some());
     assert!(literal_webhook_refusal("https://1.1.1.1/x").is_none());
+    // Other spellings of an address, as the HTTP client reads them.
+    assert!(literal_webhook_refusal("http://2130706433/x").is_some());
+    assert!(literal_webhook_refusal("http://0x7f.1/x").is_some());
+    assert!(literal_webhook_refusal("http://[::ffff:169.254.169.254]/x").is_some());
     assert!(literal_webhook_refusal("https://example.com/x").is_none());
 }
 
