@@ -1,3 +1,5 @@
+//! The worker policy against jobs that try each escape, and the variables that allow them.
+
 use std::collections::HashMap;
 
 use super::*;
