@@ -639,3 +639,57 @@ fn job_webhooks_connect_only_to_public_addresses() {
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.iter().all(|g| g.starts_with("POST /worker")), "{got:?}");
 }
+
+/// With `FLEET_LLM_ENDPOINTS` and `FLEET_JOB_SECRETS` set, a job's LLM requests go
+/// to the endpoint it names with the key it names — and a job naming an endpoint
+/// but no key gets none: the worker's own `LLM_API_KEY` never leaves for another
+/// endpoint. Shown by the requests the endpoint got.
+#[test]
+fn an_allowed_endpoint_gets_the_named_key_and_never_the_workers() {
+    let rx = RawReceiver::start();
+    let team_key = format!("tk-{}", uuid::Uuid::new_v4().simple());
+    let worker_key = format!("wk-{}", uuid::Uuid::new_v4().simple());
+    let mut f = Fleet::new();
+    f.set_env("LLM_API_KEY", &worker_key);
+    f.set_env("FLEET_IT_TEAM_KEY", &team_key);
+    f.set_env("FLEET_JOB_SECRETS", "FLEET_IT_TEAM_KEY");
+    f.set_env("FLEET_LLM_ENDPOINTS", &rx.url("/v1"));
+    f.set_env("FLEET_MAX_ATTEMPTS", "1");
+    let steps = json!({"steps": [{"tool": "finish", "args": {"message": "done"}}]});
+    let named = f.add_job(
+        "named-key",
+        json!({"task": "t", "llm": {"base_url": rx.url("/v1"), "api_key_env": "FLEET_IT_TEAM_KEY"}}),
+        steps.clone(),
+    );
+    let keyless = f.add_job(
+        "no-key",
+        json!({"task": "t", "llm": {"base_url": rx.url("/v1/")}}),
+        steps,
+    );
+    f.worker(2, &[]);
+    f.submit();
+    let s = f.wait_terminal(&[named.clone(), keyless.clone()], WAIT);
+    // The receiver is no LLM: the jobs fail, but they ran (not rejected).
+    for st in &s {
+        assert_ne!(st.state, State::Rejected, "{st:?}");
+    }
+    let got = rx.got();
+    let of = |id: &str| -> Vec<String> {
+        got.iter()
+            .filter(|g| g.contains(&format!("\"model\":\"{id}\"")))
+            .map(|g| g.to_ascii_lowercase())
+            .collect()
+    };
+    let (a, b) = (of(&named), of(&keyless));
+    assert!(!a.is_empty() && !b.is_empty(), "requests: {got:?}");
+    assert!(
+        a.iter()
+            .all(|r| r.contains(&format!("authorization: bearer {team_key}"))),
+        "{a:?}"
+    );
+    assert!(b.iter().all(|r| !r.contains("authorization:")), "{b:?}");
+    assert!(
+        !got.iter().any(|g| g.contains(&worker_key)),
+        "the worker's key left: {got:?}"
+    );
+}
