@@ -303,6 +303,7 @@ async fn budget_ends_the_run() {
     let price = Price {
         input_per_mtok: 1000.0,
         output_per_mtok: 0.0,
+        ..Price::default()
     };
     let ran = run_script(
         "budget",

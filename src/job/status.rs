@@ -271,6 +271,11 @@ impl StatusRecord {
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
+    /// Of `prompt`: tokens read from and written to the provider's cache.
+    #[serde(default)]
+    pub cache_read: u64,
+    #[serde(default)]
+    pub cache_write: u64,
 }
 
 /// result.json: the job's outcome.

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use bytes::Bytes;
-use serde::Serialize;
 
 use super::retry::{self, AttemptError, Failure};
+use super::{text_tools, wire};
 use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
 use crate::telemetry::metrics;
 
@@ -24,19 +24,6 @@ pub struct LlmClient {
     /// `{base_url}/chat/completions`, built once.
     url: String,
     stats: Mutex<LlmStats>,
-}
-
-/// The wire form of [`super::ChatRequest`], borrowing the conversation so a step
-/// does not copy the whole history before serialising it (a unit test keeps the
-/// two identical on the wire).
-#[derive(Serialize)]
-struct RequestBody<'a> {
-    model: &'a str,
-    messages: &'a [ChatMessage],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tools: &'a [serde_json::Value],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
 }
 
 impl LlmClient {
@@ -63,12 +50,16 @@ impl LlmClient {
         messages: &[ChatMessage],
         tools: &[serde_json::Value],
     ) -> Result<Completion, LlmError> {
-        let body = RequestBody {
-            model: &self.settings.model,
-            messages,
-            tools,
-            temperature: self.settings.temperature,
+        // Without native tool calls the tools travel as text in the prompt.
+        let text_mode = !self.settings.native_tools && !tools.is_empty();
+        let converted;
+        let (messages, tools) = if text_mode {
+            converted = text_tools::to_text_messages(messages, tools);
+            (converted.as_slice(), &[][..])
+        } else {
+            (messages, tools)
         };
+        let body = wire::body(&self.settings, messages, tools);
         // Serialised once: every retry sends the same bytes.
         let body = Bytes::from(
             serde_json::to_vec(&body).map_err(|e| LlmError::Protocol(format!("request: {e}")))?,
@@ -87,11 +78,18 @@ impl LlmClient {
             })
             .await;
 
-        result.map_err(|e| {
+        let mut completion = result.map_err(|e| {
             let attempts = attempts.load(Ordering::Relaxed);
             self.on_final_failure(&e, attempts);
             e.into_llm_error(attempts)
-        })
+        })?;
+        if text_mode && completion.message.tool_calls.is_empty() {
+            let content = completion.message.content.take().unwrap_or_default();
+            let (text, calls) = text_tools::parse_reply(&content);
+            completion.message.content = Some(text);
+            completion.message.tool_calls = calls;
+        }
+        Ok(completion)
     }
 
     pub fn stats(&self) -> LlmStats {
@@ -190,10 +188,7 @@ impl LlmClient {
                 message: "reply had no choices".into(),
             });
         };
-        let cost_usd = self
-            .settings
-            .price
-            .cost(usage.prompt_tokens, usage.completion_tokens);
+        let cost_usd = self.settings.price.cost(&usage);
         Ok(Completion {
             message: choice.message,
             usage,
@@ -221,6 +216,12 @@ impl LlmClient {
         m.llm_tokens
             .with_label_values(&["completion"])
             .inc_by(c.usage.completion_tokens);
+        m.llm_tokens
+            .with_label_values(&["cache_read"])
+            .inc_by(c.usage.cache_read());
+        m.llm_tokens
+            .with_label_values(&["cache_write"])
+            .inc_by(c.usage.cache_write());
         // A counter must not go down: a negative or NaN price never reaches it.
         if c.cost_usd.is_finite() && c.cost_usd > 0.0 {
             m.llm_cost.inc_by(c.cost_usd);
@@ -228,6 +229,8 @@ impl LlmClient {
         let mut s = self.lock_stats();
         s.prompt_tokens += c.usage.prompt_tokens;
         s.completion_tokens += c.usage.completion_tokens;
+        s.cache_read_tokens += c.usage.cache_read();
+        s.cache_write_tokens += c.usage.cache_write();
         s.cost_usd += c.cost_usd;
     }
 
@@ -286,36 +289,6 @@ fn transport_error(e: &reqwest::Error) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{ChatRequest, Role};
-
-    #[test]
-    fn borrowed_body_matches_chat_request() {
-        let messages = vec![
-            ChatMessage::text(Role::System, "s"),
-            ChatMessage::text(Role::User, "u"),
-        ];
-        for (tools, temperature) in [
-            (vec![], None),
-            (vec![serde_json::json!({"type": "function"})], Some(0.2)),
-        ] {
-            let owned = ChatRequest {
-                model: "m".into(),
-                messages: messages.clone(),
-                tools: tools.clone(),
-                temperature,
-            };
-            let borrowed = RequestBody {
-                model: "m",
-                messages: &messages,
-                tools: &tools,
-                temperature,
-            };
-            assert_eq!(
-                serde_json::to_value(&owned).unwrap(),
-                serde_json::to_value(&borrowed).unwrap()
-            );
-        }
-    }
 
     #[test]
     fn url_trims_a_trailing_slash() {

@@ -17,10 +17,7 @@ use serde_json::Value;
 use crate::llm::Usage;
 
 /// Usage reported when neither the step nor the script sets one.
-pub const DEFAULT_USAGE: Usage = Usage {
-    prompt_tokens: 100,
-    completion_tokens: 20,
-};
+pub const DEFAULT_USAGE: Usage = Usage::new(100, 20);
 /// Scripts are small; a stuck disk must not hold a request forever.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct scripts kept parsed; beyond that the cache starts over (a benchmark uses
@@ -352,10 +349,7 @@ mod tests {
         assert_eq!(s.steps[3].delay, Duration::from_millis(500));
         assert_eq!(
             s.steps[3].usage,
-            Usage {
-                prompt_tokens: 1200,
-                completion_tokens: 80
-            }
+            Usage::new(1200, 80)
         );
         assert!(s.step(4).is_none());
     }
@@ -378,10 +372,7 @@ mod tests {
         assert!(s.steps[1].content.is_none() && s.steps[1].calls.is_empty());
         assert_eq!(
             s.steps[1].usage,
-            Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2
-            }
+            Usage::new(1, 2)
         );
         assert_eq!(s.steps[2].calls[0].1, "{not json");
         let f = s.steps[3].fail.as_ref().unwrap();

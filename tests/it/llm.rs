@@ -312,6 +312,7 @@ async fn usage_and_cost_follow_the_price_table() {
     settings.price = Price {
         input_per_mtok: 3.0,
         output_per_mtok: 15.0,
+        ..Price::default()
     };
     let client = LlmClient::new(reqwest::Client::new(), settings);
     let cost_before = metrics().llm_cost.get();

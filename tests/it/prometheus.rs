@@ -372,6 +372,7 @@ fn result(spec: &job::JobSpec) -> JobResult {
         tokens: Tokens {
             prompt: 10,
             completion: 2,
+            ..Tokens::default()
         },
         duration_secs: 1.0,
         stuck_pattern: None,
