@@ -577,6 +577,7 @@ async fn long_history_is_condensed_before_the_call() {
                 arguments: json!({"thought": format!("thought {i}")}),
                 thought: String::new(),
                 step: i + 1,
+                meta: Default::default(),
             },
         );
         events.append(

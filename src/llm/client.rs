@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::retry::{self, AttemptError, Failure};
 use super::{text_tools, wire};
 use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
+use crate::job::Price;
 use crate::telemetry::metrics;
 
 pub struct LlmClient {
@@ -50,6 +51,30 @@ impl LlmClient {
         messages: &[ChatMessage],
         tools: &[serde_json::Value],
     ) -> Result<Completion, LlmError> {
+        self.request(&self.settings.model, &self.settings.price, messages, tools)
+            .await
+    }
+
+    /// A completion by the condenser's model (`llm.condenser_model`, else the
+    /// job's), with no tools: the summary of a condensation. Priced by the
+    /// built-in table for a condenser model of its own, else the job's price.
+    pub async fn summarize(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
+        match self.settings.condenser_model.as_deref() {
+            Some(m) if m != self.settings.model => {
+                let price = Price::builtin(m).unwrap_or(self.settings.price);
+                self.request(m, &price, messages, &[]).await
+            }
+            _ => self.complete(messages, &[]).await,
+        }
+    }
+
+    async fn request(
+        &self,
+        model: &str,
+        price: &Price,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<Completion, LlmError> {
         // Without native tool calls the tools travel as text in the prompt.
         let text_mode = !self.settings.native_tools && !tools.is_empty();
         let converted;
@@ -59,7 +84,7 @@ impl LlmClient {
         } else {
             (messages, tools)
         };
-        let body = wire::body(&self.settings, messages, tools);
+        let body = wire::body(&self.settings, model, messages, tools);
         // Serialised once: every retry sends the same bytes.
         let body = Bytes::from(
             serde_json::to_vec(&body).map_err(|e| LlmError::Protocol(format!("request: {e}")))?,
@@ -67,7 +92,7 @@ impl LlmClient {
         let attempts = AtomicU32::new(0);
         let max_backoff = self.settings.max_backoff;
 
-        let result = (|| self.attempt(body.clone(), &attempts))
+        let result = (|| self.attempt(body.clone(), price, &attempts))
             .retry(retry::backoff(&self.settings))
             .when(AttemptError::transient)
             .adjust(|e: &AttemptError, wait| {
@@ -103,7 +128,12 @@ impl LlmClient {
 
     /// One HTTP attempt: send, read the whole reply under the request deadline,
     /// classify it. Counts the request and its latency whatever the result.
-    async fn attempt(&self, body: Bytes, attempts: &AtomicU32) -> Result<Completion, AttemptError> {
+    async fn attempt(
+        &self,
+        body: Bytes,
+        price: &Price,
+        attempts: &AtomicU32,
+    ) -> Result<Completion, AttemptError> {
         let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Instant::now();
         let reply = self.send(body).await;
@@ -113,7 +143,7 @@ impl LlmClient {
         let result = match reply {
             Err(e) => Err(e),
             Ok((status, _, bytes)) if (200..300).contains(&status) => {
-                self.read_completion(status, &bytes)
+                self.read_completion(status, &bytes, price)
             }
             Ok((status, headers, bytes)) => Err(retry::classify(
                 status,
@@ -169,7 +199,12 @@ impl LlmClient {
         Ok((status, headers, bytes))
     }
 
-    fn read_completion(&self, status: u16, body: &[u8]) -> Result<Completion, AttemptError> {
+    fn read_completion(
+        &self,
+        status: u16,
+        body: &[u8],
+        price: &Price,
+    ) -> Result<Completion, AttemptError> {
         let protocol = |message: String| AttemptError {
             failure: Failure::Protocol,
             status: Some(status),
@@ -188,7 +223,7 @@ impl LlmClient {
                 message: "reply had no choices".into(),
             });
         };
-        let cost_usd = self.settings.price.cost(&usage);
+        let cost_usd = price.cost(&usage);
         Ok(Completion {
             message: choice.message,
             usage,

@@ -39,6 +39,8 @@ pub struct LlmSettings {
     pub native_tools: bool,
     /// Stable per job, so OpenAI-style providers route its requests to one cache.
     pub prompt_cache_key: Option<String>,
+    /// Writes condensation summaries; `None`: the job's model.
+    pub condenser_model: Option<String>,
     pub price: Price,
     /// Deadline of one HTTP request (upstream default 300 s).
     pub request_timeout: Duration,
@@ -61,6 +63,7 @@ impl LlmSettings {
             reasoning_effort: None,
             native_tools: true,
             prompt_cache_key: None,
+            condenser_model: None,
             price: Price::default(),
             request_timeout: Duration::from_secs(300),
             max_attempts: 5,

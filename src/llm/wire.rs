@@ -82,10 +82,10 @@ fn thinking_budget(effort: &str) -> u64 {
 /// The body of one request for `settings.model`.
 pub fn body<'a>(
     settings: &'a LlmSettings,
+    model: &'a str,
     messages: &'a [ChatMessage],
     tools: &'a [Value],
 ) -> RequestBody<'a> {
-    let model = settings.model.as_str();
     let family = models::family(model);
     let effort = settings.reasoning_effort.as_deref();
     let reasoning = effort.is_some() || models::is_reasoning(model);
@@ -184,7 +184,7 @@ mod tests {
 
     fn json_of(settings: &LlmSettings) -> Value {
         let msgs = conversation();
-        serde_json::to_value(body(settings, &msgs, &[])).unwrap()
+        serde_json::to_value(body(settings, &settings.model, &msgs, &[])).unwrap()
     }
 
     #[test]
