@@ -32,6 +32,28 @@ struct ScriptFile {
     repeat_last: bool,
     #[serde(default)]
     usage: Option<Usage>,
+    /// The reply to a summary request (a lone user message, no tools).
+    #[serde(default)]
+    summary: Option<String>,
+    /// `assistant_messages` (default) or `served`.
+    #[serde(default)]
+    step_by: StepBy,
+    /// Send tool calls as text markup in the content (for clients with
+    /// `native_tools: false`) instead of `tool_calls`.
+    #[serde(default)]
+    text_calls: bool,
+}
+
+/// How the server knows which step a request is at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepBy {
+    /// The number of assistant messages in the request (DESIGN.md).
+    #[default]
+    AssistantMessages,
+    /// The number of replies already served to the conversation: survives a
+    /// client condensing its history (which removes assistant messages).
+    Served,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,7 +88,12 @@ struct CallFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailFile {
-    status: u16,
+    /// Required unless `context_length` gives it.
+    #[serde(default)]
+    status: Option<u16>,
+    /// A context-window error in this provider's wording and body.
+    #[serde(default)]
+    context_length: Option<String>,
     #[serde(default = "one")]
     times: u32,
     #[serde(default)]
@@ -86,6 +113,9 @@ fn one() -> u32 {
 pub struct Script {
     pub steps: Vec<Reply>,
     pub repeat_last: bool,
+    pub summary: Option<String>,
+    pub step_by: StepBy,
+    pub text_calls: bool,
 }
 
 impl Script {
@@ -119,6 +149,8 @@ pub struct Fail {
     pub retry_after_secs: Option<u64>,
     pub code: Option<String>,
     pub message: Option<String>,
+    /// Provider whose context-window error to send (see `extras`).
+    pub context_length: Option<String>,
 }
 
 /// Why a script could not be had.
@@ -153,6 +185,9 @@ pub fn parse(bytes: &[u8]) -> Result<Script, String> {
     Ok(Script {
         steps,
         repeat_last: file.repeat_last,
+        summary: file.summary,
+        step_by: file.step_by,
+        text_calls: file.text_calls,
     })
 }
 
@@ -183,16 +218,30 @@ fn prepare(s: StepFile, default_usage: Usage) -> Result<Reply, String> {
     let fail = s
         .fail
         .map(|f| {
-            let ok = f.status == 200 || (400..=599).contains(&f.status);
-            let status = StatusCode::from_u16(f.status).ok().filter(|_| ok);
+            if let Some(p) = &f.context_length {
+                if !super::extras::PROVIDERS.contains(&p.as_str()) {
+                    return Err(format!(
+                        "fail.context_length {p:?} is not one of {}",
+                        super::extras::PROVIDERS.join(", ")
+                    ));
+                }
+            }
+            let code = match (f.status, &f.context_length) {
+                (Some(s), _) => s,
+                (None, Some(_)) => 400,
+                (None, None) => return Err("fail.status is missing".into()),
+            };
+            let ok = code == 200 || (400..=599).contains(&code);
+            let status = StatusCode::from_u16(code).ok().filter(|_| ok);
             let status = status
-                .ok_or_else(|| format!("fail.status {} is not 200 or 400..=599", f.status))?;
+                .ok_or_else(|| format!("fail.status {code} is not 200 or 400..=599"))?;
             Ok::<_, String>(Fail {
                 status,
                 times: f.times,
                 retry_after_secs: f.retry_after_secs,
                 code: f.code,
                 message: f.message,
+                context_length: f.context_length,
             })
         })
         .transpose()?;
