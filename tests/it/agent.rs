@@ -1,0 +1,343 @@
+//! The agent as real models meet it, end to end: `fleet run` (the real binary,
+//! real Docker containers) against the scripted LLM started here, in the test
+//! process, with its request log on. What the fleet sent is read from that log
+//! — the scripted LLM's own record — not from the fleet's events.
+
+use std::path::PathBuf;
+
+use agent_fleet::mock_llm::{MockLlm, MockOptions};
+use serde_json::{Value, json};
+
+use crate::util::{Batch, RunOutput};
+
+/// A batch whose jobs talk to a scripted LLM of this process.
+struct Scripted {
+    batch: Batch,
+    mock: MockLlm,
+    log: PathBuf,
+}
+
+impl Scripted {
+    async fn new() -> Scripted {
+        let batch = Batch::new();
+        let log = batch.dir.path().join("requests.jsonl");
+        let mock = MockLlm::start_with(
+            batch.dir.path().join("scripts"),
+            "127.0.0.1:0".parse().unwrap(),
+            MockOptions {
+                request_log: Some(log.clone()),
+            },
+        )
+        .await
+        .expect("scripted LLM");
+        Scripted { batch, mock, log }
+    }
+
+    /// Adds a job whose model is `name-<suffix>` (so `claude-…` and `gpt-…`
+    /// names pick those families), pointed at this process's scripted LLM.
+    fn job(&mut self, name: &str, mut job: Value, script: Value) -> String {
+        let llm = job.as_object_mut().unwrap().entry("llm").or_insert(json!({}));
+        llm["base_url"] = self.mock.base_url().into();
+        self.batch.job(name, job, script)
+    }
+
+    async fn run(&self) -> RunOutput {
+        let batch = &self.batch;
+        // `fleet run` blocks; the scripted LLM answers on this runtime meanwhile.
+        tokio::task::block_in_place(|| batch.run())
+    }
+
+    /// The requests the scripted LLM received for `model`, in order.
+    fn requests(&self, model: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .expect("request log")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
+            .filter(|l| l["model"] == model)
+            .collect()
+    }
+
+    fn result(&self, out: &RunOutput, id: &str) -> Value {
+        out.result(id)
+    }
+
+    fn metrics(&self, id: &str) -> Value {
+        serde_json::from_str(&self.batch.store_text(id, "metrics.json")).unwrap()
+    }
+}
+
+/// The text of every message of a request, joined (content parts included).
+fn all_text(request: &Value) -> String {
+    request["request"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match &m["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+            _ => String::new(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn system_text(request: &Value) -> String {
+    let m = &request["request"]["messages"][0];
+    assert_eq!(m["role"], "system");
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts[0]["text"].as_str().unwrap().to_string(),
+        other => panic!("system content {other}"),
+    }
+}
+
+fn think(t: &str) -> Value {
+    json!({"tool": "think", "args": {"thought": t}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tolerant_tool_calls_and_summaries_that_do_not_hide_a_repeat() {
+    let mut s = Scripted::new().await;
+    let tolerant = s.job(
+        "tolerant",
+        json!({"task": "write two files"}),
+        json!({"steps": [
+            {"tool": "execute_bash", "args": {"command": "echo hi > a.txt", "summary": "write a", "security_risk": "LOW"}},
+            {"tool": "str_replace_editor", "args": {"path": "/workspace/b.txt", "file_text": "from the editor\n", "summary": "create b", "security_risk": "MEDIUM"}},
+            {"tool": "bash", "args": {"command": "cat a.txt b.txt", "timeout": "30", "summary": "check"}},
+            {"tool": "finish", "args": {"message": "done", "summary": "finish"}}
+        ]}),
+    );
+    let repeat = s.job(
+        "repeat",
+        json!({"task": "look around"}),
+        json!({"steps": [
+            {"tool": "terminal", "args": {"command": "ls /", "summary": "list the root"}},
+            {"tool": "terminal", "args": {"command": "ls /", "summary": "look at the root again"}},
+            {"tool": "terminal", "args": {"command": "ls /", "summary": "one more look"}},
+            {"tool": "terminal", "args": {"command": "ls /", "summary": "and again"}},
+            {"tool": "finish", "args": {"message": "never reached"}}
+        ]}),
+    );
+    let out = s.run().await;
+
+    let r = s.result(&out, &tolerant);
+    assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
+    let reqs = s.requests(&tolerant);
+    assert_eq!(reqs.len(), 4);
+    // What the model got back after `bash cat a.txt b.txt`: both files, made by
+    // the old-named tools, and no error marker anywhere.
+    let last = all_text(&reqs[3]);
+    assert!(last.contains("hi\nfrom the editor"), "{last}");
+    assert!(!last.contains("[The tool call failed"), "{last}");
+    // The history sent back uses the current names, without summary/risk.
+    let calls: Vec<&Value> = reqs[3]["request"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["tool_calls"].as_array().into_iter().flatten())
+        .collect();
+    let names: Vec<&str> = calls.iter().map(|c| c["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["terminal", "file_editor", "terminal"]);
+    assert!(calls.iter().all(|c| !c["function"]["arguments"].as_str().unwrap().contains("summary")));
+    // Summaries are kept on the actions in the log.
+    let events = s.batch.store_text(&tolerant, "events.jsonl");
+    assert!(events.contains(r#""summary":"write a""#) && events.contains(r#""security_risk":"MEDIUM""#));
+
+    let r = s.result(&out, &repeat);
+    assert_eq!(r["outcome"], "stuck");
+    assert_eq!(r["stuck_pattern"], "action_observation");
+    // Stuck before a fifth request was ever sent.
+    assert_eq!(s.requests(&repeat).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_and_job_instructions_reach_the_first_request() {
+    let mut s = Scripted::new().await;
+    let big = "x".repeat(200 * 1024);
+    let input = s.batch.input(&[
+        ("AGENTS.md", "# Agents\nAlways run `make check` (AGENTS-MARKER).\n"),
+        (".openhands/microagents/repo.md", "REPO-MD-MARKER\n"),
+        (".openhands/skills/deploy.md", "---\nname: deploying\ntriggers: [deploy]\n---\nDEPLOY-GUIDE-MARKER\n"),
+        (".openhands/skills/unused.md", "---\ntriggers: [kubernetes]\n---\nUNUSED-MARKER\n"),
+        (".openhands/skills/broken.md", "---\ntriggers: [deploy\n---\nBROKEN-MARKER\n"),
+        (".agents/skills/style.md", "STYLE-MARKER\n"),
+        (".agents/skills/release/SKILL.md", "---\ndescription: Cutting a release\n---\nRELEASE-MARKER\n"),
+        (".agents/skills/huge.md", &big),
+    ]);
+    // A skill that is a link to a file outside the repository is never read.
+    std::os::unix::fs::symlink("/etc/shadow", PathBuf::from(&input).join(".agents/skills/shadow.md")).unwrap();
+    s.batch.env("AGENT_TEST_TOKEN", "s3cr3t-value-123");
+    let id = s.job(
+        "instructions",
+        json!({"task": "Please deploy the service.", "input": {"path": input},
+               "instructions": "JOB-PLAYBOOK-MARKER: keep commits small.",
+               "secrets": ["AGENT_TEST_TOKEN"]}),
+        json!({"steps": [{"tool": "finish", "args": {"message": "ok"}}]}),
+    );
+    let out = s.run().await;
+    assert_eq!(s.result(&out, &id)["outcome"], "succeeded", "{}", out.stderr);
+    let reqs = s.requests(&id);
+    let first = &reqs[0];
+    let system = system_text(first);
+    for marker in ["AGENTS-MARKER", "REPO-MD-MARKER", "STYLE-MARKER", "JOB-PLAYBOOK-MARKER", "`AGENT_TEST_TOKEN`"] {
+        assert!(system.contains(marker), "{marker} missing from the system prompt:\n{system}");
+    }
+    // Listed, not inlined: the AgentSkills file and the keyword skills.
+    assert!(system.contains("release (.agents/skills/release/SKILL.md): Cutting a release"), "{system}");
+    assert!(!system.contains("RELEASE-MARKER") && !system.contains("UNUSED-MARKER"));
+    // Skipped with a note naming the file and the problem.
+    assert!(system.contains(".openhands/skills/broken.md: frontmatter is not valid YAML"), "{system}");
+    assert!(system.contains(".agents/skills/huge.md: 204800 bytes is over"), "{system}");
+    assert!(!system.contains("BROKEN-MARKER") && !system.contains("shadow") && !system.contains("root:"));
+    let text = all_text(first);
+    assert!(!text.contains("s3cr3t-value-123"));
+    // The task mentions `deploy`: that skill is in the first request too.
+    assert!(text.contains("DEPLOY-GUIDE-MARKER"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_carry_caching_and_output_limits_and_cached_tokens_are_priced() {
+    let mut s = Scripted::new().await;
+    let usage_openai = json!({"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 800}});
+    let gpt = s.job(
+        "gpt-cache",
+        json!({"task": "t", "llm": {"temperature": 0.2,
+               "price": {"input_per_mtok": 2.0, "output_per_mtok": 10.0, "cache_read_per_mtok": 0.5}}}),
+        json!({"steps": [think("a"), {"tool": "finish", "args": {"message": "ok"}}], "usage": usage_openai}),
+    );
+    let usage_anthropic = json!({"prompt_tokens": 2000, "completion_tokens": 50,
+                                 "cache_read_input_tokens": 1500, "cache_creation_input_tokens": 400});
+    let claude = s.job(
+        "claude-cache",
+        json!({"task": "t", "llm": {"max_output_tokens": 4000, "reasoning_effort": "low",
+               "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0,
+                         "cache_read_per_mtok": 0.3, "cache_write_per_mtok": 3.75}}}),
+        json!({"steps": [think("a"), think("b"), {"tool": "finish", "args": {"message": "ok"}}], "usage": usage_anthropic}),
+    );
+    let out = s.run().await;
+    for id in [&gpt, &claude] {
+        assert_eq!(s.result(&out, id)["outcome"], "succeeded", "{}", out.stderr);
+    }
+
+    let reqs = s.requests(&gpt);
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        let body = &r["request"];
+        assert_eq!(body["prompt_cache_key"], format!("fleet-{gpt}"));
+        assert_eq!(body["max_completion_tokens"], 8192);
+        assert_eq!(body["temperature"], 0.2);
+        assert!(body["messages"][0]["content"].is_string(), "no cache marks for OpenAI");
+    }
+    // 200 fresh × $2 + 800 cached × $0.5 + 100 out × $10, per million, twice.
+    let r = s.result(&out, &gpt);
+    assert!((r["cost_usd"].as_f64().unwrap() - 2.0 * 1800.0 / 1e6).abs() < 1e-9, "{r}");
+    assert_eq!(r["tokens"]["cache_read"], 1600);
+    let m = s.metrics(&gpt);
+    assert_eq!(m["llm"]["cache_read_tokens"], 1600);
+
+    let reqs = s.requests(&claude);
+    assert_eq!(reqs.len(), 3);
+    for (i, r) in reqs.iter().enumerate() {
+        let body = &r["request"];
+        assert_eq!(body["max_tokens"], 4000);
+        assert!(body.get("prompt_cache_key").is_none() && body.get("temperature").is_none());
+        assert_eq!(body["thinking"], json!({"type": "enabled", "budget_tokens": 2000}));
+        let msgs = body["messages"].as_array().unwrap();
+        assert_eq!(msgs[0]["content"][0]["cache_control"]["type"], "ephemeral", "request {i}");
+        let last = msgs.last().unwrap();
+        assert_eq!(last["content"][0]["cache_control"]["type"], "ephemeral", "request {i}: {last}");
+    }
+    // 100 fresh × $3 + 1500 read × $0.3 + 400 written × $3.75 + 50 out × $15, three times.
+    let r = s.result(&out, &claude);
+    let want = 3.0 * (300.0 + 450.0 + 1500.0 + 750.0) / 1e6;
+    assert!((r["cost_usd"].as_f64().unwrap() - want).abs() < 1e-9, "{r}");
+    let m = s.metrics(&claude);
+    assert_eq!((m["tokens"]["cache_read"].as_u64(), m["tokens"]["cache_write"].as_u64()), (Some(4500), Some(1200)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_too_long_is_condensed_with_an_llm_summary_and_the_job_succeeds() {
+    let mut s = Scripted::new().await;
+    let mut steps: Vec<Value> = (1..=6)
+        .map(|i| json!({"tool": "terminal", "args": {"command": format!("echo step-{i}")}}))
+        .collect();
+    // Step 7 overflows once, in Anthropic's words.
+    steps.push(json!({"fail": {"context_length": "anthropic"}, "tool": "terminal", "args": {"command": "echo after"}}));
+    steps.push(json!({"tool": "finish", "args": {"message": "done"}}));
+    let overflow = s.job(
+        "claude-overflow",
+        json!({"task": "count"}),
+        json!({"steps": steps, "step_by": "served", "summary": "LLM-SUMMARY-MARKER: echoed steps 1 to 6"}),
+    );
+    // The window trigger: a prompt of 190k tokens on a 200k Claude window.
+    let mut steps: Vec<Value> = (1..=6)
+        .map(|i| json!({"tool": "terminal", "args": {"command": format!("echo w{i}")}}))
+        .collect();
+    steps[5]["usage"] = json!({"prompt_tokens": 190000, "completion_tokens": 10});
+    steps.push(json!({"tool": "finish", "args": {"message": "done"}}));
+    let window = s.job(
+        "claude-window",
+        json!({"task": "count"}),
+        json!({"steps": steps, "step_by": "served", "summary": "WINDOW-SUMMARY-MARKER"}),
+    );
+    let out = s.run().await;
+
+    let r = s.result(&out, &overflow);
+    assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
+    let reqs = s.requests(&overflow);
+    let kinds: Vec<&str> = reqs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["step", "step", "step", "step", "step", "step", "failure", "summary", "step", "step"]);
+    assert!(reqs[6]["status"] == 400);
+    // The summary request holds the forgotten commands; the retried step has
+    // the LLM's summary in place of them, and fewer messages.
+    let summary_req = all_text(&reqs[7]);
+    assert!(summary_req.contains("echo step-2"), "{summary_req}");
+    let retried = all_text(&reqs[8]);
+    assert!(retried.contains("LLM-SUMMARY-MARKER"), "{retried}");
+    assert!(!retried.contains("echo step-2"), "{retried}");
+    let before = reqs[6]["request"]["messages"].as_array().unwrap().len();
+    let after = reqs[8]["request"]["messages"].as_array().unwrap().len();
+    assert!(after < before, "{after} < {before}");
+
+    let r = s.result(&out, &window);
+    assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
+    let kinds: Vec<String> = s.requests(&window).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["step", "step", "step", "step", "step", "step", "summary", "step"]);
+    assert!(all_text(&s.requests(&window)[7]).contains("WINDOW-SUMMARY-MARKER"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_job_runs_through_text_tool_calls() {
+    let mut s = Scripted::new().await;
+    let id = s.job(
+        "text-calls",
+        json!({"task": "make a file", "llm": {"native_tools": false}}),
+        json!({"text_calls": true, "steps": [
+            {"text": "I will write the file.", "tool": "terminal", "args": {"command": "printf 'line one\\nline two\\n' > notes.txt"}},
+            {"tool": "file_editor", "args": {"command": "view", "path": "/workspace/notes.txt", "view_range": [2, 2]}},
+            {"tool": "finish", "args": {"message": "wrote notes.txt"}}
+        ]}),
+    );
+    let out = s.run().await;
+    let r = s.result(&out, &id);
+    assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
+    assert_eq!(r["final_message"], "wrote notes.txt");
+    let reqs = s.requests(&id);
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        assert!(r["request"].get("tools").is_none(), "no native tools are sent");
+        assert!(system_text(r).contains("<function=FUNCTION_NAME>"));
+    }
+    // The results came back as text, from the calls the model wrote as text:
+    // the editor saw the file the terminal made, and `view_range` (sent as the
+    // text "[2, 2]") was coerced to a list.
+    let last = all_text(&reqs[2]);
+    assert!(last.contains("EXECUTION RESULT of [terminal]:"), "{last}");
+    assert!(last.contains("EXECUTION RESULT of [file_editor]:"), "{last}");
+    let viewed = last.split("EXECUTION RESULT of [file_editor]:").nth(1).unwrap();
+    assert!(viewed.contains("2\tline two") && !viewed.contains("line one"), "{viewed}");
+    assert!(last.contains("<function=terminal>"), "the model's own calls are replayed as text: {last}");
+    let patch = s.batch.store_text(&id, "patch.diff");
+    assert!(patch.contains("+line one"), "{patch}");
+}
