@@ -19,6 +19,10 @@ use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmSta
 use crate::job::Price;
 use crate::telemetry::metrics;
 
+/// The largest reply body read (a completion is kilobytes; 32 MiB leaves room
+/// for a model writing a very large file in one call).
+const MAX_REPLY_BYTES: usize = 32 << 20;
+
 pub struct LlmClient {
     settings: LlmSettings,
     http: reqwest::Client,
@@ -192,11 +196,24 @@ impl LlmClient {
         if let Some(key) = self.settings.api_key.as_deref().filter(|k| !k.is_empty()) {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        Ok((status, headers, bytes))
+        // Read in chunks under a cap: a runaway (or hostile) endpoint must not
+        // make one reply cost the worker gigabytes.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(AttemptError {
+                    failure: Failure::Protocol,
+                    status: Some(status),
+                    retry_after: None,
+                    message: format!("reply body is over the {} MiB limit", MAX_REPLY_BYTES >> 20),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, Bytes::from(body)))
     }
 
     fn read_completion(
