@@ -57,8 +57,7 @@ VERSION_CONTROL_STATUS: branch and repository state.
 Be factual and specific (paths, names, commands, error messages); skip what does not matter for the rest of the task. Reply with the summary only.";
 
 /// Heads a summary the LLM wrote, as the agent reads it.
-const LLM_SUMMARY_HEAD: &str =
-    "Part of this conversation was condensed to fit the context window. Summary of the condensed part:\n";
+const LLM_SUMMARY_HEAD: &str = "Part of this conversation was condensed to fit the context window. Summary of the condensed part:\n";
 
 /// Above this many history events, the history is condensed before the next step
 /// (upstream's default condenser: 80).
@@ -231,25 +230,42 @@ pub fn summary_request(items: &[Item<'_>], plan: &Plan) -> Vec<ChatMessage> {
     }
     let mut text = String::from(SUMMARY_PROMPT);
     if let Some(p) = previous {
-        text.push_str(&format!("\n\n<EVENT>\n{}\n</EVENT>", truncate_middle(p, REQUEST_EVENT_CHARS * 4)));
+        text.push_str(&format!(
+            "\n\n<EVENT>\n{}\n</EVENT>",
+            truncate_middle(p, REQUEST_EVENT_CHARS * 4)
+        ));
     }
     for e in events {
         text.push_str(&format!("\n\n<EVENT>\n{e}\n</EVENT>"));
     }
-    vec![ChatMessage::text(Role::User, truncate_middle(&text, REQUEST_CHARS))]
+    vec![ChatMessage::text(
+        Role::User,
+        truncate_middle(&text, REQUEST_CHARS),
+    )]
 }
 
 /// One event as the summariser reads it.
 fn describe_event(e: &Event) -> String {
     let body = match &e.kind {
-        EventKind::ActionEvent { tool_name, arguments, thought, .. } => {
+        EventKind::ActionEvent {
+            tool_name,
+            arguments,
+            thought,
+            ..
+        } => {
             let mut s = format!("agent called {tool_name} {arguments}");
             if !thought.is_empty() {
                 s = format!("agent said: {thought}\n{s}");
             }
             s
         }
-        EventKind::ObservationEvent { tool_name, content, exit_code, is_error, .. } => {
+        EventKind::ObservationEvent {
+            tool_name,
+            content,
+            exit_code,
+            is_error,
+            ..
+        } => {
             let how = match (is_error, exit_code) {
                 (true, _) => " (error)".to_string(),
                 (_, Some(c)) => format!(" (exit code {c})"),
@@ -257,7 +273,9 @@ fn describe_event(e: &Event) -> String {
             };
             format!("result of {tool_name}{how}:\n{content}")
         }
-        EventKind::AgentErrorEvent { tool_name, error, .. } => format!("call to {tool_name} rejected: {error}"),
+        EventKind::AgentErrorEvent {
+            tool_name, error, ..
+        } => format!("call to {tool_name} rejected: {error}"),
         EventKind::MessageEvent { content, .. } => {
             let who = match e.source {
                 Source::Agent => "agent",
@@ -273,7 +291,10 @@ fn describe_event(e: &Event) -> String {
 
 /// The summary text an LLM wrote, as it stands in the history.
 pub fn llm_summary(text: &str) -> String {
-    truncate_middle(&format!("{LLM_SUMMARY_HEAD}{}", text.trim()), MAX_SUMMARY_CHARS)
+    truncate_middle(
+        &format!("{LLM_SUMMARY_HEAD}{}", text.trim()),
+        MAX_SUMMARY_CHARS,
+    )
 }
 
 /// Groups the history into units that must stay together: the tool calls of

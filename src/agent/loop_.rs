@@ -223,7 +223,10 @@ impl<'a> Agent<'a> {
             self.last_prompt_tokens as f64 > TOKEN_TRIGGER * room as f64
         });
         if near_window {
-            tracing::info!(prompt_tokens = self.last_prompt_tokens, "prompt nears the context window: condensing");
+            tracing::info!(
+                prompt_tokens = self.last_prompt_tokens,
+                "prompt nears the context window: condensing"
+            );
         }
         too_long || near_window
     }
@@ -276,7 +279,13 @@ impl<'a> Agent<'a> {
         let summary = match self.run.llm.summarize(&request).await {
             Ok(c) => {
                 self.account(c.cost_usd, &c.usage);
-                match c.message.content.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                match c
+                    .message
+                    .content
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
                     Some(text) => condense::llm_summary(&self.mask(text)),
                     None => {
                         tracing::warn!("summary reply was empty: using the digest");
@@ -364,7 +373,12 @@ impl<'a> Agent<'a> {
                         None,
                     ),
                 },
-                Err(e) => (normalize::tool_name(name).unwrap_or(name).to_string(), Err(e), None, None),
+                Err(e) => (
+                    normalize::tool_name(name).unwrap_or(name).to_string(),
+                    Err(e),
+                    None,
+                    None,
+                ),
             };
             let name = tool.as_str();
             let arguments = match &args {
@@ -384,7 +398,11 @@ impl<'a> Agent<'a> {
                         summary: summary.map(|s| self.mask(&s)),
                         security_risk,
                         reasoning: reasoning.clone().filter(|_| first),
-                        thinking_blocks: if first { message.thinking_blocks.clone() } else { Vec::new() },
+                        thinking_blocks: if first {
+                            message.thinking_blocks.clone()
+                        } else {
+                            Vec::new()
+                        },
                     },
                 },
             );

@@ -643,7 +643,10 @@ fn overflowing(fail: Value, summary: Option<&str>) -> Value {
 async fn condensation_summary_is_written_by_the_llm() {
     let ran = run_simple(
         "summarised",
-        overflowing(json!({"context_length": "litellm"}), Some("THE LLM SUMMARY")),
+        overflowing(
+            json!({"context_length": "litellm"}),
+            Some("THE LLM SUMMARY"),
+        ),
     )
     .await;
     assert_eq!(ran.report.end, AgentEnd::Finished);
@@ -658,11 +661,19 @@ async fn condensation_summary_is_written_by_the_llm() {
 async fn a_failed_summary_call_falls_back_to_the_digest() {
     // No `summary` in the script: the summary request is answered like a first
     // step (a tool call, no text), which is no summary.
-    let ran = run_simple("digest", overflowing(json!({"context_length": "vllm"}), None)).await;
+    let ran = run_simple(
+        "digest",
+        overflowing(json!({"context_length": "vllm"}), None),
+    )
+    .await;
     assert_eq!(ran.report.end, AgentEnd::Finished);
     let c = condensations(&ran.events);
     assert_eq!(c.len(), 1);
-    assert!(c[0].1.contains("called terminal: `echo 2`"), "digest: {}", c[0].1);
+    assert!(
+        c[0].1.contains("called terminal: `echo 2`"),
+        "digest: {}",
+        c[0].1
+    );
 }
 
 #[tokio::test]
@@ -694,7 +705,11 @@ async fn repeated_overflow_ends_in_the_last_resort_not_a_failure() {
             },
         })
         .collect();
-    assert_eq!(kinds, ["system", "message", "summary", "action", "observation"], "{kinds:?}");
+    assert_eq!(
+        kinds,
+        ["system", "message", "summary", "action", "observation"],
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
@@ -708,7 +723,11 @@ async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_cras
     let ws = setup.workspace(&[]).await;
     let dir = std::path::PathBuf::from(ws.workdir());
     std::fs::create_dir_all(dir.join(".openhands/skills")).unwrap();
-    std::fs::write(dir.join(".openhands/skills/pg.md"), "---\ntriggers: [postgres]\n---\nPG-RULES\n").unwrap();
+    std::fs::write(
+        dir.join(".openhands/skills/pg.md"),
+        "---\ntriggers: [postgres]\n---\nPG-RULES\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("AGENTS.md"), "AGENTS-RULES\n").unwrap();
     let spec = job("migrate the Postgres schema", |_| {});
     let llm = setup.client("skills", Price::default());
@@ -731,7 +750,10 @@ async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_cras
     let EventKind::MessageEvent { content, .. } = &ev[2].kind else {
         panic!("third event: {:?}", ev[2]);
     };
-    assert!(content.contains("PG-RULES") && content.contains("keyword=\"postgres\""), "{content}");
+    assert!(
+        content.contains("PG-RULES") && content.contains("keyword=\"postgres\""),
+        "{content}"
+    );
     ws.destroy().await.unwrap();
 
     // A text call that never closes, and one naming no tool, in text mode.
@@ -770,6 +792,10 @@ async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_cras
         })
         .collect();
     assert!(outputs[0].contains("unclosed"), "{outputs:?}");
-    assert!(errors(&ev)[0].starts_with("Tool 'nosuch' not found"), "{:?}", errors(&ev));
+    assert!(
+        errors(&ev)[0].starts_with("Tool 'nosuch' not found"),
+        "{:?}",
+        errors(&ev)
+    );
     ws.destroy().await.unwrap();
 }

@@ -146,8 +146,15 @@ mod tests {
         };
         let p = prompt(&limits, &["GITHUB_TOKEN".into()], Some("Run `make lint`."));
         for section in [
-            "<ROLE>", "<EFFICIENCY>", "<FILE_HANDLING>", "<VERSION_CONTROL>", "<PROBLEM_SOLVING>",
-            "<TESTING>", "<SECURITY>", "<ENVIRONMENT>", "<JOB_INSTRUCTIONS>",
+            "<ROLE>",
+            "<EFFICIENCY>",
+            "<FILE_HANDLING>",
+            "<VERSION_CONTROL>",
+            "<PROBLEM_SOLVING>",
+            "<TESTING>",
+            "<SECURITY>",
+            "<ENVIRONMENT>",
+            "<JOB_INSTRUCTIONS>",
         ] {
             assert!(p.contains(section), "{section}");
         }
@@ -157,6 +164,8 @@ mod tests {
         assert!(p.contains("`GITHUB_TOKEN`"));
         assert!(p.contains("Run `make lint`."));
         let p = prompt(&Limits::default(), &[], Some("  "));
-        assert!(!p.contains("budget") && !p.contains("Secret") && !p.contains("<JOB_INSTRUCTIONS>"));
+        assert!(
+            !p.contains("budget") && !p.contains("Secret") && !p.contains("<JOB_INSTRUCTIONS>")
+        );
     }
 }

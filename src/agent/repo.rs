@@ -34,6 +34,8 @@ pub const MAX_TOTAL_BYTES: u64 = 96 * 1024;
 const MAX_FILES: usize = 32;
 /// Frontmatter nodes parsed, at most (YAML is cheap to make expensive).
 const MAX_YAML_EVENTS: usize = 2_000;
+/// Keywords kept per skill: each is searched for in the task.
+const MAX_TRIGGERS: usize = 20;
 /// Finding and reading the files, in all.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -75,7 +77,11 @@ impl RepoInstructions {
     /// of skills to read on demand or that come with keywords, and the notes.
     pub fn render_always(&self) -> String {
         let mut out = String::new();
-        let always: Vec<&Skill> = self.skills.iter().filter(|s| s.triggers.is_empty() && !s.listed).collect();
+        let always: Vec<&Skill> = self
+            .skills
+            .iter()
+            .filter(|s| s.triggers.is_empty() && !s.listed)
+            .collect();
         if !always.is_empty() {
             out.push_str("<REPO_INSTRUCTIONS>\nThe repository's own instructions for agents:\n");
             for s in always {
@@ -83,7 +89,11 @@ impl RepoInstructions {
             }
             out.push_str("</REPO_INSTRUCTIONS>");
         }
-        let on_demand: Vec<&Skill> = self.skills.iter().filter(|s| s.listed || !s.triggers.is_empty()).collect();
+        let on_demand: Vec<&Skill> = self
+            .skills
+            .iter()
+            .filter(|s| s.listed || !s.triggers.is_empty())
+            .collect();
         if !on_demand.is_empty() {
             if !out.is_empty() {
                 out.push_str("\n\n");
@@ -120,7 +130,12 @@ those with keywords are added when a message mentions one):\n");
         let lower = message.to_lowercase();
         self.skills
             .iter()
-            .filter_map(|s| s.triggers.iter().find(|t| mentions(&lower, t)).map(|t| (s, t.as_str())))
+            .filter_map(|s| {
+                s.triggers
+                    .iter()
+                    .find(|t| mentions(&lower, t))
+                    .map(|t| (s, t.as_str()))
+            })
             .collect()
     }
 }
@@ -184,7 +199,12 @@ async fn load_inner(ws: &Workspace) -> RepoInstructions {
         }
     };
     let mut total = 0u64;
-    for rel in found.lines().map(str::trim).filter(|l| !l.is_empty()).take(MAX_FILES) {
+    for rel in found
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(MAX_FILES)
+    {
         let path = format!("{workdir}/{rel}");
         let size = match ws.stat(&path).await {
             Ok(Some(PathKind::File { size })) => size,
@@ -195,11 +215,15 @@ async fn load_inner(ws: &Workspace) -> RepoInstructions {
             }
         };
         if size > MAX_FILE_BYTES {
-            out.notes.push(format!("{rel}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit"));
+            out.notes.push(format!(
+                "{rel}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit"
+            ));
             continue;
         }
         if total + size > MAX_TOTAL_BYTES {
-            out.notes.push(format!("{rel}: skipped, the instruction files reached {MAX_TOTAL_BYTES} bytes in all"));
+            out.notes.push(format!(
+                "{rel}: skipped, the instruction files reached {MAX_TOTAL_BYTES} bytes in all"
+            ));
             continue;
         }
         let bytes = match ws.read_file(&path).await {
@@ -221,7 +245,11 @@ async fn load_inner(ws: &Workspace) -> RepoInstructions {
     for n in &out.notes {
         tracing::warn!(note = %n, "repository instruction file skipped");
     }
-    tracing::info!(files = out.skills.len(), skipped = out.notes.len(), "repository instructions read");
+    tracing::info!(
+        files = out.skills.len(),
+        skipped = out.notes.len(),
+        "repository instructions read"
+    );
     out
 }
 
@@ -231,9 +259,15 @@ pub fn parse_skill(rel: &str, text: &str) -> Result<Skill, String> {
     let always_file = rel == "AGENTS.md" || rel == ".openhands/microagents/repo.md";
     let listed = rel.ends_with("/SKILL.md");
     let stem = if listed {
-        rel.trim_end_matches("/SKILL.md").rsplit('/').next().unwrap_or(rel)
+        rel.trim_end_matches("/SKILL.md")
+            .rsplit('/')
+            .next()
+            .unwrap_or(rel)
     } else {
-        rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".md")
+        rel.rsplit('/')
+            .next()
+            .unwrap_or(rel)
+            .trim_end_matches(".md")
     };
     let (front, body) = split_frontmatter(text);
     let mut skill = Skill {
@@ -263,9 +297,11 @@ pub fn parse_skill(rel: &str, text: &str) -> Result<Skill, String> {
         match get("triggers") {
             None | Some(Yaml::Null) => {}
             Some(Yaml::Array(items)) => {
-                for t in items {
+                for t in items.iter().take(MAX_TRIGGERS) {
                     match t {
-                        Yaml::String(s) if !s.trim().is_empty() => skill.triggers.push(s.trim().to_lowercase()),
+                        Yaml::String(s) if !s.trim().is_empty() => {
+                            skill.triggers.push(s.trim().to_lowercase())
+                        }
                         _ => return Err("`triggers` must be a list of strings".into()),
                     }
                 }
@@ -284,7 +320,10 @@ pub fn parse_skill(rel: &str, text: &str) -> Result<Skill, String> {
 /// The frontmatter (between a first line `---` and the next `---` line) and
 /// the rest. Without a closing line there is no frontmatter.
 fn split_frontmatter(text: &str) -> (Option<&str>, &str) {
-    let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n")) else {
+    let Some(rest) = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+    else {
         return (None, text);
     };
     let mut at = 0;
@@ -312,8 +351,13 @@ fn parse_yaml(text: &str) -> Result<Yaml, String> {
             }
         }
     }
-    let mut g = Guard { events: 0, alias: false };
-    Parser::new_from_str(text).load(&mut g, false).map_err(|e| e.to_string())?;
+    let mut g = Guard {
+        events: 0,
+        alias: false,
+    };
+    Parser::new_from_str(text)
+        .load(&mut g, false)
+        .map_err(|e| e.to_string())?;
     if g.alias {
         return Err("anchors and aliases are not supported".into());
     }
@@ -340,7 +384,11 @@ mod tests {
         assert_eq!(s.content, "Use `make test`.\n");
         let s = parse_skill(".agents/skills/style.md", "Always use tabs.").unwrap();
         assert!(s.triggers.is_empty() && s.name == "style" && !s.listed);
-        let s = parse_skill(".agents/skills/deploy/SKILL.md", "---\ndescription: Deploying\n---\nsteps").unwrap();
+        let s = parse_skill(
+            ".agents/skills/deploy/SKILL.md",
+            "---\ndescription: Deploying\n---\nsteps",
+        )
+        .unwrap();
         assert!(s.listed && s.name == "deploy");
         // AGENTS.md is always on, whatever its first lines.
         let s = parse_skill("AGENTS.md", "---\ntriggers: [x]\n---\nbody").unwrap();
@@ -351,8 +399,14 @@ mod tests {
     fn broken_frontmatter_is_a_one_line_problem() {
         for (text, want) in [
             ("---\ntriggers: [unclosed\n---\nbody", "not valid YAML"),
-            ("---\ntriggers: pytest\n---\nbody", "must be a list of strings"),
-            ("---\ntriggers: [1, {a: b}]\n---\nbody", "must be a list of strings"),
+            (
+                "---\ntriggers: pytest\n---\nbody",
+                "must be a list of strings",
+            ),
+            (
+                "---\ntriggers: [1, {a: b}]\n---\nbody",
+                "must be a list of strings",
+            ),
             ("---\n- a\n- b\n---\nbody", "must be a mapping"),
             ("---\na: &x [1,2]\nb: [*x, *x, *x]\n---\nbody", "aliases"),
         ] {
@@ -368,16 +422,33 @@ mod tests {
     fn keywords_match_whole_words_in_any_case() {
         let r = RepoInstructions {
             skills: vec![
-                parse_skill(".openhands/skills/git.md", "---\ntriggers: [git]\n---\nGit rules").unwrap(),
-                parse_skill(".openhands/skills/db.md", "---\ntriggers: [postgres]\n---\nDB rules").unwrap(),
+                parse_skill(
+                    ".openhands/skills/git.md",
+                    "---\ntriggers: [git]\n---\nGit rules",
+                )
+                .unwrap(),
+                parse_skill(
+                    ".openhands/skills/db.md",
+                    "---\ntriggers: [postgres]\n---\nDB rules",
+                )
+                .unwrap(),
             ],
             notes: vec![],
         };
         assert!(r.triggered_by("Push it to GitHub").is_empty());
         let t = r.triggered_by("Fix the GIT hook, then check Postgres.");
-        assert_eq!(t.iter().map(|(s, k)| (s.name.as_str(), *k)).collect::<Vec<_>>(), vec![("git", "git"), ("db", "postgres")]);
+        assert_eq!(
+            t.iter()
+                .map(|(s, k)| (s.name.as_str(), *k))
+                .collect::<Vec<_>>(),
+            vec![("git", "git"), ("db", "postgres")]
+        );
         let p = r.render_always();
-        assert!(p.contains("<AVAILABLE_SKILLS>") && p.contains("[keywords: git]") && !p.contains("Git rules"));
+        assert!(
+            p.contains("<AVAILABLE_SKILLS>")
+                && p.contains("[keywords: git]")
+                && !p.contains("Git rules")
+        );
         assert!(render_triggered(t[0].0, t[0].1).contains("Git rules"));
     }
 }

@@ -14,8 +14,8 @@ use backon::Retryable;
 use bytes::Bytes;
 
 use super::retry::{self, AttemptError, Failure};
-use super::{text_tools, wire};
 use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
+use super::{text_tools, wire};
 use crate::job::Price;
 use crate::telemetry::metrics;
 

@@ -12,7 +12,10 @@ pub const PHRASES: &[(&str, &str)] = &[
     ("azure", "context_length_exceeded"),
     ("azure", "reduce the length of the"),
     ("anthropic", "prompt is too long"),
-    ("anthropic", "input length and `max_tokens` exceed context limit"),
+    (
+        "anthropic",
+        "input length and `max_tokens` exceed context limit",
+    ),
     ("bedrock", "input is too long for requested model"),
     ("bedrock", "too many input tokens"),
     ("bedrock", "model_context_window_exceeded"),
@@ -64,7 +67,12 @@ mod tests {
         }
         assert!(is_context_length(Some("context_length_exceeded"), "x"));
         assert!(is_context_length(Some("exceed_context_size_error"), ""));
-        for other in ["temperature out of range", "invalid api key", "rate limit", ""] {
+        for other in [
+            "temperature out of range",
+            "invalid api key",
+            "rate limit",
+            "",
+        ] {
             assert!(!is_context_length(None, other), "{other}");
         }
     }

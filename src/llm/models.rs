@@ -172,16 +172,23 @@ pub fn is_reasoning(model: &str) -> bool {
 /// with it (interleaved thinking); others reject or ignore it.
 pub fn wants_reasoning_back(model: &str) -> bool {
     let n = model.to_ascii_lowercase();
-    ["deepseek-reasoner", "kimi-k2-thinking", "kimi-k2.5", "minimax-m2"]
-        .iter()
-        .any(|p| n.contains(p))
+    [
+        "deepseek-reasoner",
+        "kimi-k2-thinking",
+        "kimi-k2.5",
+        "minimax-m2",
+    ]
+    .iter()
+    .any(|p| n.contains(p))
 }
 
 /// The output-token limit for `model` when the job sets none.
 pub fn default_max_output_tokens(model: &str) -> u64 {
     // Capped: a 128k ceiling as the default would let one runaway reply cost
     // dollars; 32k still fits any single file write.
-    lookup(model).map_or(DEFAULT_MAX_OUTPUT_TOKENS, |f| f.max_output_tokens.min(32_768))
+    lookup(model).map_or(DEFAULT_MAX_OUTPUT_TOKENS, |f| {
+        f.max_output_tokens.min(32_768)
+    })
 }
 
 /// The context window of `model`, when known: the table, else the family's
@@ -201,9 +208,22 @@ mod tests {
         assert_eq!(lookup("gpt-4o").unwrap().key, "gpt-4o");
         assert_eq!(lookup("gpt-4o-mini-2024-07-18").unwrap().key, "gpt-4o-mini");
         assert_eq!(lookup("openai/gpt-4.1-mini").unwrap().key, "gpt-4.1-mini");
-        assert_eq!(lookup("litellm_proxy/anthropic/claude-sonnet-4-5-20250929").unwrap().key, "claude-sonnet-4");
-        assert_eq!(lookup("claude-opus-4-5-20251101").unwrap().key, "claude-opus-4-5");
-        assert_eq!(lookup("bedrock/anthropic.claude-3-5-haiku-20241022-v1:0").unwrap().key, "claude-3-5-haiku");
+        assert_eq!(
+            lookup("litellm_proxy/anthropic/claude-sonnet-4-5-20250929")
+                .unwrap()
+                .key,
+            "claude-sonnet-4"
+        );
+        assert_eq!(
+            lookup("claude-opus-4-5-20251101").unwrap().key,
+            "claude-opus-4-5"
+        );
+        assert_eq!(
+            lookup("bedrock/anthropic.claude-3-5-haiku-20241022-v1:0")
+                .unwrap()
+                .key,
+            "claude-3-5-haiku"
+        );
         assert_eq!(lookup("o3").unwrap().key, "o3");
         assert_eq!(lookup("o3-mini").unwrap().key, "o3-mini");
         assert!(lookup("o3x").is_none());
@@ -225,7 +245,10 @@ mod tests {
 
     #[test]
     fn output_limits_are_model_aware() {
-        assert_eq!(default_max_output_tokens("unknown"), DEFAULT_MAX_OUTPUT_TOKENS);
+        assert_eq!(
+            default_max_output_tokens("unknown"),
+            DEFAULT_MAX_OUTPUT_TOKENS
+        );
         assert_eq!(default_max_output_tokens("claude-3-haiku-20240307"), 4_096);
         assert_eq!(default_max_output_tokens("gpt-4o"), 16_384);
         assert_eq!(default_max_output_tokens("claude-sonnet-4-5"), 32_768);

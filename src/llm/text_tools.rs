@@ -117,14 +117,20 @@ pub fn to_text_messages(messages: &[ChatMessage], tools: &[Value]) -> Vec<ChatMe
             }
             Role::Tool => {
                 let name = m.name.as_deref().unwrap_or("function");
-                let text = format!("{RESULT_HEAD}{name}]:\n{}", m.content.as_deref().unwrap_or(""));
+                let text = format!(
+                    "{RESULT_HEAD}{name}]:\n{}",
+                    m.content.as_deref().unwrap_or("")
+                );
                 out.push(ChatMessage::text(Role::User, text));
             }
             _ => out.push(m.clone()),
         }
     }
     if !has_system {
-        out.insert(0, ChatMessage::text(Role::System, suffix.trim_start().to_string()));
+        out.insert(
+            0,
+            ChatMessage::text(Role::System, suffix.trim_start().to_string()),
+        );
     }
     out
 }
@@ -250,12 +256,16 @@ mod tests {
         // Never closed: the call runs to the end of the reply.
         let (_, calls) = parse_reply("<function=terminal>\n<parameter=command>ls -la");
         assert_eq!(args(&calls[0]), json!({"command": "ls -la"}));
-        let (_, calls) = parse_reply("<function=file_editor><parameter=command=view</parameter><parameter=path>/w</parameter></function>");
+        let (_, calls) = parse_reply(
+            "<function=file_editor><parameter=command=view</parameter><parameter=path>/w</parameter></function>",
+        );
         assert_eq!(args(&calls[0]), json!({"command": "view", "path": "/w"}));
         // A name that never ends: no call, no panic.
         let (text, calls) = parse_reply("<function=terminal");
         assert!(calls.is_empty() && text.is_empty());
-        let (_, calls) = parse_reply("<tool_call><function=think><parameter=thought>x</parameter></function></tool_call>");
+        let (_, calls) = parse_reply(
+            "<tool_call><function=think><parameter=thought>x</parameter></function></tool_call>",
+        );
         assert_eq!(calls[0].function.name, "think");
         // No markup: a plain answer.
         let (text, calls) = parse_reply("all done");
@@ -274,13 +284,18 @@ mod tests {
 
     #[test]
     fn conversation_round_trips_through_text() {
-        let tools = vec![json!({"type": "function", "function": {"name": "terminal", "description": "Run a command.",
-            "parameters": {"type": "object", "properties": {"command": {"type": "string", "description": "the command"}}, "required": ["command"]}}})];
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "terminal", "description": "Run a command.",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string", "description": "the command"}}, "required": ["command"]}}}),
+        ];
         let mut call = ChatMessage::text(Role::Assistant, "looking");
         call.tool_calls.push(ToolCall {
             id: "c1".into(),
             kind: "function".into(),
-            function: FunctionCall { name: "terminal".into(), arguments: r#"{"command":"ls"}"#.into() },
+            function: FunctionCall {
+                name: "terminal".into(),
+                arguments: r#"{"command":"ls"}"#.into(),
+            },
         });
         let msgs = vec![
             ChatMessage::text(Role::System, "sys"),
@@ -291,12 +306,22 @@ mod tests {
         let text = to_text_messages(&msgs, &tools);
         assert_eq!(text.len(), 4);
         let sys = text[0].content.as_deref().unwrap();
-        assert!(sys.starts_with("sys") && sys.contains("## Function 1: terminal") && sys.contains("command (string, required)"));
+        assert!(
+            sys.starts_with("sys")
+                && sys.contains("## Function 1: terminal")
+                && sys.contains("command (string, required)")
+        );
         let a = text[2].content.as_deref().unwrap();
-        assert!(a.contains("<function=terminal>\n<parameter=command>ls</parameter>\n</function>"), "{a}");
+        assert!(
+            a.contains("<function=terminal>\n<parameter=command>ls</parameter>\n</function>"),
+            "{a}"
+        );
         assert!(text[2].tool_calls.is_empty());
         assert_eq!(text[3].role, Role::User);
-        assert_eq!(text[3].content.as_deref(), Some("EXECUTION RESULT of [terminal]:\na.txt"));
+        assert_eq!(
+            text[3].content.as_deref(),
+            Some("EXECUTION RESULT of [terminal]:\na.txt")
+        );
         // What was rendered parses back to the same call.
         let (_, calls) = parse_reply(a);
         assert_eq!(args(&calls[0]), json!({"command": "ls"}));

@@ -91,7 +91,11 @@ pub fn body<'a>(
     let reasoning = effort.is_some() || models::is_reasoning(model);
     let mut b = RequestBody {
         model,
-        messages: wire_messages(messages, family == Family::Anthropic, models::wants_reasoning_back(model)),
+        messages: wire_messages(
+            messages,
+            family == Family::Anthropic,
+            models::wants_reasoning_back(model),
+        ),
         tools,
         // Reasoning models refuse a sampling temperature.
         temperature: settings.temperature.filter(|_| !reasoning),
@@ -126,7 +130,11 @@ pub fn body<'a>(
     b
 }
 
-fn wire_messages(messages: &[ChatMessage], cache_marks: bool, reasoning_back: bool) -> Vec<WireMessage<'_>> {
+fn wire_messages(
+    messages: &[ChatMessage],
+    cache_marks: bool,
+    reasoning_back: bool,
+) -> Vec<WireMessage<'_>> {
     // Anthropic caches the prefix up to each mark: the system prompt (stable for
     // the whole job) and the newest user/tool messages (the growing history).
     let mut marked = vec![false; messages.len()];
@@ -160,8 +168,15 @@ fn wire_messages(messages: &[ChatMessage], cache_marks: bool, reasoning_back: bo
             tool_calls: &m.tool_calls,
             tool_call_id: m.tool_call_id.as_deref(),
             name: m.name.as_deref(),
-            reasoning_content: m.reasoning_content.as_deref().filter(|_| reasoning_back && m.role == Role::Assistant),
-            thinking_blocks: if m.role == Role::Assistant { &m.thinking_blocks } else { &[] },
+            reasoning_content: m
+                .reasoning_content
+                .as_deref()
+                .filter(|_| reasoning_back && m.role == Role::Assistant),
+            thinking_blocks: if m.role == Role::Assistant {
+                &m.thinking_blocks
+            } else {
+                &[]
+            },
         })
         .collect()
 }
@@ -198,7 +213,10 @@ mod tests {
         assert_eq!(m[1]["content"], "task", "older messages stay plain");
         assert_eq!(m[3]["content"][0]["text"], "out");
         assert_eq!(m[4]["content"][0]["cache_control"]["type"], "ephemeral");
-        assert!(m[2].get("reasoning_content").is_none(), "Claude does not take reasoning_content back");
+        assert!(
+            m[2].get("reasoning_content").is_none(),
+            "Claude does not take reasoning_content back"
+        );
     }
 
     #[test]
@@ -241,5 +259,13 @@ mod tests {
         let v = json_of(&s);
         assert!(v["messages"][2].get("reasoning_content").is_none());
         assert_eq!(v["max_tokens"], models::DEFAULT_MAX_OUTPUT_TOKENS);
+        // Thinking blocks go back verbatim on assistant turns, whatever the model.
+        let mut msgs = conversation();
+        msgs[2].thinking_blocks =
+            vec![json!({"type": "thinking", "thinking": "t", "signature": "sig"})];
+        let s = LlmSettings::new("claude-sonnet-4", "http://x");
+        let v = serde_json::to_value(body(&s, &s.model, &msgs, &[])).unwrap();
+        assert_eq!(v["messages"][2]["thinking_blocks"][0]["signature"], "sig");
+        assert!(v["messages"][1].get("thinking_blocks").is_none());
     }
 }

@@ -36,7 +36,8 @@ impl RequestLog {
     /// Records a request: the model, how it was answered (`step`, `summary`,
     /// `failure`, `error`), the step, the HTTP status, and the request body.
     pub fn record(&self, model: &str, kind: &str, step: Option<usize>, status: u16, body: &[u8]) {
-        let request: Value = serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
+        let request: Value = serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
         let line = json!({"model": model, "kind": kind, "step": step, "status": status, "request": request});
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
@@ -50,7 +51,16 @@ impl RequestLog {
 }
 
 /// Providers whose context-window error the server can send.
-pub const PROVIDERS: &[&str] = &["openai", "azure", "anthropic", "bedrock", "gemini", "litellm", "vllm", "llamacpp"];
+pub const PROVIDERS: &[&str] = &[
+    "openai",
+    "azure",
+    "anthropic",
+    "bedrock",
+    "gemini",
+    "litellm",
+    "vllm",
+    "llamacpp",
+];
 
 /// A context-window error as `provider` sends it: status and body.
 pub fn context_length_error(provider: &str) -> Option<(StatusCode, Value)> {

@@ -243,7 +243,11 @@ async fn answer(server: &Server, body: &[u8]) -> (Response, String, &'static str
         Ok(s) => s,
         Err(e @ ScriptError::NotFound { .. }) => {
             let message = format!("The model '{}' does not exist ({e})", req.model);
-            return fail(error(StatusCode::NOT_FOUND, &message, Some("model_not_found")));
+            return fail(error(
+                StatusCode::NOT_FOUND,
+                &message,
+                Some("model_not_found"),
+            ));
         }
         Err(e) => {
             tracing::warn!(error = %e, "scripted LLM cannot serve a script");
@@ -259,7 +263,16 @@ async fn answer(server: &Server, body: &[u8]) -> (Response, String, &'static str
     // sends). Served from the script's `summary`, never counted as a step.
     if let Some(summary) = &script.summary {
         if !has_tools && req.messages.len() == 1 && req.messages[0].role == "user" {
-            let resp = reply_body(server, &req.model, Some(summary), &[], 0, DEFAULT_USAGE, true, false);
+            let resp = reply_body(
+                server,
+                &req.model,
+                Some(summary),
+                &[],
+                0,
+                DEFAULT_USAGE,
+                true,
+                false,
+            );
             return (resp, model, "summary", None);
         }
     }
@@ -293,13 +306,23 @@ async fn answer(server: &Server, body: &[u8]) -> (Response, String, &'static str
     }
     if let Some(fail) = &reply.fail {
         if let Some(n) = server.fails.next_failure(conversation, step, fail.times) {
-            return (failure(fail, step, n, &req.model, server), model, "failure", Some(step));
+            return (
+                failure(fail, step, n, &req.model, server),
+                model,
+                "failure",
+                Some(step),
+            );
         }
     }
     if script.step_by == StepBy::Served {
         server.served.advance(conversation);
     }
-    (success(reply, step, &req.model, server, script.text_calls), model, "step", Some(step))
+    (
+        success(reply, step, &req.model, server, script.text_calls),
+        model,
+        "step",
+        Some(step),
+    )
 }
 
 /// The conversation's key text: the first user message (text parts joined when
@@ -327,7 +350,11 @@ fn failure(fail: &script::Fail, step: usize, n: u32, model: &str, server: &Serve
     if fail.status == StatusCode::OK {
         return reply_body(server, model, None, &[], step, DEFAULT_USAGE, false, false);
     }
-    if let Some((status, body)) = fail.context_length.as_deref().and_then(extras::context_length_error) {
+    if let Some((status, body)) = fail
+        .context_length
+        .as_deref()
+        .and_then(extras::context_length_error)
+    {
         return json_response(status, &body);
     }
     let message = fail

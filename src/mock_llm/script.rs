@@ -233,8 +233,8 @@ fn prepare(s: StepFile, default_usage: Usage) -> Result<Reply, String> {
             };
             let ok = code == 200 || (400..=599).contains(&code);
             let status = StatusCode::from_u16(code).ok().filter(|_| ok);
-            let status = status
-                .ok_or_else(|| format!("fail.status {code} is not 200 or 400..=599"))?;
+            let status =
+                status.ok_or_else(|| format!("fail.status {code} is not 200 or 400..=599"))?;
             Ok::<_, String>(Fail {
                 status,
                 times: f.times,
@@ -396,10 +396,7 @@ mod tests {
         let f = s.steps[2].fail.as_ref().unwrap();
         assert_eq!((f.status.as_u16(), f.times), (503, 2));
         assert_eq!(s.steps[3].delay, Duration::from_millis(500));
-        assert_eq!(
-            s.steps[3].usage,
-            Usage::new(1200, 80)
-        );
+        assert_eq!(s.steps[3].usage, Usage::new(1200, 80));
         assert!(s.step(4).is_none());
     }
 
@@ -419,10 +416,7 @@ mod tests {
         assert_eq!(s.steps[0].content.as_deref(), Some("both"));
         assert_eq!(s.steps[0].usage, DEFAULT_USAGE);
         assert!(s.steps[1].content.is_none() && s.steps[1].calls.is_empty());
-        assert_eq!(
-            s.steps[1].usage,
-            Usage::new(1, 2)
-        );
+        assert_eq!(s.steps[1].usage, Usage::new(1, 2));
         assert_eq!(s.steps[2].calls[0].1, "{not json");
         let f = s.steps[3].fail.as_ref().unwrap();
         assert_eq!(

@@ -238,15 +238,24 @@ async fn summary_requests_text_calls_served_steps_and_provider_errors() {
     // which fails once in Anthropic's words.
     let (st, _, v) = call(&s, request("m", "t", 0)).await;
     assert_eq!(st, 400);
-    assert_eq!(v["error"]["message"], "prompt is too long: 208310 tokens > 200000 maximum");
+    assert_eq!(
+        v["error"]["message"],
+        "prompt is too long: 208310 tokens > 200000 maximum"
+    );
     // A summary request is answered from `summary` and does not advance.
     let summary = Bytes::from(
         serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "summarise"}]})).unwrap(),
     );
     let (st, _, v) = call(&s, summary).await;
-    assert_eq!((st, v["choices"][0]["message"]["content"].as_str()), (200, Some("SUMMARY TEXT")));
+    assert_eq!(
+        (st, v["choices"][0]["message"]["content"].as_str()),
+        (200, Some("SUMMARY TEXT"))
+    );
     let (st, _, v) = call(&s, request("m", "t", 0)).await;
-    assert_eq!((st, v["choices"][0]["message"]["content"].as_str()), (200, Some("done")));
+    assert_eq!(
+        (st, v["choices"][0]["message"]["content"].as_str()),
+        (200, Some("done"))
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -256,6 +265,14 @@ async fn summary_requests_text_calls_served_steps_and_provider_errors() {
         .iter()
         .map(|l| (l["kind"].as_str().unwrap(), l["status"].as_u64().unwrap()))
         .collect();
-    assert_eq!(kinds, vec![("step", 200), ("failure", 400), ("summary", 200), ("step", 200)]);
+    assert_eq!(
+        kinds,
+        vec![
+            ("step", 200),
+            ("failure", 400),
+            ("summary", 200),
+            ("step", 200)
+        ]
+    );
     assert_eq!(lines[0]["request"]["messages"][1]["content"], "t");
 }

@@ -36,7 +36,11 @@ impl Scripted {
     /// Adds a job whose model is `name-<suffix>` (so `claude-…` and `gpt-…`
     /// names pick those families), pointed at this process's scripted LLM.
     fn job(&mut self, name: &str, mut job: Value, script: Value) -> String {
-        let llm = job.as_object_mut().unwrap().entry("llm").or_insert(json!({}));
+        let llm = job
+            .as_object_mut()
+            .unwrap()
+            .entry("llm")
+            .or_insert(json!({}));
         llm["base_url"] = self.mock.base_url().into();
         self.batch.job(name, job, script)
     }
@@ -74,7 +78,11 @@ fn all_text(request: &Value) -> String {
         .iter()
         .map(|m| match &m["content"] {
             Value::String(s) => s.clone(),
-            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
             _ => String::new(),
         })
         .collect::<Vec<_>>()
@@ -137,12 +145,22 @@ async fn tolerant_tool_calls_and_summaries_that_do_not_hide_a_repeat() {
         .iter()
         .flat_map(|m| m["tool_calls"].as_array().into_iter().flatten())
         .collect();
-    let names: Vec<&str> = calls.iter().map(|c| c["function"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = calls
+        .iter()
+        .map(|c| c["function"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["terminal", "file_editor", "terminal"]);
-    assert!(calls.iter().all(|c| !c["function"]["arguments"].as_str().unwrap().contains("summary")));
+    assert!(calls.iter().all(|c| {
+        !c["function"]["arguments"]
+            .as_str()
+            .unwrap()
+            .contains("summary")
+    }));
     // Summaries are kept on the actions in the log.
     let events = s.batch.store_text(&tolerant, "events.jsonl");
-    assert!(events.contains(r#""summary":"write a""#) && events.contains(r#""security_risk":"MEDIUM""#));
+    assert!(
+        events.contains(r#""summary":"write a""#) && events.contains(r#""security_risk":"MEDIUM""#)
+    );
 
     let r = s.result(&out, &repeat);
     assert_eq!(r["outcome"], "stuck");
@@ -156,17 +174,36 @@ async fn repository_and_job_instructions_reach_the_first_request() {
     let mut s = Scripted::new().await;
     let big = "x".repeat(200 * 1024);
     let input = s.batch.input(&[
-        ("AGENTS.md", "# Agents\nAlways run `make check` (AGENTS-MARKER).\n"),
+        (
+            "AGENTS.md",
+            "# Agents\nAlways run `make check` (AGENTS-MARKER).\n",
+        ),
         (".openhands/microagents/repo.md", "REPO-MD-MARKER\n"),
-        (".openhands/skills/deploy.md", "---\nname: deploying\ntriggers: [deploy]\n---\nDEPLOY-GUIDE-MARKER\n"),
-        (".openhands/skills/unused.md", "---\ntriggers: [kubernetes]\n---\nUNUSED-MARKER\n"),
-        (".openhands/skills/broken.md", "---\ntriggers: [deploy\n---\nBROKEN-MARKER\n"),
+        (
+            ".openhands/skills/deploy.md",
+            "---\nname: deploying\ntriggers: [deploy]\n---\nDEPLOY-GUIDE-MARKER\n",
+        ),
+        (
+            ".openhands/skills/unused.md",
+            "---\ntriggers: [kubernetes]\n---\nUNUSED-MARKER\n",
+        ),
+        (
+            ".openhands/skills/broken.md",
+            "---\ntriggers: [deploy\n---\nBROKEN-MARKER\n",
+        ),
         (".agents/skills/style.md", "STYLE-MARKER\n"),
-        (".agents/skills/release/SKILL.md", "---\ndescription: Cutting a release\n---\nRELEASE-MARKER\n"),
+        (
+            ".agents/skills/release/SKILL.md",
+            "---\ndescription: Cutting a release\n---\nRELEASE-MARKER\n",
+        ),
         (".agents/skills/huge.md", &big),
     ]);
     // A skill that is a link to a file outside the repository is never read.
-    std::os::unix::fs::symlink("/etc/shadow", PathBuf::from(&input).join(".agents/skills/shadow.md")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/shadow",
+        PathBuf::from(&input).join(".agents/skills/shadow.md"),
+    )
+    .unwrap();
     s.batch.env("AGENT_TEST_TOKEN", "s3cr3t-value-123");
     let id = s.job(
         "instructions",
@@ -176,20 +213,47 @@ async fn repository_and_job_instructions_reach_the_first_request() {
         json!({"steps": [{"tool": "finish", "args": {"message": "ok"}}]}),
     );
     let out = s.run().await;
-    assert_eq!(s.result(&out, &id)["outcome"], "succeeded", "{}", out.stderr);
+    assert_eq!(
+        s.result(&out, &id)["outcome"],
+        "succeeded",
+        "{}",
+        out.stderr
+    );
     let reqs = s.requests(&id);
     let first = &reqs[0];
     let system = system_text(first);
-    for marker in ["AGENTS-MARKER", "REPO-MD-MARKER", "STYLE-MARKER", "JOB-PLAYBOOK-MARKER", "`AGENT_TEST_TOKEN`"] {
-        assert!(system.contains(marker), "{marker} missing from the system prompt:\n{system}");
+    for marker in [
+        "AGENTS-MARKER",
+        "REPO-MD-MARKER",
+        "STYLE-MARKER",
+        "JOB-PLAYBOOK-MARKER",
+        "`AGENT_TEST_TOKEN`",
+    ] {
+        assert!(
+            system.contains(marker),
+            "{marker} missing from the system prompt:\n{system}"
+        );
     }
     // Listed, not inlined: the AgentSkills file and the keyword skills.
-    assert!(system.contains("release (.agents/skills/release/SKILL.md): Cutting a release"), "{system}");
+    assert!(
+        system.contains("release (.agents/skills/release/SKILL.md): Cutting a release"),
+        "{system}"
+    );
     assert!(!system.contains("RELEASE-MARKER") && !system.contains("UNUSED-MARKER"));
     // Skipped with a note naming the file and the problem.
-    assert!(system.contains(".openhands/skills/broken.md: frontmatter is not valid YAML"), "{system}");
-    assert!(system.contains(".agents/skills/huge.md: 204800 bytes is over"), "{system}");
-    assert!(!system.contains("BROKEN-MARKER") && !system.contains("shadow") && !system.contains("root:"));
+    assert!(
+        system.contains(".openhands/skills/broken.md: frontmatter is not valid YAML"),
+        "{system}"
+    );
+    assert!(
+        system.contains(".agents/skills/huge.md: 204800 bytes is over"),
+        "{system}"
+    );
+    assert!(
+        !system.contains("BROKEN-MARKER")
+            && !system.contains("shadow")
+            && !system.contains("root:")
+    );
     let text = all_text(first);
     assert!(!text.contains("s3cr3t-value-123"));
     // The task mentions `deploy`: that skill is in the first request too.
@@ -227,11 +291,17 @@ async fn requests_carry_caching_and_output_limits_and_cached_tokens_are_priced()
         assert_eq!(body["prompt_cache_key"], format!("fleet-{gpt}"));
         assert_eq!(body["max_completion_tokens"], 8192);
         assert_eq!(body["temperature"], 0.2);
-        assert!(body["messages"][0]["content"].is_string(), "no cache marks for OpenAI");
+        assert!(
+            body["messages"][0]["content"].is_string(),
+            "no cache marks for OpenAI"
+        );
     }
     // 200 fresh × $2 + 800 cached × $0.5 + 100 out × $10, per million, twice.
     let r = s.result(&out, &gpt);
-    assert!((r["cost_usd"].as_f64().unwrap() - 2.0 * 1800.0 / 1e6).abs() < 1e-9, "{r}");
+    assert!(
+        (r["cost_usd"].as_f64().unwrap() - 2.0 * 1800.0 / 1e6).abs() < 1e-9,
+        "{r}"
+    );
     assert_eq!(r["tokens"]["cache_read"], 1600);
     let m = s.metrics(&gpt);
     assert_eq!(m["llm"]["cache_read_tokens"], 1600);
@@ -242,18 +312,33 @@ async fn requests_carry_caching_and_output_limits_and_cached_tokens_are_priced()
         let body = &r["request"];
         assert_eq!(body["max_tokens"], 4000);
         assert!(body.get("prompt_cache_key").is_none() && body.get("temperature").is_none());
-        assert_eq!(body["thinking"], json!({"type": "enabled", "budget_tokens": 2000}));
+        assert_eq!(
+            body["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2000})
+        );
         let msgs = body["messages"].as_array().unwrap();
-        assert_eq!(msgs[0]["content"][0]["cache_control"]["type"], "ephemeral", "request {i}");
+        assert_eq!(
+            msgs[0]["content"][0]["cache_control"]["type"], "ephemeral",
+            "request {i}"
+        );
         let last = msgs.last().unwrap();
-        assert_eq!(last["content"][0]["cache_control"]["type"], "ephemeral", "request {i}: {last}");
+        assert_eq!(
+            last["content"][0]["cache_control"]["type"], "ephemeral",
+            "request {i}: {last}"
+        );
     }
     // 100 fresh × $3 + 1500 read × $0.3 + 400 written × $3.75 + 50 out × $15, three times.
     let r = s.result(&out, &claude);
     let want = 3.0 * (300.0 + 450.0 + 1500.0 + 750.0) / 1e6;
     assert!((r["cost_usd"].as_f64().unwrap() - want).abs() < 1e-9, "{r}");
     let m = s.metrics(&claude);
-    assert_eq!((m["tokens"]["cache_read"].as_u64(), m["tokens"]["cache_write"].as_u64()), (Some(4500), Some(1200)));
+    assert_eq!(
+        (
+            m["tokens"]["cache_read"].as_u64(),
+            m["tokens"]["cache_write"].as_u64()
+        ),
+        (Some(4500), Some(1200))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,7 +372,12 @@ async fn prompt_too_long_is_condensed_with_an_llm_summary_and_the_job_succeeds()
     assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
     let reqs = s.requests(&overflow);
     let kinds: Vec<&str> = reqs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["step", "step", "step", "step", "step", "step", "failure", "summary", "step", "step"]);
+    assert_eq!(
+        kinds,
+        [
+            "step", "step", "step", "step", "step", "step", "failure", "summary", "step", "step"
+        ]
+    );
     assert!(reqs[6]["status"] == 400);
     // The summary request holds the forgotten commands; the retried step has
     // the LLM's summary in place of them, and fewer messages.
@@ -302,8 +392,17 @@ async fn prompt_too_long_is_condensed_with_an_llm_summary_and_the_job_succeeds()
 
     let r = s.result(&out, &window);
     assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
-    let kinds: Vec<String> = s.requests(&window).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
-    assert_eq!(kinds, ["step", "step", "step", "step", "step", "step", "summary", "step"]);
+    let kinds: Vec<String> = s
+        .requests(&window)
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "step", "step", "step", "step", "step", "step", "summary", "step"
+        ]
+    );
     assert!(all_text(&s.requests(&window)[7]).contains("WINDOW-SUMMARY-MARKER"));
 }
 
@@ -326,7 +425,10 @@ async fn a_whole_job_runs_through_text_tool_calls() {
     let reqs = s.requests(&id);
     assert_eq!(reqs.len(), 3);
     for r in &reqs {
-        assert!(r["request"].get("tools").is_none(), "no native tools are sent");
+        assert!(
+            r["request"].get("tools").is_none(),
+            "no native tools are sent"
+        );
         assert!(system_text(r).contains("<function=FUNCTION_NAME>"));
     }
     // The results came back as text, from the calls the model wrote as text:
@@ -334,10 +436,22 @@ async fn a_whole_job_runs_through_text_tool_calls() {
     // text "[2, 2]") was coerced to a list.
     let last = all_text(&reqs[2]);
     assert!(last.contains("EXECUTION RESULT of [terminal]:"), "{last}");
-    assert!(last.contains("EXECUTION RESULT of [file_editor]:"), "{last}");
-    let viewed = last.split("EXECUTION RESULT of [file_editor]:").nth(1).unwrap();
-    assert!(viewed.contains("2\tline two") && !viewed.contains("line one"), "{viewed}");
-    assert!(last.contains("<function=terminal>"), "the model's own calls are replayed as text: {last}");
+    assert!(
+        last.contains("EXECUTION RESULT of [file_editor]:"),
+        "{last}"
+    );
+    let viewed = last
+        .split("EXECUTION RESULT of [file_editor]:")
+        .nth(1)
+        .unwrap();
+    assert!(
+        viewed.contains("2\tline two") && !viewed.contains("line one"),
+        "{viewed}"
+    );
+    assert!(
+        last.contains("<function=terminal>"),
+        "the model's own calls are replayed as text: {last}"
+    );
     let patch = s.batch.store_text(&id, "patch.diff");
     assert!(patch.contains("+line one"), "{patch}");
 }

@@ -35,6 +35,16 @@ const SUMMARY: &str = "summary";
 const SECURITY_RISK: &str = "security_risk";
 const SECURITY_RISK_TYPOS: &[&str] = &["security_rort", "securtiy_risk", "security_riks"];
 
+const MAX_SUMMARY_CHARS: usize = 500;
+const MAX_RISK_CHARS: usize = 16;
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// A call after normalisation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
@@ -87,8 +97,10 @@ pub fn normalize(name: &str, args: Value, schemas: &[Value]) -> Result<Call, Str
             map.insert(SECURITY_RISK.into(), v);
         }
     }
-    let summary = take_text(&mut map, SUMMARY);
-    let security_risk = take_text(&mut map, SECURITY_RISK).map(|r| r.trim().to_ascii_uppercase());
+    // Bounded: they are logged with every action, whatever length a model writes.
+    let summary = take_text(&mut map, SUMMARY).map(|s| clip(&s, MAX_SUMMARY_CHARS));
+    let security_risk = take_text(&mut map, SECURITY_RISK)
+        .map(|r| clip(r.trim(), MAX_RISK_CHARS).to_ascii_uppercase());
     // Upstream drops nulls: a model writing `"view_range": null` means "not given".
     map.retain(|_, v| !v.is_null());
     if tool == "file_editor" && !map.contains_key("command") {
@@ -105,9 +117,11 @@ pub fn normalize(name: &str, args: Value, schemas: &[Value]) -> Result<Call, Str
                 map.insert("command".into(), Value::String((*cmd).into()));
             }
             None => {
-                return Err("missing `command`, and it cannot be inferred from the other arguments \
+                return Err(
+                    "missing `command`, and it cannot be inferred from the other arguments \
                     (give one of view, create, str_replace, insert, undo_edit)"
-                    .into());
+                        .into(),
+                );
             }
         }
     }
@@ -151,12 +165,20 @@ fn coerce(v: &mut Value, schema: &Value) {
             }
         }
         ("integer", Value::Number(n)) => {
-            if let Some(f) = n.as_f64().filter(|f| n.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9e15) {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9e15)
+            {
                 *v = Value::from(f as i64);
             }
         }
         ("number", Value::String(s)) => {
-            if let Some(n) = s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            if let Some(n) = s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+            {
                 *v = Value::Number(n);
             }
         }
@@ -230,10 +252,23 @@ mod tests {
 
     #[test]
     fn old_names_and_markup_fragments_map_to_the_tools() {
-        assert_eq!(norm("execute_bash", json!({"command": "ls"})).tool, "terminal");
+        assert_eq!(
+            norm("execute_bash", json!({"command": "ls"})).tool,
+            "terminal"
+        );
         assert_eq!(norm("bash", json!({"command": "ls"})).tool, "terminal");
-        assert_eq!(norm("str_replace_editor", json!({"command": "view", "path": "/w"})).tool, "file_editor");
-        assert_eq!(norm("terminal</function>", json!({"command": "ls"})).tool, "terminal");
+        assert_eq!(
+            norm(
+                "str_replace_editor",
+                json!({"command": "view", "path": "/w"})
+            )
+            .tool,
+            "file_editor"
+        );
+        assert_eq!(
+            norm("terminal</function>", json!({"command": "ls"})).tool,
+            "terminal"
+        );
         assert_eq!(norm("nope", json!({})).tool, "nope");
     }
 
@@ -246,8 +281,20 @@ mod tests {
         assert_eq!(c.args, json!({"command": "ls"}));
         assert_eq!(c.summary.as_deref(), Some("list files"));
         assert_eq!(c.security_risk.as_deref(), Some("LOW"));
-        let c = norm("think", json!({"thought": "x", "securtiy_risk": "HIGH", "summary": null}));
-        assert_eq!((c.args, c.security_risk.as_deref(), c.summary), (json!({"thought": "x"}), Some("HIGH"), None));
+        let c = norm(
+            "think",
+            json!({"thought": "x", "securtiy_risk": "HIGH", "summary": null}),
+        );
+        assert_eq!(
+            (c.args, c.security_risk.as_deref(), c.summary),
+            (json!({"thought": "x"}), Some("HIGH"), None)
+        );
+        let c = norm(
+            "terminal",
+            json!({"command": "ls", "summary": "s".repeat(100_000), "security_risk": "x".repeat(100)}),
+        );
+        assert_eq!(c.summary.unwrap().chars().count(), MAX_SUMMARY_CHARS + 1);
+        assert_eq!(c.security_risk.unwrap().chars().count(), MAX_RISK_CHARS + 1);
     }
 
     #[test]
@@ -258,17 +305,29 @@ mod tests {
         );
         assert_eq!(c.args["view_range"], json!([1, 5]));
         assert_eq!(c.args["insert_line"], json!(3));
-        let c = norm("file_editor", json!({"command": "insert", "path": "/w/a", "insert_line": 2.0, "new_str": ["a", "b"]}));
-        assert_eq!((c.args["insert_line"].clone(), c.args["new_str"].clone()), (json!(2), json!("ab")));
+        let c = norm(
+            "file_editor",
+            json!({"command": "insert", "path": "/w/a", "insert_line": 2.0, "new_str": ["a", "b"]}),
+        );
+        assert_eq!(
+            (c.args["insert_line"].clone(), c.args["new_str"].clone()),
+            (json!(2), json!("ab"))
+        );
         let c = norm("terminal", json!({"command": "sleep 1", "timeout": "12.5"}));
         assert_eq!(c.args["timeout"], json!(12.5));
         let c = norm(
             "task_tracker",
             json!({"command": "plan", "task_list": "[{\"title\": \"a\", \"status\": \"todo\"}] trailing"}),
         );
-        assert_eq!(c.args["task_list"], json!([{"title": "a", "status": "todo"}]));
+        assert_eq!(
+            c.args["task_list"],
+            json!([{"title": "a", "status": "todo"}])
+        );
         // A value that does not fit stays as it came, for the tool to report.
-        let c = norm("file_editor", json!({"command": "view", "path": "/w", "view_range": "lines 1-5"}));
+        let c = norm(
+            "file_editor",
+            json!({"command": "view", "path": "/w", "view_range": "lines 1-5"}),
+        );
         assert_eq!(c.args["view_range"], json!("lines 1-5"));
         // Double-encoded arguments.
         let c = norm("terminal", json!("{\"command\": \"ls\"}"));
@@ -277,17 +336,33 @@ mod tests {
 
     #[test]
     fn booleans_follow_the_schema_of_whatever_tool_declares_them() {
-        let schemas = vec![json!({"type": "function", "function": {"name": "terminal", "parameters": {"type": "object",
-            "properties": {"command": {"type": "string"}, "is_input": {"type": "boolean"}, "reset": {"type": "boolean"}}}}})];
-        let c = normalize("terminal", json!({"command": "", "is_input": "True", "reset": "false"}), &schemas).unwrap();
-        assert_eq!(c.args, json!({"command": "", "is_input": true, "reset": false}));
+        let schemas = vec![
+            json!({"type": "function", "function": {"name": "terminal", "parameters": {"type": "object",
+            "properties": {"command": {"type": "string"}, "is_input": {"type": "boolean"}, "reset": {"type": "boolean"}}}}}),
+        ];
+        let c = normalize(
+            "terminal",
+            json!({"command": "", "is_input": "True", "reset": "false"}),
+            &schemas,
+        )
+        .unwrap();
+        assert_eq!(
+            c.args,
+            json!({"command": "", "is_input": true, "reset": false})
+        );
     }
 
     #[test]
     fn file_editor_command_is_inferred_like_upstream() {
         for (args, cmd) in [
-            (json!({"path": "/w/a", "old_str": "x", "new_str": "y"}), "str_replace"),
-            (json!({"path": "/w/a", "insert_line": 1, "new_str": "y"}), "insert"),
+            (
+                json!({"path": "/w/a", "old_str": "x", "new_str": "y"}),
+                "str_replace",
+            ),
+            (
+                json!({"path": "/w/a", "insert_line": 1, "new_str": "y"}),
+                "insert",
+            ),
             (json!({"path": "/w/a", "file_text": "hi"}), "create"),
             (json!({"path": "/w/a"}), "view"),
         ] {
