@@ -576,3 +576,7 @@ fn mask_json(v: &Value, mask: &dyn Fn(&str) -> String) -> Value {
 #[cfg(test)]
 #[path = "loop_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "loop_context_tests.rs"]
+mod context_tests;
