@@ -271,7 +271,7 @@ async fn answer(server: &Server, body: &[u8]) -> (Response, String, &'static str
                 0,
                 DEFAULT_USAGE,
                 true,
-                false,
+                ReplyShape::default(),
             );
             return (resp, model, "summary", None);
         }
@@ -348,7 +348,16 @@ fn first_user_message(messages: &[IncomingMessage]) -> &str {
 /// A scripted failure: the error status, or (status 200) a reply with no choices.
 fn failure(fail: &script::Fail, step: usize, n: u32, model: &str, server: &Server) -> Response {
     if fail.status == StatusCode::OK {
-        return reply_body(server, model, None, &[], step, DEFAULT_USAGE, false, false);
+        return reply_body(
+            server,
+            model,
+            None,
+            &[],
+            step,
+            DEFAULT_USAGE,
+            false,
+            ReplyShape::default(),
+        );
     }
     if let Some((status, body)) = fail
         .context_length
@@ -396,6 +405,11 @@ fn default_code(status: StatusCode) -> Option<&'static str> {
 }
 
 fn success(reply: &Reply, step: usize, model: &str, server: &Server, as_text: bool) -> Response {
+    let shape = ReplyShape {
+        as_text,
+        reasoning: reply.reasoning.as_deref(),
+        thinking_blocks: &reply.thinking_blocks,
+    };
     reply_body(
         server,
         model,
@@ -404,7 +418,7 @@ fn success(reply: &Reply, step: usize, model: &str, server: &Server, as_text: bo
         step,
         reply.usage,
         true,
-        as_text,
+        shape,
     )
 }
 
@@ -431,6 +445,19 @@ struct MessageBody<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<ToolCallBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    thinking_blocks: &'a [Value],
+}
+
+/// How a 200 reply is shaped beyond its content and calls.
+#[derive(Default, Clone, Copy)]
+struct ReplyShape<'a> {
+    /// The calls go into the content as text markup instead of `tool_calls`.
+    as_text: bool,
+    reasoning: Option<&'a str>,
+    thinking_blocks: &'a [Value],
 }
 
 #[derive(Serialize)]
@@ -473,10 +500,10 @@ fn reply_body(
     step: usize,
     usage: crate::llm::Usage,
     with_choice: bool,
-    as_text: bool,
+    shape: ReplyShape<'_>,
 ) -> Response {
     let text_content;
-    let (content, calls) = if as_text && !calls.is_empty() {
+    let (content, calls) = if shape.as_text && !calls.is_empty() {
         let mut t = content.map(|c| format!("{c}\n\n")).unwrap_or_default();
         let rendered: Vec<String> = calls.iter().map(|(n, a)| extras::text_call(n, a)).collect();
         t.push_str(&rendered.join("\n"));
@@ -506,6 +533,8 @@ fn reply_body(
                 role: "assistant",
                 content,
                 tool_calls,
+                reasoning_content: shape.reasoning,
+                thinking_blocks: shape.thinking_blocks,
             },
             finish_reason,
         }]

@@ -75,6 +75,12 @@ struct StepFile {
     delay_ms: u64,
     #[serde(default)]
     usage: Option<Usage>,
+    /// Served as the message's `reasoning_content`.
+    #[serde(default)]
+    reasoning: Option<String>,
+    /// Served as the message's `thinking_blocks` (Anthropic-style, via proxies).
+    #[serde(default)]
+    thinking_blocks: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +144,8 @@ pub struct Reply {
     pub usage: Usage,
     pub delay: Duration,
     pub fail: Option<Fail>,
+    pub reasoning: Option<String>,
+    pub thinking_blocks: Vec<Value>,
 }
 
 /// The failures served before a step.
@@ -251,6 +259,8 @@ fn prepare(s: StepFile, default_usage: Usage) -> Result<Reply, String> {
         usage: s.usage.unwrap_or(default_usage),
         delay: Duration::from_millis(s.delay_ms),
         fail,
+        reasoning: s.reasoning,
+        thinking_blocks: s.thinking_blocks,
     })
 }
 

@@ -455,3 +455,35 @@ async fn a_whole_job_runs_through_text_tool_calls() {
     let patch = s.batch.store_text(&id, "patch.diff");
     assert!(patch.contains("+line one"), "{patch}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reasoning_and_thinking_blocks_go_back_where_the_provider_needs_them() {
+    let mut s = Scripted::new().await;
+    let block =
+        json!({"type": "thinking", "thinking": "I should look first.", "signature": "sig-abc"});
+    let script = json!({"steps": [
+        {"tool": "terminal", "args": {"command": "true"}, "reasoning": "REASONING-MARKER", "thinking_blocks": [block]},
+        {"tool": "finish", "args": {"message": "ok"}}
+    ]});
+    let deepseek = s.job("deepseek-reasoner", json!({"task": "t"}), script.clone());
+    let claude = s.job("claude-think", json!({"task": "t"}), script);
+    let out = s.run().await;
+    for id in [&deepseek, &claude] {
+        assert_eq!(s.result(&out, id)["outcome"], "succeeded", "{}", out.stderr);
+    }
+    let assistant = |id: &str| {
+        let reqs = s.requests(id);
+        reqs[1]["request"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "assistant")
+            .cloned()
+            .unwrap()
+    };
+    let a = assistant(&deepseek);
+    assert_eq!(a["reasoning_content"], "REASONING-MARKER", "{a}");
+    let a = assistant(&claude);
+    assert!(a.get("reasoning_content").is_none(), "{a}");
+    assert_eq!(a["thinking_blocks"][0]["signature"], "sig-abc", "{a}");
+}
