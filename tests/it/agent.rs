@@ -487,3 +487,22 @@ async fn reasoning_and_thinking_blocks_go_back_where_the_provider_needs_them() {
     assert!(a.get("reasoning_content").is_none(), "{a}");
     assert_eq!(a["thinking_blocks"][0]["signature"], "sig-abc", "{a}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_built_in_price_table_makes_a_budget_trip_without_configuration() {
+    let mut s = Scripted::new().await;
+    // Model `gpt-4o-<suffix>`: $2.50 per million input tokens from the table,
+    // so 100k prompt tokens cost $0.25 a step and a $0.50 budget lasts two.
+    let id = s.job(
+        "gpt-4o",
+        json!({"task": "t", "limits": {"max_cost_usd": 0.5}}),
+        json!({"steps": [think("a"), think("b"), think("c"), {"tool": "finish", "args": {"message": "ok"}}],
+               "usage": {"prompt_tokens": 100000, "completion_tokens": 0}}),
+    );
+    let out = s.run().await;
+    let r = s.result(&out, &id);
+    assert_eq!(r["outcome"], "budget_exceeded", "{r}");
+    assert_eq!(r["steps"], 2);
+    assert!((r["cost_usd"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{r}");
+    assert_eq!(s.requests(&id).len(), 2);
+}
