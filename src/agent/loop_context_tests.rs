@@ -12,6 +12,7 @@ use crate::agent::Masker;
 use crate::agent::events::{Event, EventLog};
 use crate::job::Price;
 use crate::llm::{LlmClient, LlmSettings};
+use crate::workspace::Workspace;
 
 fn condensations(events: &[Event]) -> Vec<(&[u64], &str)> {
     events
@@ -113,6 +114,23 @@ async fn repeated_overflow_ends_in_the_last_resort_not_a_failure() {
     );
 }
 
+/// Runs a job with `task` to its end, which must be a finish; its events.
+async fn run_to_finish(task: &str, ws: &Workspace, llm: &LlmClient) -> Vec<Event> {
+    let spec = job(task, |_| {});
+    let masker = Masker::new(Vec::<String>::new());
+    let events = EventLog::in_memory();
+    let report = super::run(AgentRun {
+        job: &spec,
+        workspace: ws,
+        llm,
+        masker: &masker,
+        events: &events,
+    })
+    .await;
+    assert_eq!(report.end, AgentEnd::Finished);
+    events.snapshot()
+}
+
 #[tokio::test]
 async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_crashes() {
     let setup = Setup::new().await;
@@ -130,20 +148,8 @@ async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_cras
     )
     .unwrap();
     std::fs::write(dir.join("AGENTS.md"), "AGENTS-RULES\n").unwrap();
-    let spec = job("migrate the Postgres schema", |_| {});
     let llm = setup.client("skills", Price::default());
-    let masker = Masker::new(Vec::<String>::new());
-    let events = EventLog::in_memory();
-    let report = super::run(AgentRun {
-        job: &spec,
-        workspace: &ws,
-        llm: &llm,
-        masker: &masker,
-        events: &events,
-    })
-    .await;
-    assert_eq!(report.end, AgentEnd::Finished);
-    let ev = events.snapshot();
+    let ev = run_to_finish("migrate the Postgres schema", &ws, &llm).await;
     let EventKind::SystemPromptEvent { system_prompt, .. } = &ev[0].kind else {
         panic!("first event");
     };
@@ -173,18 +179,7 @@ async fn triggered_skill_follows_the_task_and_bad_text_calls_are_errors_not_cras
     s.native_tools = false;
     s.min_backoff = Duration::from_millis(1);
     let llm = LlmClient::new(reqwest::Client::new(), s);
-    let spec = job("t", |_| {});
-    let events = EventLog::in_memory();
-    let report = super::run(AgentRun {
-        job: &spec,
-        workspace: &ws,
-        llm: &llm,
-        masker: &masker,
-        events: &events,
-    })
-    .await;
-    assert_eq!(report.end, AgentEnd::Finished);
-    let ev = events.snapshot();
+    let ev = run_to_finish("t", &ws, &llm).await;
     let outputs: Vec<&str> = ev
         .iter()
         .filter_map(|e| match &e.kind {
