@@ -366,7 +366,34 @@ async fn prompt_too_long_is_condensed_with_an_llm_summary_and_the_job_succeeds()
         json!({"task": "count"}),
         json!({"steps": steps, "step_by": "served", "summary": "WINDOW-SUMMARY-MARKER"}),
     );
+    // `llm.condenser_model`: the summary is asked of another model.
+    let condenser = format!(
+        "condenser-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    std::fs::write(
+        s.batch.dir.path().join(format!("scripts/{condenser}.json")),
+        json!({"steps": [{"text": "not a summary request"}], "summary": "CONDENSER-MODEL-SUMMARY"})
+            .to_string(),
+    )
+    .unwrap();
+    let mut steps: Vec<Value> = (1..=6)
+        .map(|i| json!({"tool": "terminal", "args": {"command": format!("echo c{i}")}}))
+        .collect();
+    steps.push(json!({"fail": {"context_length": "openai"}, "tool": "finish", "args": {"message": "done"}}));
+    let other = s.job(
+        "gpt-condensed",
+        json!({"task": "count", "llm": {"condenser_model": condenser}}),
+        json!({"steps": steps, "step_by": "served"}),
+    );
     let out = s.run().await;
+
+    let r = s.result(&out, &other);
+    assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
+    let asked = s.requests(&condenser);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0]["kind"], "summary");
+    assert!(all_text(s.requests(&other).last().unwrap()).contains("CONDENSER-MODEL-SUMMARY"));
 
     let r = s.result(&out, &overflow);
     assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
