@@ -609,4 +609,82 @@ mod tests {
         let log = log_with(1, 1);
         assert!(!condense(&log));
     }
+
+    #[test]
+    fn summary_request_is_bounded_whatever_the_events_hold() {
+        let log = log_with(60, 1);
+        // A huge observation in the part to forget.
+        log.append(
+            Source::Environment,
+            EventKind::ObservationEvent {
+                tool_name: "terminal".into(),
+                tool_call_id: "call_3_0".into(),
+                content: "y".repeat(5_000_000),
+                exit_code: Some(0),
+                is_error: false,
+                timed_out: false,
+            },
+        );
+        let events = log.snapshot();
+        let items = view(&events);
+        let p = plan(&items).unwrap();
+        let req = summary_request(&items, &p);
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].role, Role::User);
+        let text = req[0].content.as_deref().unwrap();
+        assert!(text.starts_with(SUMMARY_PROMPT));
+        assert!(text.chars().count() <= REQUEST_CHARS + 200, "{}", text.len());
+        assert!(text.contains("agent called terminal"), "the forgotten calls are described");
+        assert!(llm_summary(&"z".repeat(100_000)).chars().count() <= MAX_SUMMARY_CHARS + 200);
+    }
+
+    #[test]
+    fn last_resort_keeps_system_task_skills_and_the_newest_turn() {
+        let log = EventLog::in_memory();
+        log.append(
+            Source::Agent,
+            EventKind::SystemPromptEvent {
+                system_prompt: "sys".into(),
+                tools: vec![],
+            },
+        );
+        for text in ["task", "<SKILL>"] {
+            log.append(
+                Source::User,
+                EventKind::MessageEvent {
+                    content: text.into(),
+                    reasoning: None,
+                    nudge: false,
+                },
+            );
+        }
+        for s in 1..=3u32 {
+            let id = format!("c{s}");
+            log.append(
+                Source::Agent,
+                EventKind::ActionEvent {
+                    tool_name: "terminal".into(),
+                    tool_call_id: id.clone(),
+                    arguments: json!({"command": format!("echo {s}")}),
+                    thought: String::new(),
+                    step: s,
+                    meta: Default::default(),
+                },
+            );
+            log.append(
+                Source::Environment,
+                EventKind::ObservationEvent {
+                    tool_name: "terminal".into(),
+                    tool_call_id: id,
+                    content: format!("{s}"),
+                    exit_code: Some(0),
+                    is_error: false,
+                    timed_out: false,
+                },
+            );
+        }
+        let events = log.snapshot();
+        let p = plan_with(&view(&events), Mode::LastResort).unwrap();
+        assert_eq!(p.forgotten_event_ids, vec![3, 4, 5, 6]);
+    }
 }
