@@ -111,11 +111,8 @@ const PROVIDER_PREFIXES: &[&str] = &[
 /// Bedrock's `anthropic.` vendor prefix too.
 fn base_name(model: &str) -> String {
     let mut m = model.trim().to_ascii_lowercase();
-    loop {
-        match PROVIDER_PREFIXES.iter().find(|p| m.starts_with(*p)) {
-            Some(p) => m = m[p.len()..].to_string(),
-            None => break,
-        }
+    while let Some(p) = PROVIDER_PREFIXES.iter().find(|p| m.starts_with(**p)) {
+        m = m[p.len()..].to_string();
     }
     // openrouter names carry a vendor segment (`anthropic/claude-…`).
     if let Some((_, rest)) = m.split_once('/') {
