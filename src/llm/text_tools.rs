@@ -20,6 +20,9 @@ const FN_OPEN: &str = "<function=";
 const FN_CLOSE: &str = "</function>";
 const PARAM_OPEN: &str = "<parameter=";
 const PARAM_CLOSE: &str = "</parameter>";
+/// Calls taken from one reply: the format asks for one; a reply of thousands of
+/// calls is a runaway, not a plan.
+pub const MAX_TEXT_CALLS: usize = 16;
 /// Heads a tool result sent back as a user message.
 pub const RESULT_HEAD: &str = "EXECUTION RESULT of [";
 
@@ -146,6 +149,10 @@ pub fn parse_reply(content: &str) -> (String, Vec<ToolCall>) {
     let mut calls = Vec::new();
     let mut rest = &content[first..];
     while let Some(at) = rest.find(FN_OPEN) {
+        if calls.len() == MAX_TEXT_CALLS {
+            tracing::warn!(max = MAX_TEXT_CALLS, "text reply has more function calls than are taken");
+            break;
+        }
         let after_open = &rest[at + FN_OPEN.len()..];
         let Some(name_end) = after_open.find('>') else {
             break; // `<function=` with no name: nothing to call
@@ -270,6 +277,12 @@ mod tests {
         // No markup: a plain answer.
         let (text, calls) = parse_reply("all done");
         assert_eq!((text.as_str(), calls.len()), ("all done", 0));
+    }
+
+    #[test]
+    fn calls_of_one_reply_are_capped() {
+        let reply = "<function=think><parameter=thought>x</parameter></function>".repeat(10_000);
+        assert_eq!(parse_reply(&reply).1.len(), MAX_TEXT_CALLS);
     }
 
     #[test]
