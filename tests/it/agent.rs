@@ -51,14 +51,27 @@ impl Scripted {
         tokio::task::block_in_place(|| batch.run())
     }
 
-    /// The requests the scripted LLM received for `model`, in order.
+    /// The requests the scripted LLM received for `model`, in order. Every
+    /// request the fleet sends carries an output-token limit: checked here, for
+    /// all of them.
     fn requests(&self, model: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
+        let reqs: Vec<Value> = std::fs::read_to_string(&self.log)
             .expect("request log")
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
             .filter(|l| l["model"] == model)
-            .collect()
+            .collect();
+        for r in &reqs {
+            let body = &r["request"];
+            let limit = body["max_tokens"]
+                .as_u64()
+                .or(body["max_completion_tokens"].as_u64());
+            assert!(
+                limit.is_some_and(|n| n > 0),
+                "no output-token limit: {body}"
+            );
+        }
+        reqs
     }
 
     fn result(&self, out: &RunOutput, id: &str) -> Value {
