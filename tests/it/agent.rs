@@ -546,3 +546,66 @@ async fn the_built_in_price_table_makes_a_budget_trip_without_configuration() {
     assert!((r["cost_usd"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{r}");
     assert_eq!(s.requests(&id).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_mock_llm_keeps_a_request_log() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.json"),
+        r#"{"steps": [{"text": "hello"}]}"#,
+    )
+    .unwrap();
+    let log = dir.path().join("log.jsonl");
+    let mut child = std::process::Command::new(crate::util::fleet())
+        .args(["mock-llm", "--addr", "127.0.0.1:0", "--scripts"])
+        .arg(dir.path())
+        .arg("--request-log")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fleet mock-llm");
+    let stdout = child.stdout.take().unwrap();
+    // Ends the server whatever happens below.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: signalling the child this test started, by its pid.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+            let _ = self.0.wait();
+        }
+    }
+    let server = Stop(child);
+    let mut url = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut url).unwrap();
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", url.trim()))
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(server);
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            line["model"].as_str(),
+            line["kind"].as_str(),
+            line["step"].as_u64(),
+            line["status"].as_u64()
+        ),
+        (Some("m"), Some("step"), Some(0), Some(200))
+    );
+    assert_eq!(line["request"], body);
+}
