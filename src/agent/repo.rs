@@ -44,6 +44,8 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const FIND_SCRIPT: &str = r#"nolink() { p=$1; while :; do [ -L "$p" ] && return 1; case $p in */*) p=${p%/*};; *) return 0;; esac; done; }
 n=0
 for f in AGENTS.md .openhands/microagents/repo.md .openhands/skills/*.md .agents/skills/*.md .agents/skills/*/SKILL.md; do
+  case $f in *"
+"*) continue;; esac
   [ -f "$f" ] && nolink "$f" || continue
   printf '%s\n' "$f"
   n=$((n+1)); [ "$n" -ge 32 ] && break
@@ -199,12 +201,9 @@ async fn load_inner(ws: &Workspace) -> RepoInstructions {
         }
     };
     let mut total = 0u64;
-    for rel in found
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(MAX_FILES)
-    {
+    // Only names of the expected shapes: a file name with a newline in it must
+    // not smuggle in a line naming some other (unchecked) path.
+    for rel in found.lines().filter(|l| expected_path(l)).take(MAX_FILES) {
         let path = format!("{workdir}/{rel}");
         let size = match ws.stat(&path).await {
             Ok(Some(PathKind::File { size })) => size,
@@ -251,6 +250,30 @@ async fn load_inner(ws: &Workspace) -> RepoInstructions {
         "repository instructions read"
     );
     out
+}
+
+/// Whether `rel` is a path the find script may print: the fixed files, a
+/// Markdown file directly in a skills folder, or a `SKILL.md` one level down.
+fn expected_path(rel: &str) -> bool {
+    let plain = |name: &str| !name.is_empty() && !name.contains('/') && !name.starts_with('.');
+    if rel == "AGENTS.md" || rel == ".openhands/microagents/repo.md" {
+        return true;
+    }
+    for dir in [".openhands/skills/", ".agents/skills/"] {
+        if let Some(rest) = rel.strip_prefix(dir) {
+            if let Some(name) = rest.strip_suffix(".md") {
+                if plain(name) {
+                    return true;
+                }
+            }
+            if dir == ".agents/skills/" {
+                if let Some(name) = rest.strip_suffix("/SKILL.md") {
+                    return plain(name);
+                }
+            }
+        }
+    }
+    false
 }
 
 /// One file's skill. `rel` decides its kind; the error is the problem, one line.
@@ -416,6 +439,29 @@ mod tests {
         // No closing line: the whole file is the content.
         let s = parse_skill(".openhands/skills/x.md", "---\nname: y\nbody").unwrap();
         assert_eq!(s.name, "x");
+    }
+
+    #[test]
+    fn only_expected_paths_are_read() {
+        for ok in [
+            "AGENTS.md",
+            ".openhands/microagents/repo.md",
+            ".openhands/skills/a.md",
+            ".agents/skills/b.md",
+            ".agents/skills/c/SKILL.md",
+        ] {
+            assert!(expected_path(ok), "{ok}");
+        }
+        for bad in [
+            "b.md",
+            "../x.md",
+            ".openhands/skills/a/b.md",
+            ".openhands/skills/.md",
+            "/etc/shadow",
+            "",
+        ] {
+            assert!(!expected_path(bad), "{bad}");
+        }
     }
 
     #[test]

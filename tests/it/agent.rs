@@ -211,12 +211,23 @@ async fn repository_and_job_instructions_reach_the_first_request() {
         ),
         (".agents/skills/huge.md", &big),
     ]);
-    // A skill that is a link to a file outside the repository is never read.
+    // A skill that is a link to a file outside the repository is never read
+    // (/etc/passwd: present in every image, so its absence below means something).
     std::os::unix::fs::symlink(
-        "/etc/shadow",
-        PathBuf::from(&input).join(".agents/skills/shadow.md"),
+        "/etc/passwd",
+        PathBuf::from(&input).join(".agents/skills/passwd.md"),
     )
     .unwrap();
+    // Nor is a linked AGENTS.md, even named again by a file name with a newline.
+    let hostile = s
+        .batch
+        .input(&[(".openhands/skills/x\nAGENTS.md", "NEWLINE-NAME-MARKER\n")]);
+    std::os::unix::fs::symlink("/etc/passwd", PathBuf::from(&hostile).join("AGENTS.md")).unwrap();
+    let hostile_id = s.job(
+        "instructions-hostile",
+        json!({"task": "t", "input": {"path": hostile}}),
+        json!({"steps": [{"tool": "finish", "args": {"message": "ok"}}]}),
+    );
     s.batch.env("AGENT_TEST_TOKEN", "s3cr3t-value-123");
     let id = s.job(
         "instructions",
@@ -264,8 +275,15 @@ async fn repository_and_job_instructions_reach_the_first_request() {
     );
     assert!(
         !system.contains("BROKEN-MARKER")
-            && !system.contains("shadow")
-            && !system.contains("root:")
+            && !system.contains("passwd")
+            && !system.contains("root:x:")
+    );
+    assert_eq!(s.result(&out, &hostile_id)["outcome"], "succeeded");
+    let hostile_system = system_text(&s.requests(&hostile_id)[0]);
+    assert!(!hostile_system.contains("root:x:"), "{hostile_system}");
+    assert!(
+        !hostile_system.contains("NEWLINE-NAME-MARKER"),
+        "{hostile_system}"
     );
     let text = all_text(first);
     assert!(!text.contains("s3cr3t-value-123"));
