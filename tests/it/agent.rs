@@ -126,6 +126,7 @@ async fn tolerant_tool_calls_and_summaries_that_do_not_hide_a_repeat() {
             {"tool": "execute_bash", "args": {"command": "echo hi > a.txt", "summary": "write a", "security_risk": "LOW"}},
             {"tool": "str_replace_editor", "args": {"path": "/workspace/b.txt", "file_text": "from the editor\n", "summary": "create b", "security_risk": "MEDIUM"}},
             {"tool": "bash", "args": {"command": "cat a.txt b.txt", "timeout": "30", "summary": "check"}},
+            {"tool": "file_editor", "args": {"path": "/workspace/missing.txt"}},
             {"tool": "finish", "args": {"message": "done", "summary": "finish"}}
         ]}),
     );
@@ -145,7 +146,20 @@ async fn tolerant_tool_calls_and_summaries_that_do_not_hide_a_repeat() {
     let r = s.result(&out, &tolerant);
     assert_eq!(r["outcome"], "succeeded", "{}", out.stderr);
     let reqs = s.requests(&tolerant);
-    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs.len(), 5);
+    // An error observation reaches the model under the marker line.
+    let last_msg = reqs[4]["request"]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last_msg["role"], "tool");
+    let content = last_msg["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("[The tool call failed; the error follows.]\n"),
+        "{content}"
+    );
     // What the model got back after `bash cat a.txt b.txt`: both files, made by
     // the old-named tools, and no error marker anywhere.
     let last = all_text(&reqs[3]);
