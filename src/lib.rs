@@ -15,8 +15,9 @@
 //!    a deadline and a cancellation token.
 //! 5. [`workspace`] — a Docker container (or a local directory) is started with the
 //!    job's limits and its input is uploaded.
-//! 6. [`agent`] — the conversation runs: [`llm`] ⇄ tools in the workspace, with
-//!    events, stuck detection, condensation and secret masking.
+//! 6. [`agent`] — the repository's instructions are read from the workspace and
+//!    the conversation runs: [`llm`] ⇄ tools in the workspace, with events, stuck
+//!    detection, condensation (LLM-written summaries) and secret masking.
 //! 7. [`results`] — the patch (workspace vs input), artifacts, events and metrics
 //!    are collected and uploaded; then the terminal status is written, the webhook
 //!    sent, and the message acked.

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
-use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
+use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::{diff, input, match_artifacts};
 use crate::store::{JobKeys, Store, StoreError};
@@ -189,10 +189,25 @@ fn llm_settings(
         .base_url
         .clone()
         .unwrap_or_else(|| s.llm_base_url.clone());
+    // A job's own price wins; the built-in table prices the common models so a
+    // budget trips without configuration.
+    let price = spec
+        .llm
+        .price
+        .or_else(|| Price::builtin(&model))
+        .unwrap_or_default();
     let mut l = LlmSettings::new(model, base);
     l.api_key = api_key;
     l.temperature = spec.llm.temperature;
-    l.price = spec.llm.price.unwrap_or_default();
+    if spec.llm.max_output_tokens.is_some() {
+        l.max_output_tokens = spec.llm.max_output_tokens;
+    }
+    l.reasoning_effort = spec.llm.reasoning_effort.clone();
+    l.native_tools = spec.llm.native_tools.unwrap_or(true);
+    l.condenser_model = spec.llm.condenser_model.clone();
+    // One key per job: its requests share a cache route; never a secret.
+    l.prompt_cache_key = Some(format!("fleet-{}", spec.id));
+    l.price = price;
     l.min_backoff = s.llm_min_backoff;
     l.max_backoff = s.llm_min_backoff * 8;
     Ok(l)

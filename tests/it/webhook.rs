@@ -159,6 +159,7 @@ fn result(spec: &JobSpec, outcome: Outcome, final_message: &str) -> JobResult {
         tokens: Tokens {
             prompt: 1200,
             completion: 80,
+            ..Tokens::default()
         },
         duration_secs: 12.5,
         stuck_pattern: None,
