@@ -3,6 +3,10 @@
 //! patch and artifacts, tear the workspace down (on every path, panics included),
 //! and upload events, patch and metrics. The caller writes result.json and the
 //! terminal status (it alone knows whether an infrastructure fault is retried).
+//!
+//! Every upload goes through the run's [`Fence`]: once the run lost its job it
+//! stops at once (the workspace is torn down as on every path) and uploads
+//! nothing more ([`AttemptEnd::Lost`]).
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -21,6 +25,7 @@ use crate::config::RunSettings;
 use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::{diff, input, match_artifacts};
+use super::fence::Fence;
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
@@ -52,6 +57,8 @@ pub enum AttemptEnd {
     Retry(JobResult),
     /// Stopped by worker shutdown before it could finish: requeue it.
     Aborted,
+    /// Another run holds the job now: this one stopped and wrote nothing more.
+    Lost,
 }
 
 /// Per-phase wall times in seconds (metrics.json).
@@ -96,6 +103,7 @@ enum Stop {
     TimedOut,
     Cancelled,
     Aborted,
+    Lost,
 }
 
 fn err(kind: &str, phase: Phase, retryable: bool, message: impl Into<String>) -> ErrorInfo {
@@ -189,6 +197,7 @@ pub async fn run_attempt(
     attempt: u32,
     ctl: &JobControl,
     events: &EventLog,
+    fence: &Fence,
 ) -> AttemptEnd {
     let t0 = Instant::now();
     let started_at = Utc::now();
@@ -208,6 +217,7 @@ pub async fn run_attempt(
         started_at,
         finished_at: started_at,
         worker: Some(svc.settings.worker_id.clone()),
+        patch_complete: true,
     };
     let mut retry = false;
     let mut patch = String::new();
@@ -248,6 +258,12 @@ pub async fn run_attempt(
             metrics().workspace_start.observe(phases.workspace_start);
             match started {
                 None => return AttemptEnd::Aborted,
+                Some(Ok(ws)) if fence.is_lost() => {
+                    if let Err(e) = ws.destroy().await {
+                        warn!(error = %e, "workspace teardown failed");
+                    }
+                    return AttemptEnd::Lost;
+                }
                 Some(Err(e)) => {
                     retry = e.retryable();
                     result.error = Some(ws_err(&e, Phase::Workspace));
@@ -262,6 +278,7 @@ pub async fn run_attempt(
                         &masker,
                         events,
                         ctl,
+                        fence,
                         &mut phases,
                     ))
                     .catch_unwind()
@@ -282,13 +299,16 @@ pub async fn run_attempt(
                             result.error = Some(err("internal_panic", Phase::Agent, false, msg));
                         }
                         Ok(InWorkspace::Aborted) => return AttemptEnd::Aborted,
+                        Ok(InWorkspace::Lost) => return AttemptEnd::Lost,
                         Ok(InWorkspace::Done {
                             stop,
                             patch: p,
+                            patch_complete,
                             artifacts: n,
                             error,
                         }) => {
                             patch = p;
+                            result.patch_complete = patch_complete;
                             artifacts = n;
                             if let Some(e) = error {
                                 retry = e.retryable;
@@ -316,18 +336,19 @@ pub async fn run_attempt(
         }
     }
 
+    if fence.is_lost() {
+        return AttemptEnd::Lost;
+    }
     // Upload events, patch, metrics. A store failure here is an infrastructure fault.
     let t = Instant::now();
     let events_path = events_path(svc, &spec.id, attempt);
     let upload = async {
         if events_path.exists() {
-            svc.store.put_file(&keys.events(), &events_path).await?;
+            fence.put_file(&keys.events(), &events_path).await?;
         } else {
-            svc.store.put(&keys.events(), Bytes::new()).await?;
+            fence.put(&keys.events(), Bytes::new()).await?;
         }
-        svc.store
-            .put(&keys.patch(), Bytes::from(patch.clone()))
-            .await?;
+        fence.put(&keys.patch(), Bytes::from(patch.clone())).await?;
         Ok::<(), StoreError>(())
     };
     let upload_err = upload.await.err();
@@ -350,8 +371,14 @@ pub async fn run_attempt(
         artifacts,
         duration_secs: result.duration_secs,
     };
-    let metrics_err = svc.store.put_json(&keys.metrics(), &m).await.err();
+    let metrics_err = match upload_err {
+        Some(_) => None,
+        None => fence.put_json(&keys.metrics(), &m).await.err(),
+    };
     if let Some(e) = upload_err.or(metrics_err) {
+        if matches!(e, StoreError::Lost { .. }) {
+            return AttemptEnd::Lost;
+        }
         warn!(error = %e, "uploading results failed");
         result.outcome = Outcome::Failed;
         result.error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
@@ -415,7 +442,7 @@ fn apply_stop(
         Stop::Cancelled => {
             result.outcome = Outcome::Cancelled;
         }
-        Stop::Aborted => {}
+        Stop::Aborted | Stop::Lost => {}
     }
 }
 
@@ -423,11 +450,28 @@ enum InWorkspace {
     Done {
         stop: Option<Stop>,
         patch: String,
+        patch_complete: bool,
         artifacts: usize,
         error: Option<ErrorInfo>,
     },
     Aborted,
+    Lost,
 }
+
+impl InWorkspace {
+    fn early(stop: Option<Stop>, error: Option<ErrorInfo>) -> InWorkspace {
+        InWorkspace::Done {
+            stop,
+            patch: String::new(),
+            patch_complete: true,
+            artifacts: 0,
+            error,
+        }
+    }
+}
+
+/// The longest the patch computation may take (it runs on a blocking thread).
+const DIFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Everything that needs the live workspace. Never destroys it (the caller does).
 #[allow(clippy::too_many_arguments)]
@@ -439,6 +483,7 @@ async fn in_workspace(
     masker: &Masker,
     events: &EventLog,
     ctl: &JobControl,
+    fence: &Fence,
     phases: &mut Phases,
 ) -> InWorkspace {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.limits.timeout_secs);
@@ -450,37 +495,17 @@ async fn in_workspace(
         r = place_input(svc, spec, ws) => Some(r),
         _ = tokio::time::sleep_until(deadline) => None,
         _ = ctl.abort.cancelled() => return InWorkspace::Aborted,
+        _ = fence.lost().cancelled() => return InWorkspace::Lost,
     };
     let base = match placed {
-        None => {
-            return InWorkspace::Done {
-                stop: Some(Stop::TimedOut),
-                patch: String::new(),
-                artifacts: 0,
-                error: None,
-            };
-        }
-        Some(Err(e)) => {
-            return InWorkspace::Done {
-                stop: None,
-                patch: String::new(),
-                artifacts: 0,
-                error: Some(e),
-            };
-        }
+        None => return InWorkspace::early(Some(Stop::TimedOut), None),
+        Some(Err(e)) => return InWorkspace::early(None, Some(e)),
         Some(Ok(())) => match ws
             .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
             .await
         {
-            Ok(s) => s.files,
-            Err(e) => {
-                return InWorkspace::Done {
-                    stop: None,
-                    patch: String::new(),
-                    artifacts: 0,
-                    error: Some(ws_err(&e, Phase::Input)),
-                };
-            }
+            Ok(s) => s,
+            Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
     phases.input = t.elapsed().as_secs_f64();
@@ -498,6 +523,7 @@ async fn in_workspace(
         _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,
         _ = ctl.cancel.cancelled() => Stop::Cancelled,
         _ = ctl.abort.cancelled() => Stop::Aborted,
+        _ = fence.lost().cancelled() => Stop::Lost,
     };
     phases.agent = t.elapsed().as_secs_f64();
     match &stop {
@@ -520,49 +546,89 @@ async fn in_workspace(
             );
         }
         Stop::Aborted => return InWorkspace::Aborted,
+        Stop::Lost => return InWorkspace::Lost,
         Stop::Report(_) => {}
     }
 
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
-    let (patch, artifacts, error) = match ws
+    let (patch, patch_complete, artifacts, error) = match ws
         .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
         .await
     {
-        Err(e) => (String::new(), 0, Some(ws_err(&e, Phase::Collect))),
+        Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
         Ok(after) => {
-            let clip = |f: &BTreeMap<String, Option<Vec<u8>>>| -> diff::Files {
-                f.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.clone().filter(|b| b.len() <= MAX_DIFF_FILE_BYTES),
-                        )
-                    })
-                    .collect()
+            let (patch, complete, error) = match make_patch(&base, &after, masker).await {
+                Ok((p, c)) => (p, c, None),
+                Err(e) => (String::new(), false, Some(e)),
             };
-            let patch = masker.mask(&diff::unified(&clip(&base), &clip(&after.files)));
             let mut n = 0;
-            let mut error = None;
+            let mut error = error;
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
+                if error.is_some() || fence.is_lost() {
+                    break;
+                }
                 if let Some(Some(body)) = after.files.get(path) {
                     let key = JobKeys(&spec.id).artifact(path);
-                    if let Err(e) = svc.store.put(&key, Bytes::from(body.clone())).await {
+                    if let Err(e) = fence.put(&key, Bytes::from(body.clone())).await {
                         error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
                         break;
                     }
                     n += 1;
                 }
             }
-            (patch, n, error)
+            (patch, complete, n, error)
         }
     };
+    if fence.is_lost() {
+        return InWorkspace::Lost;
+    }
     phases.collect = t.elapsed().as_secs_f64();
     InWorkspace::Done {
         stop: Some(stop),
         patch,
+        patch_complete,
         artifacts,
         error,
+    }
+}
+
+/// The masked patch of `after` against `base` and whether it is complete, computed
+/// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
+/// their runtime threads however large the workspace).
+async fn make_patch(
+    base: &workspace::Snapshot,
+    after: &workspace::Snapshot,
+    masker: &Masker,
+) -> Result<(String, bool), ErrorInfo> {
+    let clip = |s: &workspace::Snapshot| diff::Side {
+        files: s
+            .files
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.clone().filter(|b| b.len() <= MAX_DIFF_FILE_BYTES),
+                )
+            })
+            .collect(),
+        modes: s.modes.clone(),
+        complete: !s.truncated,
+    };
+    let (before, now, masker) = (clip(base), clip(after), masker.clone());
+    let job = tokio::task::spawn_blocking(move || {
+        let d = diff::patch(&before, &now);
+        (masker.mask(&d.text), d.complete)
+    });
+    match tokio::time::timeout(DIFF_DEADLINE, job).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(err("diff_failed", Phase::Collect, false, e.to_string())),
+        Err(_) => Err(err(
+            "diff_deadline",
+            Phase::Collect,
+            false,
+            format!("computing the patch took longer than {DIFF_DEADLINE:?}"),
+        )),
     }
 }
 

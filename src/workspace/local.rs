@@ -432,14 +432,19 @@ impl Walk {
                 self.dir(&e.path(), &rel)?;
                 continue;
             } else if kind.is_symlink() {
+                self.snap.modes.insert(rel.clone(), super::MODE_LINK);
                 std::fs::read_link(e.path())?
                     .as_os_str()
                     .as_encoded_bytes()
                     .to_vec()
             } else if kind.is_file() {
-                if e.metadata()?.len() > self.max_file {
+                let meta = e.metadata()?;
+                if meta.len() > self.max_file {
                     self.snap.files.insert(rel, None);
                     continue;
+                }
+                if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 {
+                    self.snap.modes.insert(rel.clone(), super::MODE_EXEC);
                 }
                 std::fs::read(e.path())?
             } else {

@@ -222,4 +222,12 @@ pub struct Snapshot {
     pub dirs: Vec<String>,
     /// True when `max_total_bytes` cut the snapshot short.
     pub truncated: bool,
+    /// Git modes of the files that are not plain `100644` files: `0o100755` for an
+    /// executable, `0o120000` for a symlink (whose content is its target).
+    pub modes: BTreeMap<String, u32>,
 }
+
+/// The git mode of an executable file.
+pub const MODE_EXEC: u32 = 0o100755;
+/// The git mode of a symlink.
+pub const MODE_LINK: u32 = 0o120000;

@@ -379,6 +379,7 @@ fn result(spec: &job::JobSpec) -> JobResult {
         started_at: now,
         finished_at: now,
         worker: None,
+        patch_complete: true,
     }
 }
 

@@ -123,14 +123,20 @@ pub(super) fn read_tree(
                     snap.files.insert(rel, None);
                     continue;
                 }
+                if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
+                    snap.modes.insert(rel.clone(), crate::workspace::MODE_EXEC);
+                }
                 let mut data = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut data)?;
                 data
             }
-            tar::EntryType::Symlink => entry
-                .link_name_bytes()
-                .map(|b| b.into_owned())
-                .unwrap_or_default(),
+            tar::EntryType::Symlink => {
+                snap.modes.insert(rel.clone(), crate::workspace::MODE_LINK);
+                entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default()
+            }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()

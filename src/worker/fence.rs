@@ -1,0 +1,232 @@
+//! A run's hold on its job: every write of the run goes through its [`Fence`],
+//! which writes only while the status record names the run's owner token, and
+//! which trips `lost` the moment a write finds it gone. The heartbeat renews the
+//! hold (a new heartbeat sequence) with its own short deadline; the live event
+//! log is uploaded by a task of its own, so a slow upload never delays a beat.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent::Progress;
+use crate::job::{Owner, StatusRecord};
+use crate::store::{JobKeys, Store, StoreError};
+
+/// One run's writes to its job's records.
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    job_id: String,
+    owner: Owner,
+    lease: Duration,
+    /// Tripped once a write found the token gone: the run must stop.
+    lost: CancellationToken,
+    /// When a write last proved the token still held, on this process's clock.
+    confirmed: Mutex<Instant>,
+}
+
+impl Fence {
+    pub fn new(store: Store, job_id: &str, owner: Owner, lease: Duration) -> Fence {
+        Fence {
+            inner: Arc::new(Inner {
+                store,
+                job_id: job_id.to_string(),
+                owner,
+                lease,
+                lost: CancellationToken::new(),
+                confirmed: Mutex::new(Instant::now()),
+            }),
+        }
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.inner.owner
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.inner.job_id
+    }
+
+    /// Cancelled once the run lost its job.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.inner.lost
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.is_cancelled()
+    }
+
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Err(StoreError::Lost { holder, .. }) => {
+                if !self.inner.lost.is_cancelled() {
+                    warn!(holder, "this run lost its job; stopping and writing nothing");
+                }
+                self.inner.lost.cancel();
+            }
+            Ok(_) => {}
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn refuse_if_lost(&self) -> Result<(), StoreError> {
+        if self.is_lost() {
+            return Err(StoreError::Lost {
+                job_id: self.inner.job_id.clone(),
+                holder: "another run".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Updates the status record while this run holds it.
+    pub async fn update(
+        &self,
+        f: impl Fn(&mut StatusRecord) -> bool,
+    ) -> Result<StatusRecord, StoreError> {
+        self.refuse_if_lost()?;
+        let started = Instant::now();
+        let r = self
+            .inner
+            .store
+            .update_owned(&self.inner.job_id, &self.inner.owner, f)
+            .await;
+        if r.is_ok() {
+            *self.inner.confirmed.lock().expect("confirmed") = started;
+        }
+        self.note(r)
+    }
+
+    /// Before writing a file: when the hold was last proven more than a third of a
+    /// lease ago (a stall, a paused process), prove it again with a heartbeat so a
+    /// run that was taken over meanwhile finds out before it writes.
+    async fn fresh(&self) -> Result<(), StoreError> {
+        self.refuse_if_lost()?;
+        let since = self.inner.confirmed.lock().expect("confirmed").elapsed();
+        if since > self.inner.lease / 3 {
+            self.beat(None).await?;
+        }
+        Ok(())
+    }
+
+    /// One heartbeat: a new sequence (and progress) under the token.
+    pub async fn beat(&self, progress: Option<&Progress>) -> Result<StatusRecord, StoreError> {
+        let (steps, cost) = progress.map_or((None, None), |p| (Some(p.steps()), Some(p.cost())));
+        self.update(|s| {
+            s.heartbeat_seq += 1;
+            s.heartbeat = Some(Utc::now());
+            if let (Some(n), Some(c)) = (steps, cost) {
+                s.steps = n;
+                s.cost_usd = c;
+            }
+            true
+        })
+        .await
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.fresh().await?;
+        let r = self
+            .inner
+            .store
+            .put_owned(&self.inner.job_id, &self.inner.owner, key, body)
+            .await;
+        self.note(r)
+    }
+
+    pub async fn put_json<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(v).expect("records serialise");
+        self.put(key, Bytes::from(body)).await
+    }
+
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<u64, StoreError> {
+        self.fresh().await?;
+        let r = self
+            .inner
+            .store
+            .put_file_owned(&self.inner.job_id, &self.inner.owner, key, path)
+            .await;
+        self.note(r)
+    }
+}
+
+/// Keeps the hold fresh while a job runs: a beat every `period`, each with its own
+/// `deadline` (well inside the lease); notices cancel requests in the record and
+/// trips the fence when the token is gone. Returns the token that stops it.
+pub fn heartbeat(
+    fence: &Fence,
+    period: Duration,
+    deadline: Duration,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (fence, stop2) = (fence.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop2.cancelled() => return,
+                _ = fence.lost().cancelled() => return,
+            }
+            match tokio::time::timeout(deadline, fence.beat(Some(&progress))).await {
+                Ok(Ok(s)) if s.cancel_requested => cancel.cancel(),
+                Ok(Ok(_)) => {}
+                Ok(Err(StoreError::Lost { .. })) => return,
+                Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+                Err(_) => warn!(?deadline, "heartbeat timed out"),
+            }
+        }
+    });
+    stop
+}
+
+/// Uploads the live event log (for `fleet logs --follow`) every `period` while it
+/// grows, through the fence. Returns the token that stops it.
+pub fn live_log(fence: &Fence, events_path: PathBuf, period: Duration) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let (fence, stop2) = (fence.clone(), stop.clone());
+    tokio::spawn(async move {
+        let key = JobKeys(fence.job_id()).events();
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut uploaded = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop2.cancelled() => return,
+                _ = fence.lost().cancelled() => return,
+            }
+            let size = std::fs::metadata(&events_path).map(|m| m.len()).unwrap_or(0);
+            if size == uploaded {
+                continue;
+            }
+            let put = fence.put_file(&key, &events_path);
+            tokio::select! {
+                r = put => match r {
+                    Ok(_) => uploaded = size,
+                    Err(StoreError::Lost { .. }) => return,
+                    Err(e) => info!(error = %e, "live event log upload failed"),
+                },
+                // The final upload replaces this one; do not race it.
+                _ = stop2.cancelled() => return,
+            }
+        }
+    });
+    stop
+}
