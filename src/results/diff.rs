@@ -18,6 +18,8 @@ use sha1::{Digest, Sha1};
 use similar::TextDiff;
 
 use crate::workspace::MODE_LINK;
+#[cfg(test)]
+use crate::workspace::MODE_EXEC;
 
 /// Files by relative path; `None` marks a file too large to diff.
 pub type Files = BTreeMap<String, Option<Vec<u8>>>;
@@ -262,5 +264,138 @@ mod tests {
         base85(&mut s, &[0xff, 0xff, 0xff, 0xff]);
         assert_eq!(s, "|NsC0");
         assert_eq!(blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+    }
+
+    /// Writes a side to a directory as real files, modes and symlinks.
+    fn materialise(dir: &std::path::Path, side: &Side) {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, body) in &side.files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let body = body.as_ref().unwrap();
+            match side.mode(path) {
+                MODE_LINK => {
+                    std::os::unix::fs::symlink(std::str::from_utf8(body).unwrap(), &p).unwrap()
+                }
+                m => {
+                    std::fs::write(&p, body).unwrap();
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m & 0o777))
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// What a directory holds, as a side (regular files, the exec bit, symlinks).
+    fn read_back(dir: &std::path::Path) -> Side {
+        use std::os::unix::fs::PermissionsExt;
+        let mut side = Side::of(Files::new());
+        fn walk(root: &std::path::Path, dir: &std::path::Path, side: &mut Side) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                if rel == ".git" {
+                    continue;
+                }
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    walk(root, &e.path(), side);
+                } else if t.is_symlink() {
+                    let target = std::fs::read_link(e.path()).unwrap();
+                    side.files.insert(rel.clone(), Some(target.to_string_lossy().as_bytes().to_vec()));
+                    side.modes.insert(rel, MODE_LINK);
+                } else {
+                    let m = e.metadata().unwrap().permissions().mode();
+                    if m & 0o111 != 0 {
+                        side.modes.insert(rel.clone(), MODE_EXEC);
+                    }
+                    side.files.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        walk(dir, dir, &mut side);
+        side
+    }
+
+    #[test]
+    fn real_git_apply_reproduces_binary_mode_and_symlink_changes() {
+        let bin_old: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let mut bin_new = bin_old.clone();
+        bin_new[100] ^= 0xff;
+        bin_new.extend([0u8, 1, 2, 3]);
+        let mut before = Side::of(files(&[
+            ("text.txt", "a\nb\nc\n"),
+            ("run.sh", "#!/bin/sh\necho hi\n"),
+            ("gone.txt", "bye\n"),
+            ("link", "text.txt"),
+            ("becomes-link", "plain\n"),
+            ("no-newline.txt", "x"),
+        ]));
+        before.files.insert("blob.bin".into(), Some(bin_old));
+        before.files.insert("gone.bin".into(), Some(vec![0, 159, 146, 150]));
+        before.modes.insert("link".into(), MODE_LINK);
+        let mut after = Side::of(files(&[
+            ("text.txt", "a\nB\nc\n"),
+            ("run.sh", "#!/bin/sh\necho hi\n"),
+            ("link", "run.sh"),
+            ("becomes-link", "text.txt"),
+            ("new-link", "sub/deep.txt"),
+            ("sub/deep.txt", "deep\n"),
+            ("tool", "#!/bin/sh\n"),
+            ("no-newline.txt", "y"),
+        ]));
+        after.files.insert("blob.bin".into(), Some(bin_new));
+        after.files.insert("new.bin".into(), Some(vec![0xff, 0, 0xfe, 1, 2]));
+        after.files.insert("empty.bin".into(), Some(Vec::new()));
+        for (p, m) in [("run.sh", MODE_EXEC), ("tool", MODE_EXEC), ("link", MODE_LINK),
+                       ("becomes-link", MODE_LINK), ("new-link", MODE_LINK)] {
+            after.modes.insert(p.into(), m);
+        }
+        let p = patch(&before, &after);
+        assert!(p.complete, "{}", p.text);
+        let dir = tempfile::tempdir().unwrap();
+        materialise(dir.path(), &before);
+        let pdir = tempfile::tempdir().unwrap();
+        let patch_file = pdir.path().join("p.diff");
+        std::fs::write(&patch_file, &p.text).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("git (the patch must apply with a real git)");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}\n--- patch\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                p.text
+            );
+        };
+        git(&["init", "-q"]);
+        git(&["apply", "--check", patch_file.to_str().unwrap()]);
+        git(&["apply", patch_file.to_str().unwrap()]);
+        let got = read_back(dir.path());
+        assert_eq!(got.files, after.files, "{}", p.text);
+        assert_eq!(got.modes, after.modes, "{}", p.text);
+    }
+
+    #[test]
+    fn an_incomplete_patch_still_applies() {
+        let before = Side::of(files(&[("a.txt", "1\n"), ("b.txt", "2\n")]));
+        let mut after = Side::of(files(&[("a.txt", "one\n")]));
+        after.complete = false;
+        let p = patch(&before, &after);
+        let dir = tempfile::tempdir().unwrap();
+        materialise(dir.path(), &before);
+        let f = dir.path().join(".patch");
+        std::fs::write(&f, &p.text).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["apply", ".patch"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(dir.path().join("b.txt")).unwrap(), "2\n");
     }
 }
