@@ -24,6 +24,11 @@ pub const ENV_RETRY_TIERS_SECS: &str = "FLEET_RETRY_TIERS_SECS";
 pub const ENV_QUEUE_PREFIX: &str = "FLEET_QUEUE_PREFIX";
 /// Attempts a job gets for infrastructure faults before it is failed.
 pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
+/// Seconds between a worker's sweeps for stranded jobs (default 300; 0 = off).
+pub const ENV_SWEEP_SECS: &str = "FLEET_SWEEP_SECS";
+/// Seconds a job may sit `queued` with no message, or `running` with a silent
+/// owner, before a sweep moves it (default 600).
+pub const ENV_SWEEP_GRACE_SECS: &str = "FLEET_SWEEP_GRACE_SECS";
 
 pub const DEFAULT_STORE: &str = "./fleet-data";
 pub const DEFAULT_QUEUE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -162,5 +167,20 @@ pub fn amqp_options() -> crate::queue::AmqpOptions {
         prefix: env(ENV_QUEUE_PREFIX).unwrap_or_default(),
         retry_tiers: retry_tiers(),
         ..Default::default()
+    }
+}
+
+/// A number of seconds from the environment: `default` when unset, an error that
+/// names the variable when it does not parse.
+pub fn env_secs(name: &str, default: f64) -> Result<std::time::Duration, String> {
+    match env(name) {
+        None => Ok(Duration::from_secs_f64(default)),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{name}={v:?}: expected a number of seconds")),
     }
 }

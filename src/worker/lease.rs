@@ -34,10 +34,19 @@ impl LeaseWatch {
     }
 
     fn is_dead_at(&self, job_id: &str, mark: &(Owner, u64), now: Instant) -> bool {
+        self.silent_at(job_id, mark, now) >= self.lease
+    }
+
+    /// How long this worker has seen `mark` unchanged (zero for a new sighting).
+    pub fn silent_for(&self, job_id: &str, mark: &(Owner, u64)) -> Duration {
+        self.silent_at(job_id, mark, Instant::now())
+    }
+
+    fn silent_at(&self, job_id: &str, mark: &(Owner, u64), now: Instant) -> Duration {
         let mut seen = self.seen.lock().expect("lease watch");
         if let Some((owner, seq, since)) = seen.get(job_id) {
             if *owner == mark.0 && *seq == mark.1 {
-                return now.duration_since(*since) >= self.lease;
+                return now.duration_since(*since);
             }
         }
         if seen.len() >= MAX_SIGHTINGS {
@@ -48,7 +57,7 @@ impl LeaseWatch {
             }
         }
         seen.insert(job_id.to_string(), (mark.0.clone(), mark.1, now));
-        false
+        Duration::ZERO
     }
 
     /// Forgets a job (it ended, or this worker now runs it).

@@ -21,6 +21,7 @@ pub mod message;
 pub mod records;
 pub mod runner;
 pub mod settle;
+pub mod sweep;
 
 pub use consume::{Observer, Shutdown, Worker};
 pub use runner::{JobControl, Services};
