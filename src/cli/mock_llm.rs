@@ -17,6 +17,10 @@ pub struct MockLlmArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub addr: SocketAddr,
+    /// Append every request to FILE as a JSON line (model, step, time): a count
+    /// of each conversation's requests kept outside the fleet.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
 }
 
 pub async fn run(a: MockLlmArgs) -> anyhow::Result<ExitCode> {
@@ -27,7 +31,7 @@ pub async fn run(a: MockLlmArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let m = crate::mock_llm::MockLlm::start(a.scripts.clone(), a.addr)
+    let m = crate::mock_llm::MockLlm::start_with_log(a.scripts.clone(), a.addr, a.log.clone())
         .await
         .context("starting the scripted LLM")?;
     println!("{}", m.base_url());

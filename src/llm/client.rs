@@ -18,6 +18,10 @@ use super::retry::{self, AttemptError, Failure};
 use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
 use crate::telemetry::metrics;
 
+/// The largest reply body read from an LLM endpoint (a real completion is far
+/// smaller); past it the request fails with `llm_reply_too_large`.
+pub const MAX_REPLY_BYTES: usize = 32 << 20;
+
 pub struct LlmClient {
     settings: LlmSettings,
     http: reqwest::Client,
@@ -164,11 +168,28 @@ impl LlmClient {
         if let Some(key) = self.settings.api_key.as_deref().filter(|k| !k.is_empty()) {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        Ok((status, headers, bytes))
+        let too_large = |n: u64| AttemptError {
+            failure: Failure::TooLarge,
+            status: Some(status),
+            retry_after: None,
+            message: format!("the reply is {n} bytes or more; at most {MAX_REPLY_BYTES} are read"),
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n > MAX_REPLY_BYTES as u64) {
+            return Err(too_large(n));
+        }
+        // Read chunk by chunk so a reply without (or lying about) its length
+        // cannot grow past the cap.
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, body.freeze()))
     }
 
     fn read_completion(&self, status: u16, body: &[u8]) -> Result<Completion, AttemptError> {

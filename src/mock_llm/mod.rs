@@ -48,6 +48,11 @@
 //!   `message`.
 //! - `fail.status: 200`: a 200 reply with an empty `choices` list.
 //!
+//! With a request log (`fleet mock-llm --log FILE`) every request for a script
+//! appends one JSON line `{"model": …, "step": …, "at_ms": …}` before it is
+//! answered: an observer outside the fleet that counts how often each
+//! conversation was run (the fault drills use it; workspaces have no network).
+//!
 //! A script that does not parse or check (unknown fields included) is answered
 //! with 500 and a message naming the file and the place. Scripts are cached and
 //! re-read when their modification time or size changes. The server never fails on
@@ -95,6 +100,21 @@ impl MockLlm {
     /// Starts serving scripts from `dir` on `addr` (port 0 picks a free one);
     /// returns once the socket listens.
     pub async fn start(dir: PathBuf, addr: SocketAddr) -> std::io::Result<MockLlm> {
+        MockLlm::start_with_log(dir, addr, None).await
+    }
+
+    /// [`MockLlm::start`], appending every request to the JSON-lines file `log`.
+    pub async fn start_with_log(
+        dir: PathBuf,
+        addr: SocketAddr,
+        log: Option<PathBuf>,
+    ) -> std::io::Result<MockLlm> {
+        let log = match log {
+            None => None,
+            Some(p) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+            )),
+        };
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -103,6 +123,7 @@ impl MockLlm {
             fails: FailCounters::new(conversations::DEFAULT_CAP),
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
+            log,
         });
         let app = router(state);
         let signal = shutdown.clone().cancelled_owned();
@@ -148,6 +169,8 @@ struct Server {
     fails: FailCounters,
     shutdown: CancellationToken,
     next_id: AtomicU64,
+    /// The request log, when one was asked for.
+    log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 fn router(state: Arc<Server>) -> Router {
@@ -215,6 +238,15 @@ async fn complete(State(server): State<Arc<Server>>, body: Bytes) -> Response {
         .iter()
         .filter(|m| m.role == "assistant")
         .count();
+    if let Some(log) = &server.log {
+        let line = serde_json::json!({
+            "model": req.model,
+            "step": step,
+            "at_ms": chrono::Utc::now().timestamp_millis(),
+        });
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
+    }
     let Some(reply) = script.step(step) else {
         let message = format!(
             "script '{}' has {} steps and no repeat_last; asked for step {step}",
