@@ -9,6 +9,7 @@ fn server(dir: &std::path::Path) -> Arc<Server> {
         fails: FailCounters::new(100),
         shutdown: CancellationToken::new(),
         next_id: AtomicU64::new(1),
+        log: None,
     })
 }
 

@@ -4,9 +4,12 @@
 //! hold (a new heartbeat sequence) with its own short deadline; the live event
 //! log is uploaded by a task of its own, so a slow upload never delays a beat.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -120,6 +123,24 @@ impl Fence {
         Ok(())
     }
 
+    /// Whether the hold was proven within `within` on this process's clock.
+    fn proven_within(&self, within: Duration) -> bool {
+        self.inner.confirmed.lock().expect("confirmed").elapsed() <= within
+    }
+
+    /// Runs `fut` only while the hold is recent: whenever it was last proven more
+    /// than two thirds of a lease ago (the process was paused or stalled), `fut`
+    /// is not polled again until a heartbeat proved it — so a run that woke up
+    /// after losing its job makes no further step (no LLM request, no command)
+    /// and stops as soon as the fence trips.
+    pub fn gate<F: Future>(&self, fut: F) -> Gate<'_, F> {
+        Gate {
+            fence: self,
+            fut: Box::pin(fut),
+            proving: None,
+        }
+    }
+
     /// One heartbeat: a new sequence (and progress) under the token.
     pub async fn beat(&self, progress: Option<&Progress>) -> Result<StatusRecord, StoreError> {
         let (steps, cost) = progress.map_or((None, None), |p| (Some(p.steps()), Some(p.cost())));
@@ -158,6 +179,52 @@ impl Fence {
             .put_file_owned(&self.inner.job_id, &self.inner.owner, key, path)
             .await;
         self.note(r)
+    }
+}
+
+type Proof<'a> = Pin<Box<dyn Future<Output = Result<StatusRecord, StoreError>> + Send + 'a>>;
+
+/// See [`Fence::gate`].
+pub struct Gate<'a, F: Future> {
+    fence: &'a Fence,
+    fut: Pin<Box<F>>,
+    proving: Option<Proof<'a>>,
+}
+
+impl<F: Future> Future for Gate<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        loop {
+            if this.fence.is_lost() {
+                // The caller selects on `lost`; this step never runs.
+                return Poll::Pending;
+            }
+            if let Some(p) = this.proving.as_mut() {
+                match p.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(_)) => this.proving = None,
+                    Poll::Ready(Err(StoreError::Lost { .. })) => return Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        // The store is away: try again shortly, still holding back.
+                        warn!(error = %e, "proving this run's hold failed; holding the run");
+                        let fence = this.fence;
+                        this.proving = Some(Box::pin(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            fence.beat(None).await
+                        }));
+                        continue;
+                    }
+                }
+            }
+            if !this.fence.proven_within(this.fence.inner.lease * 2 / 3) {
+                let fence = this.fence;
+                this.proving = Some(Box::pin(fence.beat(None)));
+                continue;
+            }
+            return this.fut.as_mut().poll(cx);
+        }
     }
 }
 

@@ -511,13 +511,13 @@ async fn in_workspace(
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let run = agent::run(agent::AgentRun {
+    let run = fence.gate(agent::run(agent::AgentRun {
         job: spec,
         workspace: ws,
         llm,
         masker,
         events,
-    });
+    }));
     let stop = tokio::select! {
         r = run => Stop::Report(r),
         _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,

@@ -12,4 +12,5 @@ mod batch;
 mod cancel;
 mod faults;
 mod messages;
+mod ownership;
 mod signals;

@@ -150,6 +150,89 @@ impl Fleet {
         Fleet::with_endpoint(&s3_endpoint())
     }
 
+    /// A fleet whose store is a local directory (shared by its workers, which
+    /// lock it with flock), with the same broker and scripted LLM.
+    pub fn with_local_store() -> Fleet {
+        let mut f = Fleet::with_endpoint(&s3_endpoint());
+        let dir = f.dir.path().join("store");
+        f.store_spec = dir.display().to_string();
+        f.store = f
+            .rt
+            .block_on(Store::open(&f.store_spec))
+            .expect("a local store");
+        f
+    }
+
+    /// Extra environment for every child started from now on.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.push((name.to_string(), value.to_string()));
+    }
+
+    /// The scripted LLM's own request log for one model (= one job of this
+    /// harness): the step of each request, in order. An observer the workers do
+    /// not write.
+    pub fn llm_requests(&self, model: &str) -> Vec<u64> {
+        let text = std::fs::read_to_string(self.dir.path().join("llm-requests.jsonl"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["model"] == model)
+            .filter_map(|v| v["step"].as_u64())
+            .collect()
+    }
+
+    /// Runs of a job as the scripted LLM saw them: requests for its first step.
+    pub fn llm_runs(&self, model: &str) -> usize {
+        self.llm_requests(model).iter().filter(|s| **s == 0).count()
+    }
+
+    /// Closes, through the broker's management API, every connection that
+    /// consumes from this fleet's `name` queue (a lost connection, as the broker's
+    /// `consumer_timeout` or a network cut would make it). Returns how many.
+    pub fn close_consumer_connections(&self, name: &str) -> usize {
+        let queue = format!("{}{name}", self.prefix);
+        let http = reqwest::Client::new();
+        let api = management_api();
+        self.rt.block_on(async {
+            // The management plugin lists a new consumer within its stats interval.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let consumers: Value = http
+                    .get(format!("{api}/consumers/%2f"))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await
+                    .expect("the RabbitMQ management API")
+                    .json()
+                    .await
+                    .expect("consumers JSON");
+                let names: Vec<String> = consumers
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["queue"]["name"] == queue.as_str())
+                    .filter_map(|c| c["channel_details"]["connection_name"].as_str())
+                    .map(str::to_string)
+                    .collect();
+                if !names.is_empty() {
+                    for n in &names {
+                        let r = http
+                            .delete(format!("{api}/connections/{}", urlencode(n)))
+                            .basic_auth("guest", Some("guest"))
+                            .header("X-Reason", "fleet test: connection cut")
+                            .send()
+                            .await
+                            .expect("closing a connection");
+                        assert!(r.status().is_success() || r.status() == 404, "{}", r.status());
+                    }
+                    return names.len();
+                }
+                assert!(Instant::now() < deadline, "no consumer on {queue} to cut");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    }
+
     /// A fleet whose store is on `endpoint` (an S3 API with the bucket fleet-test).
     pub fn with_endpoint(endpoint: &str) -> Fleet {
         check_docker();
@@ -282,6 +365,8 @@ impl Fleet {
         let mut child = Command::new(fleet())
             .args(["mock-llm", "--addr", "127.0.0.1:0", "--scripts"])
             .arg(self.scripts_dir())
+            .arg("--log")
+            .arg(self.dir.path().join("llm-requests.jsonl"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&err).unwrap())
@@ -477,11 +562,19 @@ impl Fleet {
 
     /// Runs a `fleet` command to its end (killed after `within`).
     pub fn cli(&self, args: &[&str], within: Duration) -> CliOutput {
+        self.cli_env(args, &[], within)
+    }
+
+    /// [`Fleet::cli`] with extra environment for this command only.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)], within: Duration) -> CliOutput {
         let n = self.procs.lock().unwrap().len();
         let name = format!("{}{n}", args[0]);
         let (out, err) = self.log_files(&name);
-        let child = self
-            .command(args)
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap())
             .spawn()
@@ -543,6 +636,42 @@ impl Fleet {
                 .map(|v| v.as_str().unwrap().to_string())
                 .collect(),
         }
+    }
+
+    /// Every object of the job in the S3 store with its ETag and modification
+    /// time, as the S3 server reports them (not as a worker wrote them down).
+    pub fn object_versions(&self, id: &str) -> Vec<(String, String, String)> {
+        let Store::S3(s3) = &self.store else {
+            panic!("object_versions needs the S3 store")
+        };
+        let prefix = format!(
+            "{}/{}",
+            self.store_spec.trim_start_matches(&format!("s3://{BUCKET}/")),
+            JobKeys(id).dir()
+        );
+        self.rt.block_on(async {
+            let out = s3
+                .client()
+                .list_objects_v2()
+                .bucket(BUCKET)
+                .prefix(&prefix)
+                .send()
+                .await
+                .expect("listing the job's objects");
+            let mut v: Vec<(String, String, String)> = out
+                .contents()
+                .iter()
+                .map(|o| {
+                    (
+                        o.key().unwrap_or_default().to_string(),
+                        o.e_tag().unwrap_or_default().to_string(),
+                        o.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        })
     }
 
     /// Runs an async block on the fleet's runtime.
@@ -754,6 +883,68 @@ impl Drop for Fleet {
             })
             .await;
         });
+    }
+}
+
+/// The broker's management API (`FLEET_TEST_AMQP_API`, default the local one).
+pub fn management_api() -> String {
+    std::env::var("FLEET_TEST_AMQP_API")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:15672/api".into())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Records the webhook deliveries it receives (the `X-Fleet-Delivery` header of
+/// each POST), answering 200: an observer outside the fleet.
+pub struct HookReceiver {
+    pub url: String,
+    pub received: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl HookReceiver {
+    pub fn start(f: &Fleet) -> HookReceiver {
+        use axum::routing::post;
+        let received: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
+        let got = received.clone();
+        let listener = f
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap| {
+                let got = got.clone();
+                async move {
+                    let id = headers
+                        .get("x-fleet-delivery")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    got.lock().unwrap().push(id);
+                    "ok"
+                }
+            }),
+        );
+        f.rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HookReceiver { url, received }
+    }
+
+    pub fn deliveries(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
     }
 }
 
