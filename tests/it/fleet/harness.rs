@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -186,51 +186,49 @@ impl Fleet {
         self.llm_requests(model).iter().filter(|s| **s == 0).count()
     }
 
-    /// Closes, through the broker's management API, every connection that
-    /// consumes from this fleet's `name` queue (a lost connection, as the broker's
-    /// `consumer_timeout` or a network cut would make it). Returns how many.
+    /// Closes every broker connection that consumes from this fleet's `name`
+    /// queue (a lost connection, as the broker's `consumer_timeout` or a network
+    /// cut makes it), with `rabbitmqctl close_connection` on that one connection:
+    /// the broker and its other clients are untouched. Returns how many.
     pub fn close_consumer_connections(&self, name: &str) -> usize {
         let queue = format!("{}{name}", self.prefix);
-        let http = reqwest::Client::new();
-        let api = management_api();
-        self.rt.block_on(async {
-            // The management plugin lists a new consumer within its stats interval.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let consumers: Value = http
-                    .get(format!("{api}/consumers/%2f"))
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await
-                    .expect("the RabbitMQ management API")
-                    .json()
-                    .await
-                    .expect("consumers JSON");
-                let names: Vec<String> = consumers
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| c["queue"]["name"] == queue.as_str())
-                    .filter_map(|c| c["channel_details"]["connection_name"].as_str())
-                    .map(str::to_string)
+        let ctl = |args: &[&str]| -> String {
+            let out = Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .expect("rabbitmqctl (the broker runs on this host)");
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let channels: Vec<String> = ctl(&["-q", "list_consumers", "-p", "/", "queue_name", "channel_pid", "--no-table-headers"])
+                .lines()
+                .filter_map(|l| {
+                    let (q, ch) = l.split_once('\t')?;
+                    (q.trim() == queue).then(|| ch.trim().to_string())
+                })
+                .collect();
+            if !channels.is_empty() {
+                let conns: BTreeSet<String> = ctl(&["-q", "list_channels", "pid", "connection", "--no-table-headers"])
+                    .lines()
+                    .filter_map(|l| {
+                        let (ch, conn) = l.split_once('\t')?;
+                        channels.contains(&ch.trim().to_string()).then(|| conn.trim().to_string())
+                    })
                     .collect();
-                if !names.is_empty() {
-                    for n in &names {
-                        let r = http
-                            .delete(format!("{api}/connections/{}", urlencode(n)))
-                            .basic_auth("guest", Some("guest"))
-                            .header("X-Reason", "fleet test: connection cut")
-                            .send()
-                            .await
-                            .expect("closing a connection");
-                        assert!(r.status().is_success() || r.status() == 404, "{}", r.status());
-                    }
-                    return names.len();
+                for c in &conns {
+                    ctl(&["close_connection", c, "fleet test: connection cut"]);
                 }
-                assert!(Instant::now() < deadline, "no consumer on {queue} to cut");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                return conns.len();
             }
-        })
+            assert!(Instant::now() < deadline, "no consumer on {queue} to cut");
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// A fleet whose store is on `endpoint` (an S3 API with the bucket fleet-test).
@@ -884,25 +882,6 @@ impl Drop for Fleet {
             .await;
         });
     }
-}
-
-/// The broker's management API (`FLEET_TEST_AMQP_API`, default the local one).
-pub fn management_api() -> String {
-    std::env::var("FLEET_TEST_AMQP_API")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:15672/api".into())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Records the webhook deliveries it receives (the `X-Fleet-Delivery` header of

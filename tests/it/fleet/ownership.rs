@@ -112,7 +112,8 @@ fn a_job_that_kills_its_worker_every_time_fails_worker_lost_after_max_attempts()
     let poison = f.add_job("poison", job, script);
     let (job, script) = few_steps("fine");
     let fine = f.add_job("fine", job, script);
-    let mut workers = vec![f.worker(2, &[])];
+    // One slot each: killing the poison job's worker kills no other job.
+    let mut workers = vec![f.worker(1, &[]), f.worker(1, &[])];
     f.submit();
     for attempt in 1..=2u32 {
         let s = poll(WAIT, &format!("attempt {attempt} of the poison job to run"), || {
@@ -121,7 +122,7 @@ fn a_job_that_kills_its_worker_every_time_fails_worker_lost_after_max_attempts()
         }, || f.diagnostics());
         let victim = workers.iter().find(|w| Some(w.id.as_str()) == s.worker.as_deref()).cloned().expect("the worker running it");
         f.kill(&victim);
-        workers.push(f.worker(2, &[]));
+        workers.push(f.worker(1, &[]));
     }
     let s = f.wait_terminal(std::slice::from_ref(&poison), WAIT).remove(0);
     assert_eq!(s.state, State::Failed, "{}", f.diagnostics());
