@@ -49,7 +49,8 @@
 //! - `fail.status: 200`: a 200 reply with an empty `choices` list.
 //!
 //! With a request log (`fleet mock-llm --log FILE`) every request for a script
-//! appends one JSON line `{"model": …, "step": …, "at_ms": …}` before it is
+//! appends one JSON line `{"model", "step", "user", "at_ms"}` (`user`: the
+//! start of the conversation's first user message, which names its task) before it is
 //! answered: an observer outside the fleet that counts how often each
 //! conversation was run (the fault drills use it; workspaces have no network).
 //!
@@ -239,9 +240,11 @@ async fn complete(State(server): State<Arc<Server>>, body: Bytes) -> Response {
         .filter(|m| m.role == "assistant")
         .count();
     if let Some(log) = &server.log {
+        let user: String = first_user_message(&req.messages).chars().take(300).collect();
         let line = serde_json::json!({
             "model": req.model,
             "step": step,
+            "user": user,
             "at_ms": chrono::Utc::now().timestamp_millis(),
         });
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());

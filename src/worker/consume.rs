@@ -200,6 +200,7 @@ async fn handle(
             Ok(Claim::Exhausted { owner, attempt }) => {
                 tracing::Span::current().record("attempt", attempt);
                 warn!(attempt, "its worker was lost on every attempt; giving up");
+                remove_dead_workers_containers(svc);
                 let e = ErrorInfo {
                     kind: "worker_lost".into(),
                     phase: Phase::Claim,
@@ -230,16 +231,7 @@ async fn handle(
                 .job_retries
                 .with_label_values(&["worker_lost"])
                 .inc();
-            // Its worker died mid-job and left its container: sweep what dead
-            // workers of this host left (cleanup_stale spares live owners).
-            let backend = svc.backend.clone();
-            tokio::spawn(async move {
-                match backend.cleanup_stale().await {
-                    Ok(0) => {}
-                    Ok(n) => info!(removed = n, "removed containers of dead workers"),
-                    Err(e) => warn!(error = %e, "could not remove containers of dead workers"),
-                }
-            });
+            remove_dead_workers_containers(svc);
         }
         svc.notifier
             .job_started(&spec, attempt, &svc.settings.worker_id);
@@ -335,6 +327,19 @@ async fn end_unrun(
         settle: then,
     };
     settle::apply(svc, queue, d, Some(spec), Some(&fence), observer, s).await
+}
+
+/// A job whose worker died mid-job: sweep the containers dead workers of this
+/// host left (cleanup_stale spares live owners), in the background.
+fn remove_dead_workers_containers(svc: &Services) {
+    let backend = svc.backend.clone();
+    tokio::spawn(async move {
+        match backend.cleanup_stale().await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed containers of dead workers"),
+            Err(e) => warn!(error = %e, "could not remove containers of dead workers"),
+        }
+    });
 }
 
 fn retry_reason(phase: Phase) -> &'static str {
