@@ -22,6 +22,37 @@ pub fn tar_gz_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// Packs a directory as an uncompressed tar file at `dest` (written as it goes).
+pub fn tar_dir_to_file(dir: &Path, dest: &Path) -> std::io::Result<()> {
+    let out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    b.append_dir_all(".", dir)?;
+    std::io::Write::flush(&mut b.into_inner()?)
+}
+
+/// Inflates the gzip file `src` to `dest` as a stream, refusing (and removing
+/// `dest`) once it inflates past `limit` bytes. Memory stays a buffer's worth
+/// whatever the archive holds.
+pub fn gunzip_file(src: &Path, dest: &Path, limit: u64) -> std::io::Result<u64> {
+    let input = std::io::BufReader::new(std::fs::File::open(src)?);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let n = std::io::copy(
+        &mut flate2::read::GzDecoder::new(input).take(limit + 1),
+        &mut out,
+    )?;
+    std::io::Write::flush(&mut out)?;
+    if n > limit {
+        drop(out);
+        let _ = std::fs::remove_file(dest);
+        return Err(std::io::Error::other(format!(
+            "input archive inflates past {limit} bytes"
+        )));
+    }
+    Ok(n)
+}
+
 /// Unpacks gzip to plain tar, refusing archives that inflate past `limit` bytes.
 pub fn gunzip(data: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -60,6 +91,13 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| n.ends_with("sub/a.txt")), "{names:?}");
         assert!(gunzip(&gz, 3).is_err());
+        // The same through files.
+        let (src, dst) = (dir.path().join("in.tar.gz"), dir.path().join("out.tar"));
+        std::fs::write(&src, &gz).unwrap();
+        assert_eq!(gunzip_file(&src, &dst, 1 << 20).unwrap(), tar.len() as u64);
+        assert_eq!(std::fs::read(&dst).unwrap(), tar);
+        assert!(gunzip_file(&src, &dst, 3).is_err());
+        assert!(!dst.exists(), "a refused inflation leaves no file");
         assert_eq!(sh_quote("a'b"), r"'a'\''b'");
     }
 }

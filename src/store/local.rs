@@ -145,6 +145,15 @@ impl LocalStore {
         }
     }
 
+    /// Copies the object to the file `dest`; false when there is none.
+    pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        match tokio::fs::copy(self.root.join(key), dest).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Self::io(key)(e)),
+        }
+    }
+
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_string();

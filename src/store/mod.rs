@@ -119,6 +119,16 @@ impl Store {
         }
     }
 
+    /// Downloads `key` to the file `dest`, streamed (never whole in memory);
+    /// false when nothing is stored there.
+    pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        check(key)?;
+        match self {
+            Store::Local(s) => s.get_to_file(key, dest).await,
+            Store::S3(s) => s.get_to_file(key, dest).await,
+        }
+    }
+
     /// Keys under `prefix` (recursive), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self {

@@ -634,53 +634,56 @@ async fn make_patch(
 
 async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(), ErrorInfo> {
     let workdir = ws.workdir().to_string();
+    // Inputs pass through scratch files, never whole in memory: a 1 GiB input
+    // costs the worker a buffer, not a gigabyte.
+    let scratch = |ext: &str| svc.scratch.join(format!("{}-{}.{ext}", spec.id, uuid::Uuid::new_v4().simple()));
+    let unreadable = |what: &str, e: String| err("input_unreadable", Phase::Input, false, format!("{what}: {e}"));
     match &spec.input {
         None => Ok(()),
         Some(Input::Path { path }) => {
-            let dir = PathBuf::from(path);
-            let tar = tokio::task::spawn_blocking(move || input::tar_dir(&dir))
+            let (dir, tar) = (PathBuf::from(path), scratch("tar"));
+            let dest = tar.clone();
+            let packed = tokio::task::spawn_blocking(move || input::tar_dir_to_file(&dir, &dest))
                 .await
-                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
-                .map_err(|e| {
-                    err(
-                        "input_unreadable",
-                        Phase::Input,
-                        false,
-                        format!("{path}: {e}"),
-                    )
-                })?;
-            ws.put_tar(&workdir, tar)
-                .await
-                .map_err(|e| ws_err(&e, Phase::Input))
+                .map_err(|e| unreadable(path, e.to_string()))
+                .and_then(|r| r.map_err(|e| unreadable(path, e.to_string())));
+            let placed = match packed {
+                Ok(()) => ws.put_tar_file(&workdir, &tar).await.map_err(|e| ws_err(&e, Phase::Input)),
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&tar);
+            placed
         }
         Some(Input::StoreKey { store_key }) => {
-            let gz = svc
-                .store
-                .get(store_key)
-                .await
-                .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?
-                .ok_or_else(|| {
-                    err(
+            let (gz, tar) = (scratch("tar.gz"), scratch("tar"));
+            let placed = async {
+                let found = svc
+                    .store
+                    .get_to_file(store_key, &gz)
+                    .await
+                    .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?;
+                if !found {
+                    return Err(err(
                         "input_missing",
                         Phase::Input,
                         false,
                         format!("{store_key} is not in the store"),
-                    )
-                })?;
-            let tar = tokio::task::spawn_blocking(move || input::gunzip(&gz, MAX_INPUT_BYTES))
-                .await
-                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
-                .map_err(|e| {
-                    err(
-                        "input_unreadable",
-                        Phase::Input,
-                        false,
-                        format!("{store_key}: {e}"),
-                    )
-                })?;
-            ws.put_tar(&workdir, tar)
-                .await
-                .map_err(|e| ws_err(&e, Phase::Input))
+                    ));
+                }
+                let (src, dest) = (gz.clone(), tar.clone());
+                tokio::task::spawn_blocking(move || input::gunzip_file(&src, &dest, MAX_INPUT_BYTES))
+                    .await
+                    .map_err(|e| unreadable(store_key, e.to_string()))?
+                    .map_err(|e| unreadable(store_key, e.to_string()))?;
+                let _ = std::fs::remove_file(&gz);
+                ws.put_tar_file(&workdir, &tar)
+                    .await
+                    .map_err(|e| ws_err(&e, Phase::Input))
+            }
+            .await;
+            let _ = std::fs::remove_file(&gz);
+            let _ = std::fs::remove_file(&tar);
+            placed
         }
         Some(Input::Git { git }) => {
             let mut script = format!("git clone --quiet {} . 2>&1", input::sh_quote(&git.url));

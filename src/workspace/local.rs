@@ -241,6 +241,21 @@ impl LocalWorkspace {
         Ok(())
     }
 
+    /// [`LocalWorkspace::put_tar`] of a tar file, unpacked as it is read.
+    pub async fn put_tar_file(&self, dest: &str, tar: &Path) -> Result<(), WorkspaceError> {
+        let p = self.inside(dest)?;
+        tokio::fs::create_dir_all(&p)
+            .await
+            .map_err(|e| path_err(dest, &e.to_string()))?;
+        let file = std::fs::File::open(tar)?;
+        tokio::task::spawn_blocking(move || {
+            tar::Archive::new(std::io::BufReader::new(file)).unpack(&p)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(())
+    }
+
     /// The files below `dir` (see [`Snapshot`]); symlinks appear as files holding
     /// their target, as in the Docker backend. A missing `dir` gives an empty snapshot.
     pub async fn snapshot(

@@ -196,6 +196,16 @@ impl Workspace {
         dispatch!(self, w => w.put_tar(dest, tar).await)
     }
 
+    /// Unpacks the tar file `tar` (on the worker's host) into `dest`, streaming it:
+    /// the worker holds a chunk at a time, however large the archive.
+    pub async fn put_tar_file(
+        &self,
+        dest: &str,
+        tar: &std::path::Path,
+    ) -> Result<(), WorkspaceError> {
+        dispatch!(self, w => w.put_tar_file(dest, tar).await)
+    }
+
     /// The files below `dir` as a map of relative path → content, skipping files over
     /// `max_file_bytes`, stopping at `max_total_bytes` in all. Used for the patch,
     /// artifacts and the editor's directory view.
