@@ -288,3 +288,72 @@ fn two_workers_on_one_local_store_never_both_run_a_job() {
     assert_eq!(workers.len(), 2, "both workers ran jobs: {workers:?}");
     assert!(f.alive(&a) && f.alive(&b));
 }
+
+/// Stores the pending jobs with the broker unreachable: records, no messages.
+fn strand(f: &Fleet) -> Vec<String> {
+    let file = f.job_file();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
+    let out = f.cli_env(&["submit", file.to_str().unwrap(), "--json"], &[("FLEET_QUEUE", &down)], Duration::from_secs(90));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    out.stderr
+        .lines()
+        .find(|l| l.contains("not confirmed"))
+        .and_then(|l| l.rsplit_once(": "))
+        .map(|(_, ids)| ids.split(", ").map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_workers_sweeper_republishes_a_job_stranded_without_a_message() {
+    let mut f = Fleet::new();
+    let (job, script) = few_steps("stranded");
+    let id = f.add_job("swept", job, script);
+    assert_eq!(strand(&f), vec![id.clone()]);
+    f.set_env("FLEET_SWEEP_SECS", "1");
+    f.set_env("FLEET_SWEEP_GRACE_SECS", "2");
+    let w = f.worker(1, &[]);
+    let s = f.wait_terminal(std::slice::from_ref(&id), WAIT).remove(0);
+    assert_eq!(s.state, State::Succeeded, "{}", f.diagnostics());
+    assert_eq!(f.llm_runs(&id), 1);
+    assert!(f.worker_log(&w).contains("republished a job that had no message"), "{}", f.worker_log(&w));
+}
+
+#[test]
+fn fleet_reconcile_republishes_stranded_jobs_and_fails_runs_whose_worker_is_gone() {
+    let f = Fleet::new();
+    let (job, script) = few_steps("reconciled");
+    let queued = f.add_job("rq", job, script);
+    let (job, script) = few_steps("orphan");
+    let orphan = f.add_job("ro", job, script);
+    let stranded = strand(&f);
+    assert_eq!(stranded.len(), 2);
+    // The orphan: a run that claimed it and died with its message gone.
+    f.block_on(f.store.update_status(&orphan, |s| {
+        s.attempt = 1;
+        s.owner = Some(agent_fleet::job::Owner::new("gone-host-1-0000", 1));
+        s.lease_secs = 3;
+        s.transition(State::Running, Some("gone-host-1-0000"), None);
+        true
+    }))
+    .unwrap();
+    let out = f.cli(&["reconcile", "--grace-secs", "0", "--watch-secs", "2", "--json"], Duration::from_secs(90));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["republished"], json!([queued]), "{report}");
+    assert_eq!(report["failed"], json!([orphan]), "{report}");
+    let s = f.status(&orphan).unwrap();
+    assert_eq!(s.state, State::Failed);
+    assert_eq!(s.error.as_ref().map(|e| e.kind.as_str()), Some("worker_lost"));
+    assert_eq!(f.result(&orphan).map(|r| r.outcome.as_str().to_string()).as_deref(), Some("failed"));
+    // The republished job runs once on a worker; the failed one stays failed.
+    let _w = f.worker(1, &[]);
+    let s = f.wait_terminal(std::slice::from_ref(&queued), WAIT).remove(0);
+    assert_eq!(s.state, State::Succeeded, "{}", f.diagnostics());
+    assert_eq!(f.llm_runs(&queued), 1);
+    assert_eq!(f.llm_runs(&orphan), 0);
+    // A second reconcile finds nothing to do.
+    let out = f.cli(&["reconcile", "--grace-secs", "0", "--watch-secs", "1", "--json"], Duration::from_secs(90));
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((report["republished"].clone(), report["failed"].clone()), (json!([]), json!([])), "{report}");
+}
