@@ -28,7 +28,7 @@ use super::{QueueArg, StoreArg, UsageError};
 use crate::config;
 use crate::job::{self, Input, JobResult, JobSpec, Outcome, State, StatusRecord};
 use crate::queue::{JobMessage, Queue};
-use crate::results::input::tar_gz_dir;
+use crate::results::input::tar_gz_dir_to_file;
 use crate::store::{JobKeys, Store, StoreError, keys};
 
 #[derive(Debug, Args)]
@@ -283,11 +283,18 @@ async fn store_jobs(
                 }
             }
             if let Some(path) = &path_input {
-                let dir = PathBuf::from(path);
-                let gz = tokio::task::spawn_blocking(move || tar_gz_dir(&dir))
+                // Packed to a temporary file and uploaded from it (multipart past
+                // 8 MiB): an input of any size costs a buffer, not its size.
+                let gz = tempfile::Builder::new()
+                    .prefix("fleet-input-")
+                    .suffix(".tar.gz")
+                    .tempfile()
+                    .context("creating a temporary file for the input")?;
+                let (dir, dest) = (PathBuf::from(path), gz.path().to_path_buf());
+                tokio::task::spawn_blocking(move || tar_gz_dir_to_file(&dir, &dest))
                     .await?
                     .with_context(|| format!("packing input {path}"))?;
-                store.put(&key.input(), Bytes::from(gz)).await?;
+                store.put_file(&key.input(), gz.path()).await?;
             }
             store.put_json(&key.job(), &j).await?;
             if reset {

@@ -14,6 +14,19 @@ pub fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     b.into_inner()
 }
 
+/// Packs a directory as a tar.gz file at `dest`, compressed as it is written
+/// (what `fleet submit` uploads; memory stays a buffer's worth).
+pub fn tar_gz_dir_to_file(dir: &Path, dest: &Path) -> std::io::Result<()> {
+    let out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut b = tar::Builder::new(enc);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    b.append_dir_all(".", dir)?;
+    let mut out = b.into_inner()?.finish()?;
+    std::io::Write::flush(&mut out)
+}
+
 /// Packs a directory as tar.gz (what `fleet submit` uploads).
 pub fn tar_gz_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
     let tar = tar_dir(dir)?;
@@ -92,6 +105,10 @@ mod tests {
         assert!(names.iter().any(|n| n.ends_with("sub/a.txt")), "{names:?}");
         assert!(gunzip(&gz, 3).is_err());
         // The same through files.
+        let gz_file = dir.path().join("packed.tar.gz");
+        let sub = dir.path().join("sub");
+        tar_gz_dir_to_file(&sub, &gz_file).unwrap();
+        assert!(gz_file.metadata().unwrap().len() > 0);
         let (src, dst) = (dir.path().join("in.tar.gz"), dir.path().join("out.tar"));
         std::fs::write(&src, &gz).unwrap();
         assert_eq!(gunzip_file(&src, &dst, 1 << 20).unwrap(), tar.len() as u64);

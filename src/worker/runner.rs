@@ -342,13 +342,15 @@ pub async fn run_attempt(
     // Upload events, patch, metrics. A store failure here is an infrastructure fault.
     let t = Instant::now();
     let events_path = events_path(svc, &spec.id, attempt);
+    let patch_bytes = patch.len();
+    let patch = Bytes::from(patch);
     let upload = async {
         if events_path.exists() {
             fence.put_file(&keys.events(), &events_path).await?;
         } else {
             fence.put(&keys.events(), Bytes::new()).await?;
         }
-        fence.put(&keys.patch(), Bytes::from(patch.clone())).await?;
+        fence.put(&keys.patch(), patch.clone()).await?;
         Ok::<(), StoreError>(())
     };
     let upload_err = upload.await.err();
@@ -367,7 +369,7 @@ pub async fn run_attempt(
         tools: &tools,
         events: events.len(),
         events_bytes: events.bytes_written(),
-        patch_bytes: patch.len(),
+        patch_bytes,
         artifacts,
         duration_secs: result.duration_secs,
     };
@@ -558,14 +560,12 @@ async fn in_workspace(
     {
         Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
         Ok(after) => {
-            let (patch, complete, error) = match make_patch(&base, &after, masker).await {
-                Ok((p, c)) => (p, c, None),
-                Err(e) => (String::new(), false, Some(e)),
-            };
+            // Artifacts first, one file at a time; then both snapshots move into
+            // the diff (no copy of a workspace is made).
             let mut n = 0;
-            let mut error = error;
+            let mut error = None;
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
-                if error.is_some() || fence.is_lost() {
+                if fence.is_lost() {
                     break;
                 }
                 if let Some(Some(body)) = after.files.get(path) {
@@ -577,7 +577,11 @@ async fn in_workspace(
                     n += 1;
                 }
             }
-            (patch, complete, n, error)
+            let (patch, complete, diff_error) = match make_patch(base, after, masker).await {
+                Ok((p, c)) => (p, c, None),
+                Err(e) => (String::new(), false, Some(e)),
+            };
+            (patch, complete, n, error.or(diff_error))
         }
     };
     if fence.is_lost() {
@@ -597,22 +601,17 @@ async fn in_workspace(
 /// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
 /// their runtime threads however large the workspace).
 async fn make_patch(
-    base: &workspace::Snapshot,
-    after: &workspace::Snapshot,
+    base: workspace::Snapshot,
+    after: workspace::Snapshot,
     masker: &Masker,
 ) -> Result<(String, bool), ErrorInfo> {
-    let clip = |s: &workspace::Snapshot| diff::Side {
+    let clip = |s: workspace::Snapshot| diff::Side {
         files: s
             .files
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.clone().filter(|b| b.len() <= MAX_DIFF_FILE_BYTES),
-                )
-            })
+            .into_iter()
+            .map(|(k, v)| (k, v.filter(|b| b.len() <= MAX_DIFF_FILE_BYTES)))
             .collect(),
-        modes: s.modes.clone(),
+        modes: s.modes,
         complete: !s.truncated,
     };
     let (before, now, masker) = (clip(base), clip(after), masker.clone());
