@@ -30,6 +30,9 @@ pub type Files = BTreeMap<String, Option<Vec<u8>>>;
 pub struct Side {
     pub files: Files,
     pub modes: BTreeMap<String, u32>,
+    /// (size, mtime) of the files listed without content: a file too large to
+    /// diff whose stat changed is named in the incomplete-patch header.
+    pub stats: BTreeMap<String, (u64, u64)>,
     pub complete: bool,
 }
 
@@ -39,6 +42,7 @@ impl Side {
         Side {
             files,
             modes: BTreeMap::new(),
+            stats: BTreeMap::new(),
             complete: true,
         }
     }
@@ -73,7 +77,9 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
     for path in paths {
         let (old, new) = (before.files.get(path), after.files.get(path));
         let (old_mode, new_mode) = (before.mode(path), after.mode(path));
-        if old == new && (old.is_none() || old_mode == new_mode) {
+        let unread_same = matches!((old, new), (Some(None), Some(None)))
+            && before.stats.get(path) == after.stats.get(path);
+        if old == new && (old.is_none() || old_mode == new_mode) && (old != Some(&None) || unread_same) {
             continue;
         }
         // One side did not see the path: unknown unless that side is complete.
@@ -252,6 +258,18 @@ mod tests {
         before.complete = false;
         let p = patch(&before, &Side::of(files(&[("a.txt", "1\n"), ("z.txt", "z\n")])));
         assert!(!p.complete && !p.text.contains("new file"), "{}", p.text);
+    }
+
+    #[test]
+    fn a_large_file_that_changed_makes_the_patch_incomplete() {
+        let mut before = Side::of(Files::new());
+        before.files.insert("big.bin".into(), None);
+        before.stats.insert("big.bin".into(), (5 << 20, 100));
+        let mut after = before.clone();
+        assert_eq!(patch(&before, &after), Patch { text: String::new(), complete: true });
+        after.stats.insert("big.bin".into(), (5 << 20, 200));
+        let p = patch(&before, &after);
+        assert!(!p.complete && p.text.contains("too large to diff: big.bin"), "{}", p.text);
     }
 
     #[test]

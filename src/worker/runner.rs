@@ -30,10 +30,13 @@ use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
 
-/// Snapshot limits: files over this are listed but not diffed or collected.
+/// Artifacts over this are not collected.
 const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Snapshot limits: files over this are listed but not read (nor diffed), and a
+/// snapshot stops reading at the total — the worker holds at most two snapshots'
+/// worth of a job's files at once, whatever the workspace holds.
+/// (The total is `FLEET_SNAPSHOT_MAX_MB`, 256 MiB by default.)
 const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
-const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 /// Inputs may inflate to at most this.
 const MAX_INPUT_BYTES: u64 = 1 << 30;
 
@@ -503,7 +506,7 @@ async fn in_workspace(
         None => return InWorkspace::early(Some(Stop::TimedOut), None),
         Some(Err(e)) => return InWorkspace::early(None, Some(e)),
         Some(Ok(())) => match ws
-            .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+            .snapshot(&workdir, MAX_DIFF_FILE_BYTES as u64, svc.settings.snapshot_max_bytes)
             .await
         {
             Ok(s) => s,
@@ -555,22 +558,28 @@ async fn in_workspace(
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
     let (patch, patch_complete, artifacts, error) = match ws
-        .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+        .snapshot(&workdir, MAX_DIFF_FILE_BYTES as u64, svc.settings.snapshot_max_bytes)
         .await
     {
         Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
         Ok(after) => {
-            // Artifacts first, one file at a time; then both snapshots move into
-            // the diff (no copy of a workspace is made).
+            // Artifacts first, one file at a time (read from the workspace, up to
+            // MAX_FILE_BYTES each); then both snapshots move into the diff (no
+            // copy of a workspace is made).
             let mut n = 0;
             let mut error = None;
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
                 if fence.is_lost() {
                     break;
                 }
-                if let Some(Some(body)) = after.files.get(path) {
+                let body = match after.files.get(path) {
+                    Some(Some(body)) => Some(body.clone()),
+                    Some(None) => collect_large(ws, &workdir, path).await,
+                    None => None,
+                };
+                if let Some(body) = body {
                     let key = JobKeys(&spec.id).artifact(path);
-                    if let Err(e) = fence.put(&key, Bytes::from(body.clone())).await {
+                    if let Err(e) = fence.put(&key, Bytes::from(body)).await {
                         error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
                         break;
                     }
@@ -597,6 +606,18 @@ async fn in_workspace(
     }
 }
 
+/// An artifact the snapshot listed without reading it: read on its own when it
+/// is a regular file of at most [`MAX_FILE_BYTES`].
+async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<u8>> {
+    let full = format!("{}/{path}", workdir.trim_end_matches('/'));
+    match ws.stat(&full).await {
+        Ok(Some(workspace::PathKind::File { size })) if size <= MAX_FILE_BYTES => {
+            ws.read_file(&full).await.ok().flatten()
+        }
+        _ => None,
+    }
+}
+
 /// The masked patch of `after` against `base` and whether it is complete, computed
 /// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
 /// their runtime threads however large the workspace).
@@ -612,6 +633,7 @@ async fn make_patch(
             .map(|(k, v)| (k, v.filter(|b| b.len() <= MAX_DIFF_FILE_BYTES)))
             .collect(),
         modes: s.modes,
+        stats: s.stats,
         complete: !s.truncated,
     };
     let (before, now, masker) = (clip(base), clip(after), masker.clone());

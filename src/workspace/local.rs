@@ -455,6 +455,12 @@ impl Walk {
             } else if kind.is_file() {
                 let meta = e.metadata()?;
                 if meta.len() > self.max_file {
+                    let mtime = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    self.snap.stats.insert(rel.clone(), (meta.len(), mtime));
                     self.snap.files.insert(rel, None);
                     continue;
                 }

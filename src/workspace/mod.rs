@@ -235,6 +235,9 @@ pub struct Snapshot {
     /// Git modes of the files that are not plain `100644` files: `0o100755` for an
     /// executable, `0o120000` for a symlink (whose content is its target).
     pub modes: BTreeMap<String, u32>,
+    /// Size and modification time (seconds) of each file listed without its
+    /// content (over the file limit), so a change to it can still be noticed.
+    pub stats: BTreeMap<String, (u64, u64)>,
 }
 
 /// The git mode of an executable file.

@@ -120,6 +120,8 @@ pub(super) fn read_tree(
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if entry.size() > max_file {
+                    let mtime = entry.header().mtime().unwrap_or(0);
+                    snap.stats.insert(rel.clone(), (entry.size(), mtime));
                     snap.files.insert(rel, None);
                     continue;
                 }
