@@ -54,6 +54,15 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let n = concurrency(a.concurrency)?;
     let sweep_every = config::env_secs(config::ENV_SWEEP_SECS, 300.0).map_err(UsageError)?;
     let sweep_grace = config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(UsageError)?;
+    if let Some(v) = config::env(config::ENV_SNAPSHOT_MAX_MB) {
+        if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+            return Err(UsageError(format!(
+                "{}={v:?}: expected a whole number of MiB",
+                config::ENV_SNAPSHOT_MAX_MB
+            ))
+            .into());
+        }
+    }
     let metrics_addr: SocketAddr = config::resolve(
         a.metrics_addr.clone(),
         config::ENV_METRICS_ADDR,
