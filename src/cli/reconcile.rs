@@ -40,13 +40,17 @@ pub struct ReconcileArgs {
 pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let grace = match a.grace_secs {
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Some(s) => return Err(super::UsageError(format!("--grace-secs {s}: expected seconds ≥ 0")).into()),
+        Some(s) => {
+            return Err(super::UsageError(format!("--grace-secs {s}: expected seconds ≥ 0")).into());
+        }
         None => config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(super::UsageError)?,
     };
     let settings = config::RunSettings::from_env(config::new_worker_id());
     let watch_for = match a.watch_secs {
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Some(s) => return Err(super::UsageError(format!("--watch-secs {s}: expected seconds ≥ 0")).into()),
+        Some(s) => {
+            return Err(super::UsageError(format!("--watch-secs {s}: expected seconds ≥ 0")).into());
+        }
         None => settings.lease,
     };
     let spec = a.store.resolve();
@@ -63,9 +67,17 @@ pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
     let watch = LeaseWatch::new(watch_for);
     // First look: sightings of the running jobs; then the sweep that acts.
-    sweep::sweep_once(&store, &queue, &watch, &SweepRules { grace: Duration::MAX, ..rules.clone() })
-        .await
-        .context("sweeping the store")?;
+    sweep::sweep_once(
+        &store,
+        &queue,
+        &watch,
+        &SweepRules {
+            grace: Duration::MAX,
+            ..rules.clone()
+        },
+    )
+    .await
+    .context("sweeping the store")?;
     tokio::time::sleep(watch_for).await;
     let report = sweep::sweep_once(&store, &queue, &watch, &rules)
         .await

@@ -355,7 +355,11 @@ async fn existing(store: &Store, j: &JobSpec, resubmit: bool) -> anyhow::Result<
         return if status.state == State::Queued {
             Ok(Existing::Unfinished)
         } else {
-            Err(UsageError(format!("job id {id:?} is in the store without a readable job.json ({})", status.state)).into())
+            Err(UsageError(format!(
+                "job id {id:?} is in the store without a readable job.json ({})",
+                status.state
+            ))
+            .into())
         };
     };
     let same = {

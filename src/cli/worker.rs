@@ -149,7 +149,13 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         silence: sweep_grace,
         worker_id: worker_id.clone(),
     };
-    let job_sweep = spawn_job_sweep(svc.clone(), queue.clone(), worker.watch.clone(), rules, sweep_every);
+    let job_sweep = spawn_job_sweep(
+        svc.clone(),
+        queue.clone(),
+        worker.watch.clone(),
+        rules,
+        sweep_every,
+    );
     let grace = Duration::from_secs(a.grace_secs);
     let drain = async {
         wait_for_signal().await;

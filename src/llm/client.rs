@@ -177,7 +177,10 @@ impl LlmClient {
             retry_after: None,
             message: format!("the reply is {n} bytes or more; at most {MAX_REPLY_BYTES} are read"),
         };
-        if let Some(n) = resp.content_length().filter(|n| *n > MAX_REPLY_BYTES as u64) {
+        if let Some(n) = resp
+            .content_length()
+            .filter(|n| *n > MAX_REPLY_BYTES as u64)
+        {
             return Err(too_large(n));
         }
         // Read chunk by chunk so a reply without (or lying about) its length

@@ -113,7 +113,10 @@ impl MockLlm {
         let log = match log {
             None => None,
             Some(p) => Some(std::sync::Mutex::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
             )),
         };
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -240,7 +243,10 @@ async fn complete(State(server): State<Arc<Server>>, body: Bytes) -> Response {
         .filter(|m| m.role == "assistant")
         .count();
     if let Some(log) = &server.log {
-        let user: String = first_user_message(&req.messages).chars().take(300).collect();
+        let user: String = first_user_message(&req.messages)
+            .chars()
+            .take(300)
+            .collect();
         let line = serde_json::json!({
             "model": req.model,
             "step": step,

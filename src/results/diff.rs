@@ -17,9 +17,9 @@ use std::io::Write as _;
 use sha1::{Digest, Sha1};
 use similar::TextDiff;
 
-use crate::workspace::MODE_LINK;
 #[cfg(test)]
 use crate::workspace::MODE_EXEC;
+use crate::workspace::MODE_LINK;
 
 /// Files by relative path; `None` marks a file too large to diff.
 pub type Files = BTreeMap<String, Option<Vec<u8>>>;
@@ -79,7 +79,10 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
         let (old_mode, new_mode) = (before.mode(path), after.mode(path));
         let unread_same = matches!((old, new), (Some(None), Some(None)))
             && before.stats.get(path) == after.stats.get(path);
-        if old == new && (old.is_none() || old_mode == new_mode) && (old != Some(&None) || unread_same) {
+        if old == new
+            && (old.is_none() || old_mode == new_mode)
+            && (old != Some(&None) || unread_same)
+        {
             continue;
         }
         // One side did not see the path: unknown unless that side is complete.
@@ -92,7 +95,8 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
             continue;
         }
         let (old, new) = (old.flatten(), new.flatten());
-        let kind_changed = old.is_some() && new.is_some() && (old_mode == MODE_LINK) != (new_mode == MODE_LINK);
+        let kind_changed =
+            old.is_some() && new.is_some() && (old_mode == MODE_LINK) != (new_mode == MODE_LINK);
         if kind_changed {
             // git writes a file↔symlink change as a deletion and a creation.
             file_diff(&mut out, path, old, None, old_mode, new_mode);
@@ -103,12 +107,19 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
     }
     let mut reasons = Vec::new();
     if !before.complete || !after.complete {
-        reasons.push("a workspace snapshot hit its size limit, so files it did not read are left out".to_string());
+        reasons.push(
+            "a workspace snapshot hit its size limit, so files it did not read are left out"
+                .to_string(),
+        );
     }
     if !left_out.is_empty() {
         let shown: Vec<&str> = left_out.iter().take(20).copied().collect();
         let more = left_out.len().saturating_sub(shown.len());
-        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         reasons.push(format!("too large to diff: {}{tail}", shown.join(", ")));
     }
     let complete = reasons.is_empty();
@@ -150,10 +161,21 @@ fn file_diff(
     if old == new {
         return; // a mode change only
     }
-    let from = if old.is_some() { format!("a/{path}") } else { "/dev/null".into() };
-    let to = if new.is_some() { format!("b/{path}") } else { "/dev/null".into() };
+    let from = if old.is_some() {
+        format!("a/{path}")
+    } else {
+        "/dev/null".into()
+    };
+    let to = if new.is_some() {
+        format!("b/{path}")
+    } else {
+        "/dev/null".into()
+    };
     if old.is_some_and(is_binary) || new.is_some_and(is_binary) {
-        let (a, b) = (old.map_or(NULL_ID.into(), blob_id), new.map_or(NULL_ID.into(), blob_id));
+        let (a, b) = (
+            old.map_or(NULL_ID.into(), blob_id),
+            new.map_or(NULL_ID.into(), blob_id),
+        );
         let _ = writeln!(out, "index {a}..{b}\nGIT binary patch");
         literal(out, new.unwrap_or_default());
         literal(out, old.unwrap_or_default());
@@ -162,7 +184,11 @@ fn file_diff(
     let old_text = String::from_utf8_lossy(old.unwrap_or_default());
     let new_text = String::from_utf8_lossy(new.unwrap_or_default());
     let diff = TextDiff::from_lines(old_text.as_ref(), new_text.as_ref());
-    let _ = write!(out, "{}", diff.unified_diff().context_radius(3).header(&from, &to));
+    let _ = write!(
+        out,
+        "{}",
+        diff.unified_diff().context_radius(3).header(&from, &to)
+    );
     if !out.ends_with('\n') {
         out.push('\n');
     }
@@ -185,7 +211,11 @@ fn literal(out: &mut String, content: &[u8]) {
     let _ = writeln!(out, "literal {}", content.len());
     for line in deflated.chunks(52) {
         let n = line.len() as u8;
-        out.push(if n <= 26 { (b'A' + n - 1) as char } else { (b'a' + n - 27) as char });
+        out.push(if n <= 26 {
+            (b'A' + n - 1) as char
+        } else {
+            (b'a' + n - 27) as char
+        });
         base85(out, line);
         out.push('\n');
     }
@@ -243,7 +273,11 @@ mod tests {
 
     #[test]
     fn a_truncated_side_never_deletes_or_creates_unread_files() {
-        let before = Side::of(files(&[("a.txt", "1\n"), ("b.txt", "2\n"), ("c.txt", "3\n")]));
+        let before = Side::of(files(&[
+            ("a.txt", "1\n"),
+            ("b.txt", "2\n"),
+            ("c.txt", "3\n"),
+        ]));
         // The after snapshot stopped before b.txt and c.txt; a.txt changed.
         let mut after = Side::of(files(&[("a.txt", "one\n")]));
         after.complete = false;
@@ -256,7 +290,10 @@ mod tests {
         // The base was cut short: files only the after side saw may be old ones.
         let mut before = Side::of(files(&[("a.txt", "1\n")]));
         before.complete = false;
-        let p = patch(&before, &Side::of(files(&[("a.txt", "1\n"), ("z.txt", "z\n")])));
+        let p = patch(
+            &before,
+            &Side::of(files(&[("a.txt", "1\n"), ("z.txt", "z\n")])),
+        );
         assert!(!p.complete && !p.text.contains("new file"), "{}", p.text);
     }
 
@@ -266,10 +303,20 @@ mod tests {
         before.files.insert("big.bin".into(), None);
         before.stats.insert("big.bin".into(), (5 << 20, 100));
         let mut after = before.clone();
-        assert_eq!(patch(&before, &after), Patch { text: String::new(), complete: true });
+        assert_eq!(
+            patch(&before, &after),
+            Patch {
+                text: String::new(),
+                complete: true
+            }
+        );
         after.stats.insert("big.bin".into(), (5 << 20, 200));
         let p = patch(&before, &after);
-        assert!(!p.complete && p.text.contains("too large to diff: big.bin"), "{}", p.text);
+        assert!(
+            !p.complete && p.text.contains("too large to diff: big.bin"),
+            "{}",
+            p.text
+        );
     }
 
     #[test]
@@ -311,7 +358,12 @@ mod tests {
         fn walk(root: &std::path::Path, dir: &std::path::Path, side: &mut Side) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let e = e.unwrap();
-                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 if rel == ".git" {
                     continue;
                 }
@@ -320,14 +372,18 @@ mod tests {
                     walk(root, &e.path(), side);
                 } else if t.is_symlink() {
                     let target = std::fs::read_link(e.path()).unwrap();
-                    side.files.insert(rel.clone(), Some(target.to_string_lossy().as_bytes().to_vec()));
+                    side.files.insert(
+                        rel.clone(),
+                        Some(target.to_string_lossy().as_bytes().to_vec()),
+                    );
                     side.modes.insert(rel, MODE_LINK);
                 } else {
                     let m = e.metadata().unwrap().permissions().mode();
                     if m & 0o111 != 0 {
                         side.modes.insert(rel.clone(), MODE_EXEC);
                     }
-                    side.files.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+                    side.files
+                        .insert(rel, Some(std::fs::read(e.path()).unwrap()));
                 }
             }
         }
@@ -350,7 +406,9 @@ mod tests {
             ("no-newline.txt", "x"),
         ]));
         before.files.insert("blob.bin".into(), Some(bin_old));
-        before.files.insert("gone.bin".into(), Some(vec![0, 159, 146, 150]));
+        before
+            .files
+            .insert("gone.bin".into(), Some(vec![0, 159, 146, 150]));
         before.modes.insert("link".into(), MODE_LINK);
         let mut after = Side::of(files(&[
             ("text.txt", "a\nB\nc\n"),
@@ -363,10 +421,17 @@ mod tests {
             ("no-newline.txt", "y"),
         ]));
         after.files.insert("blob.bin".into(), Some(bin_new));
-        after.files.insert("new.bin".into(), Some(vec![0xff, 0, 0xfe, 1, 2]));
+        after
+            .files
+            .insert("new.bin".into(), Some(vec![0xff, 0, 0xfe, 1, 2]));
         after.files.insert("empty.bin".into(), Some(Vec::new()));
-        for (p, m) in [("run.sh", MODE_EXEC), ("tool", MODE_EXEC), ("link", MODE_LINK),
-                       ("becomes-link", MODE_LINK), ("new-link", MODE_LINK)] {
+        for (p, m) in [
+            ("run.sh", MODE_EXEC),
+            ("tool", MODE_EXEC),
+            ("link", MODE_LINK),
+            ("becomes-link", MODE_LINK),
+            ("new-link", MODE_LINK),
+        ] {
             after.modes.insert(p.into(), m);
         }
         let p = patch(&before, &after);
@@ -412,8 +477,18 @@ mod tests {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "one\n");
-        assert_eq!(std::fs::read_to_string(dir.path().join("b.txt")).unwrap(), "2\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
+            "one\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("b.txt")).unwrap(),
+            "2\n"
+        );
     }
 }

@@ -65,7 +65,9 @@ impl LocalStore {
             .clone();
         let local = tokio::time::timeout(LOCK_DEADLINE, m.lock_owned())
             .await
-            .map_err(|_| StoreError::Unavailable(format!("{key}: lock busy for {LOCK_DEADLINE:?}")))?;
+            .map_err(|_| {
+                StoreError::Unavailable(format!("{key}: lock busy for {LOCK_DEADLINE:?}"))
+            })?;
         let dir_path = self.root.join(dir);
         tokio::fs::create_dir_all(&dir_path)
             .await
@@ -241,7 +243,9 @@ mod tests {
         drop(held);
         waiter.await.unwrap().unwrap();
         std::io::Write::write_all(&mut other, b"").unwrap();
-        a.put("jobs/j/status.json", Bytes::from_static(b"{}")).await.unwrap();
+        a.put("jobs/j/status.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         assert_eq!(a.list("jobs/").await.unwrap(), vec!["jobs/j/status.json"]);
     }
 }

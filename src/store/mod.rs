@@ -272,7 +272,9 @@ impl Store {
             Some(r) if r.owned_by(owner) => Ok(guard),
             r => Err(StoreError::Lost {
                 job_id: job_id.to_string(),
-                holder: r.as_ref().map_or("nothing (no status record)".into(), holder_of),
+                holder: r
+                    .as_ref()
+                    .map_or("nothing (no status record)".into(), holder_of),
             }),
         }
     }

@@ -112,9 +112,9 @@ fn owner_dead(r: &StatusRecord, watch: &LeaseWatch) -> bool {
     match r.liveness_mark() {
         Some(mark) => watch.is_dead(&r.job_id, &mark),
         // A record from before owner tokens: its own timestamp is all there is.
-        None => r.heartbeat.is_none_or(|h| {
-            (Utc::now() - h).num_milliseconds() >= (r.lease_secs as i64) * 1000
-        }),
+        None => r
+            .heartbeat
+            .is_none_or(|h| (Utc::now() - h).num_milliseconds() >= (r.lease_secs as i64) * 1000),
     }
 }
 
@@ -171,7 +171,10 @@ mod tests {
         };
         assert_eq!(owner.attempt, 1);
         // b sees a live run: defers, and keeps deferring until a lease of silence.
-        assert!(matches!(claim(&store, "j", &b, &wb).await.unwrap(), Claim::Defer));
+        assert!(matches!(
+            claim(&store, "j", &b, &wb).await.unwrap(),
+            Claim::Defer
+        ));
         tokio::time::sleep(Duration::from_millis(60)).await;
         let Claim::Run {
             owner: ob,
@@ -187,7 +190,10 @@ mod tests {
         let e = store.update_owned("j", &owner, |_| true).await.unwrap_err();
         assert!(matches!(e, StoreError::Lost { .. }), "{e}");
         // b dies too; the next takeover would be attempt 3 of 2.
-        assert!(matches!(claim(&store, "j", &a, &wa).await.unwrap(), Claim::Defer));
+        assert!(matches!(
+            claim(&store, "j", &a, &wa).await.unwrap(),
+            Claim::Defer
+        ));
         tokio::time::sleep(Duration::from_millis(60)).await;
         let c = claim(&store, "j", &a, &wa).await.unwrap();
         assert!(matches!(c, Claim::Exhausted { attempt: 2, .. }), "{c:?}");
@@ -214,7 +220,10 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            assert!(matches!(claim(&store, "j", &b, &wb).await.unwrap(), Claim::Defer));
+            assert!(matches!(
+                claim(&store, "j", &b, &wb).await.unwrap(),
+                Claim::Defer
+            ));
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
     }

@@ -155,13 +155,29 @@ async fn handle(
         }
         Ok(Pointer::NotYet) => {
             info!(message_id = %d.msg.job_id, "the job's records are not all stored yet; later");
-            return settle::apply(svc, queue, d, None, None, observer, Settlement::settle(later))
-                .await;
+            return settle::apply(
+                svc,
+                queue,
+                d,
+                None,
+                None,
+                observer,
+                Settlement::settle(later),
+            )
+            .await;
         }
         Err(e) => {
             warn!(message_id = %d.msg.job_id, error = %e, "cannot read the job; retrying later");
-            return settle::apply(svc, queue, d, None, None, observer, Settlement::settle(later))
-                .await;
+            return settle::apply(
+                svc,
+                queue,
+                d,
+                None,
+                None,
+                observer,
+                Settlement::settle(later),
+            )
+            .await;
         }
     };
     let span = info_span!("job", job_id = %spec.id, attempt = tracing::field::Empty);
@@ -216,7 +232,8 @@ async fn handle(
                     Some(e),
                     Some(&svc.settings.worker_id),
                 );
-                let dead = Settle::DeadLetter(format!("gave up after {attempt} attempts: worker_lost"));
+                let dead =
+                    Settle::DeadLetter(format!("gave up after {attempt} attempts: worker_lost"));
                 return end_unrun(svc, queue, d, &spec, owner, observer, r, dead).await;
             }
             Ok(Claim::Run {
@@ -292,7 +309,10 @@ async fn handle(
             svc.settings.retry_delay(attempt),
         );
         if let Commit::Retrying(e) = &s.commit {
-            let reason = e.as_ref().map(|e| retry_reason(e.phase)).unwrap_or("worker_lost");
+            let reason = e
+                .as_ref()
+                .map(|e| retry_reason(e.phase))
+                .unwrap_or("worker_lost");
             metrics().job_retries.with_label_values(&[reason]).inc();
             warn!(error = ?e.as_ref().map(|e| &e.message), "infrastructure fault; retrying");
         }
@@ -351,4 +371,3 @@ fn retry_reason(phase: Phase) -> &'static str {
         Phase::Validate => "workspace",
     }
 }
-

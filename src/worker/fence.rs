@@ -73,7 +73,10 @@ impl Fence {
         match &r {
             Err(StoreError::Lost { holder, .. }) => {
                 if !self.inner.lost.is_cancelled() {
-                    warn!(holder, "this run lost its job; stopping and writing nothing");
+                    warn!(
+                        holder,
+                        "this run lost its job; stopping and writing nothing"
+                    );
                 }
                 self.inner.lost.cancel();
             }
@@ -279,7 +282,9 @@ pub fn live_log(fence: &Fence, events_path: PathBuf, period: Duration) -> Cancel
                 _ = stop2.cancelled() => return,
                 _ = fence.lost().cancelled() => return,
             }
-            let size = std::fs::metadata(&events_path).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(&events_path)
+                .map(|m| m.len())
+                .unwrap_or(0);
             if size == uploaded {
                 continue;
             }

@@ -122,9 +122,14 @@ pub async fn resolve(
                 Ok(v) => v,
                 Err(e) => return Ok(Pointer::Invalid(format!("stored job.json of {id}: {e}"))),
             };
-            let stored = match parse(value).and_then(|s| check_runnable(&s, from_broker).map(|_| s)) {
+            let stored = match parse(value).and_then(|s| check_runnable(&s, from_broker).map(|_| s))
+            {
                 Ok(s) => s,
-                Err(e) => return Ok(Pointer::Invalid(clip_reason(format!("stored job.json of {id}: {e}")))),
+                Err(e) => {
+                    return Ok(Pointer::Invalid(clip_reason(format!(
+                        "stored job.json of {id}: {e}"
+                    ))));
+                }
             };
             if stored.id != id {
                 return Ok(Pointer::Invalid(format!(

@@ -20,12 +20,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::fence::Fence;
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
 use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::{diff, input, match_artifacts};
-use super::fence::Fence;
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
@@ -506,7 +506,11 @@ async fn in_workspace(
         None => return InWorkspace::early(Some(Stop::TimedOut), None),
         Some(Err(e)) => return InWorkspace::early(None, Some(e)),
         Some(Ok(())) => match ws
-            .snapshot(&workdir, MAX_DIFF_FILE_BYTES as u64, svc.settings.snapshot_max_bytes)
+            .snapshot(
+                &workdir,
+                MAX_DIFF_FILE_BYTES as u64,
+                svc.settings.snapshot_max_bytes,
+            )
             .await
         {
             Ok(s) => s,
@@ -558,7 +562,11 @@ async fn in_workspace(
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
     let (patch, patch_complete, artifacts, error) = match ws
-        .snapshot(&workdir, MAX_DIFF_FILE_BYTES as u64, svc.settings.snapshot_max_bytes)
+        .snapshot(
+            &workdir,
+            MAX_DIFF_FILE_BYTES as u64,
+            svc.settings.snapshot_max_bytes,
+        )
         .await
     {
         Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
@@ -657,8 +665,21 @@ async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(
     let workdir = ws.workdir().to_string();
     // Inputs pass through scratch files, never whole in memory: a 1 GiB input
     // costs the worker a buffer, not a gigabyte.
-    let scratch = |ext: &str| svc.scratch.join(format!("{}-{}.{ext}", spec.id, uuid::Uuid::new_v4().simple()));
-    let unreadable = |what: &str, e: String| err("input_unreadable", Phase::Input, false, format!("{what}: {e}"));
+    let scratch = |ext: &str| {
+        svc.scratch.join(format!(
+            "{}-{}.{ext}",
+            spec.id,
+            uuid::Uuid::new_v4().simple()
+        ))
+    };
+    let unreadable = |what: &str, e: String| {
+        err(
+            "input_unreadable",
+            Phase::Input,
+            false,
+            format!("{what}: {e}"),
+        )
+    };
     match &spec.input {
         None => Ok(()),
         Some(Input::Path { path }) => {
@@ -669,7 +690,10 @@ async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(
                 .map_err(|e| unreadable(path, e.to_string()))
                 .and_then(|r| r.map_err(|e| unreadable(path, e.to_string())));
             let placed = match packed {
-                Ok(()) => ws.put_tar_file(&workdir, &tar).await.map_err(|e| ws_err(&e, Phase::Input)),
+                Ok(()) => ws
+                    .put_tar_file(&workdir, &tar)
+                    .await
+                    .map_err(|e| ws_err(&e, Phase::Input)),
                 Err(e) => Err(e),
             };
             let _ = std::fs::remove_file(&tar);
@@ -692,10 +716,12 @@ async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(
                     ));
                 }
                 let (src, dest) = (gz.clone(), tar.clone());
-                tokio::task::spawn_blocking(move || input::gunzip_file(&src, &dest, MAX_INPUT_BYTES))
-                    .await
-                    .map_err(|e| unreadable(store_key, e.to_string()))?
-                    .map_err(|e| unreadable(store_key, e.to_string()))?;
+                tokio::task::spawn_blocking(move || {
+                    input::gunzip_file(&src, &dest, MAX_INPUT_BYTES)
+                })
+                .await
+                .map_err(|e| unreadable(store_key, e.to_string()))?
+                .map_err(|e| unreadable(store_key, e.to_string()))?;
                 let _ = std::fs::remove_file(&gz);
                 ws.put_tar_file(&workdir, &tar)
                     .await

@@ -228,7 +228,13 @@ mod tests {
         assert!(matches!(s.commit, Commit::Final(_)) && s.settle == Settle::Ack);
         let s = decide(AttemptEnd::Retry(result(Outcome::Failed)), 2, 3, d);
         assert!(matches!(s.commit, Commit::Retrying(Some(_))));
-        assert_eq!(s.settle, Settle::Retry { attempt: 2, delay: d });
+        assert_eq!(
+            s.settle,
+            Settle::Retry {
+                attempt: 2,
+                delay: d
+            }
+        );
         let s = decide(AttemptEnd::Retry(result(Outcome::Failed)), 3, 3, d);
         assert!(matches!(s.commit, Commit::Final(_)));
         assert_eq!(

@@ -111,7 +111,11 @@ pub async fn sweep_once(
     r.republished.sort();
     r.failed.sort();
     if !r.republished.is_empty() || !r.failed.is_empty() {
-        info!(republished = r.republished.len(), failed = r.failed.len(), "sweep moved stranded jobs");
+        info!(
+            republished = r.republished.len(),
+            failed = r.failed.len(),
+            "sweep moved stranded jobs"
+        );
     }
     Ok(r)
 }

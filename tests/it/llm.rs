@@ -436,7 +436,9 @@ async fn endless_server(chunked: bool) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let _ = sock.read(&mut buf).await;
@@ -478,7 +480,10 @@ async fn a_reply_past_the_cap_is_llm_reply_too_large_and_not_retried() {
         settings.request_timeout = Duration::from_secs(60);
         let client = LlmClient::new(reqwest::Client::new(), settings);
         let e = client.complete(&conversation("t"), &[]).await.unwrap_err();
-        assert!(matches!(e, LlmError::ReplyTooLarge(_)), "chunked={chunked}: {e:?}");
+        assert!(
+            matches!(e, LlmError::ReplyTooLarge(_)),
+            "chunked={chunked}: {e:?}"
+        );
         assert_eq!(e.kind(), "llm_reply_too_large");
         assert!(!e.retryable());
         assert_eq!(client.stats().requests, 1, "chunked={chunked}: not retried");

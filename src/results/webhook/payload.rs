@@ -195,7 +195,14 @@ pub fn delivery_id(job_id: &str, attempt: u32, event: &str, url: &str) -> String
         h.update([0]);
     }
     let d = hex::encode(&h.finalize()[..16]);
-    format!("{}-{}-{}-{}-{}", &d[..8], &d[8..12], &d[12..16], &d[16..20], &d[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &d[..8],
+        &d[8..12],
+        &d[12..16],
+        &d[16..20],
+        &d[20..]
+    )
 }
 
 #[cfg(test)]

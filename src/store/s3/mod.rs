@@ -300,7 +300,8 @@ impl S3Store {
                     };
                 }
             };
-            let local = |e: std::io::Error| Failure::fatal(format!("writing {}: {e}", dest.display()));
+            let local =
+                |e: std::io::Error| Failure::fatal(format!("writing {}: {e}", dest.display()));
             let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
             let mut body = out.body;
             while let Some(chunk) = body.try_next().await.map_err(Failure::body)? {
@@ -308,7 +309,9 @@ impl S3Store {
                     .await
                     .map_err(local)?;
             }
-            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(local)?;
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(local)?;
             Ok(true)
         })
         .await

@@ -156,10 +156,9 @@ impl Fleet {
         let mut f = Fleet::with_endpoint(&s3_endpoint());
         let dir = f.dir.path().join("store");
         f.store_spec = dir.display().to_string();
-        f.store = f
-            .rt
-            .block_on(Store::open(&f.store_spec))
-            .expect("a local store");
+        f.store =
+            f.rt.block_on(Store::open(&f.store_spec))
+                .expect("a local store");
         f
     }
 
@@ -172,8 +171,8 @@ impl Fleet {
     /// harness): the step of each request, in order. An observer the workers do
     /// not write.
     pub fn llm_requests(&self, model: &str) -> Vec<u64> {
-        let text = std::fs::read_to_string(self.dir.path().join("llm-requests.jsonl"))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("llm-requests.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["model"] == model)
@@ -206,21 +205,37 @@ impl Fleet {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let channels: Vec<String> = ctl(&["-q", "list_consumers", "-p", "/", "queue_name", "channel_pid", "--no-table-headers"])
+            let channels: Vec<String> = ctl(&[
+                "-q",
+                "list_consumers",
+                "-p",
+                "/",
+                "queue_name",
+                "channel_pid",
+                "--no-table-headers",
+            ])
+            .lines()
+            .filter_map(|l| {
+                let (q, ch) = l.split_once('\t')?;
+                (q.trim() == queue).then(|| ch.trim().to_string())
+            })
+            .collect();
+            if !channels.is_empty() {
+                let conns: BTreeSet<String> = ctl(&[
+                    "-q",
+                    "list_channels",
+                    "pid",
+                    "connection",
+                    "--no-table-headers",
+                ])
                 .lines()
                 .filter_map(|l| {
-                    let (q, ch) = l.split_once('\t')?;
-                    (q.trim() == queue).then(|| ch.trim().to_string())
+                    let (ch, conn) = l.split_once('\t')?;
+                    channels
+                        .contains(&ch.trim().to_string())
+                        .then(|| conn.trim().to_string())
                 })
                 .collect();
-            if !channels.is_empty() {
-                let conns: BTreeSet<String> = ctl(&["-q", "list_channels", "pid", "connection", "--no-table-headers"])
-                    .lines()
-                    .filter_map(|l| {
-                        let (ch, conn) = l.split_once('\t')?;
-                        channels.contains(&ch.trim().to_string()).then(|| conn.trim().to_string())
-                    })
-                    .collect();
                 for c in &conns {
                     ctl(&["close_connection", c, "fleet test: connection cut"]);
                 }
@@ -644,7 +659,8 @@ impl Fleet {
         };
         let prefix = format!(
             "{}/{}",
-            self.store_spec.trim_start_matches(&format!("s3://{BUCKET}/")),
+            self.store_spec
+                .trim_start_matches(&format!("s3://{BUCKET}/")),
             JobKeys(id).dir()
         );
         self.rt.block_on(async {
@@ -896,10 +912,9 @@ impl HookReceiver {
         use axum::routing::post;
         let received: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
         let got = received.clone();
-        let listener = f
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener =
+            f.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let app = axum::Router::new().route(
             "/hook",
