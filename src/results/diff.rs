@@ -145,7 +145,12 @@ fn file_diff(
     old_mode: u32,
     new_mode: u32,
 ) {
-    let _ = writeln!(out, "diff --git a/{path} b/{path}");
+    let _ = writeln!(
+        out,
+        "diff --git {} {}",
+        quoted("a/", path),
+        quoted("b/", path)
+    );
     match (old, new) {
         (None, Some(_)) => {
             let _ = writeln!(out, "new file mode {new_mode:o}");
@@ -162,12 +167,12 @@ fn file_diff(
         return; // a mode change only
     }
     let from = if old.is_some() {
-        format!("a/{path}")
+        quoted("a/", path)
     } else {
         "/dev/null".into()
     };
     let to = if new.is_some() {
-        format!("b/{path}")
+        quoted("b/", path)
     } else {
         "/dev/null".into()
     };
@@ -192,6 +197,37 @@ fn file_diff(
     if !out.ends_with('\n') {
         out.push('\n');
     }
+}
+
+/// `prefix` + `path` as git writes a name in a patch: C-quoted (`"a/x\ny"`) when
+/// it holds a control character, a quote or a backslash, so a file name made by a
+/// job can never break the patch into lines of its own choosing.
+fn quoted(prefix: &str, path: &str) -> String {
+    if !path
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        return format!("{prefix}{path}");
+    }
+    let mut q = String::from("\"");
+    q.push_str(prefix);
+    for c in path.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    q.push_str(&format!("\\{b:03o}"));
+                }
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
 }
 
 /// Git's blob id of `content`: SHA-1 of `blob <len>\0<content>`.
@@ -412,6 +448,7 @@ mod tests {
         before.modes.insert("link".into(), MODE_LINK);
         let mut after = Side::of(files(&[
             ("text.txt", "a\nB\nc\n"),
+            ("we\"ird\nname\t\\x\u{1}.txt", "+++ b/injected\n"),
             ("run.sh", "#!/bin/sh\necho hi\n"),
             ("link", "run.sh"),
             ("becomes-link", "text.txt"),
