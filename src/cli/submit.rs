@@ -273,7 +273,7 @@ async fn store_jobs(
                 match existing(&store, &j, resubmit).await? {
                     Existing::Same(stored, publish) => {
                         return Ok(Stored {
-                            spec: stored,
+                            spec: *stored,
                             publish,
                             created: false,
                         });
@@ -331,7 +331,7 @@ async fn store_jobs(
 
 enum Existing {
     /// The stored job is this one: (it, whether it still needs a message).
-    Same(JobSpec, bool),
+    Same(Box<JobSpec>, bool),
     /// Reserved by an earlier run that stopped before job.json: finish it.
     Unfinished,
     /// `--resubmit` of a job that ended: write it anew.
@@ -371,8 +371,8 @@ async fn existing(store: &Store, j: &JobSpec, resubmit: bool) -> anyhow::Result<
     };
     match (same, status.state) {
         (_, s) if resubmit && s.is_terminal() => Ok(Existing::Replace),
-        (true, State::Queued) => Ok(Existing::Same(stored, true)),
-        (true, _) => Ok(Existing::Same(stored, false)),
+        (true, State::Queued) => Ok(Existing::Same(Box::new(stored), true)),
+        (true, _) => Ok(Existing::Same(Box::new(stored), false)),
         (false, s) if s.is_terminal() => Err(UsageError(format!(
             "job id {id:?} already exists in the store as another job ({s}); choose another id, or --resubmit to replace it"
         ))

@@ -84,19 +84,19 @@ impl LocalStore {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_DEADLINE => {
+            match try_flock(&file) {
+                Ok(true) => break,
+                Ok(false) if start.elapsed() < LOCK_DEADLINE => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
-                Err(std::fs::TryLockError::WouldBlock) => {
+                Ok(false) => {
                     return Err(StoreError::Unavailable(format!(
                         "{}: locked by another process for {LOCK_DEADLINE:?}",
                         path.display()
                     )));
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Self::io(key)(e)),
+                Err(e) => return Err(Self::io(key)(e)),
             }
         }
         Ok(KeyLock {
@@ -185,6 +185,25 @@ pub const LOCK_FILE: &str = ".lock";
 /// The longest a record write waits for its lock.
 pub const LOCK_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `flock(LOCK_EX | LOCK_NB)`: true when this open file now holds the lock, false
+/// when another open file does. The lock goes with the descriptor (closing the
+/// file releases it, also when the process dies).
+fn try_flock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor owned by `file`, alive for the call; it
+    // reads and writes no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// A held record lock: released (in-process and `flock`) when dropped.
 pub struct KeyLock {
     _file: File,
@@ -233,10 +252,7 @@ mod tests {
             .write(true)
             .open(dir.path().join("jobs/j/.lock"))
             .unwrap();
-        assert!(matches!(
-            other.try_lock(),
-            Err(std::fs::TryLockError::WouldBlock)
-        ));
+        assert!(!try_flock(&other).unwrap(), "held by the first store");
         let waiter = tokio::spawn(async move { b.lock_key("jobs/j/result.json").await.map(drop) });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished(), "the second lock must wait");

@@ -16,12 +16,8 @@ use crate::store::{Store, StoreError};
 /// What the claim decided.
 #[derive(Debug)]
 pub enum Claim {
-    /// This delivery runs the job as `owner` (the record as written).
-    Run {
-        rec: StatusRecord,
-        owner: Owner,
-        taken_over: bool,
-    },
+    /// This delivery runs the job as `owner` (a takeover of a dead run or not).
+    Run { owner: Owner, taken_over: bool },
     /// The job ended already: nothing to do.
     Skip(&'static str),
     /// A live run holds it (or it may): look again after a lease.
@@ -69,11 +65,7 @@ pub async fn claim(
     Ok(match d {
         Decision::Run(owner, taken_over) => {
             watch.forget(job_id);
-            Claim::Run {
-                rec,
-                owner,
-                taken_over,
-            }
+            Claim::Run { owner, taken_over }
         }
         Decision::Skip => Claim::Skip("already terminal"),
         Decision::Defer => Claim::Defer,

@@ -147,7 +147,7 @@ async fn handle(
     };
     let pointer = message::resolve(&svc.store, &d, from_broker, &svc.settings.worker_id).await;
     let spec = match pointer {
-        Ok(Pointer::Job(spec)) => spec,
+        Ok(Pointer::Job(spec)) => *spec,
         Ok(Pointer::Invalid(reason)) => {
             warn!(message_id = %d.msg.job_id, reason, "rejecting an invalid message");
             let s = Settlement::settle(Settle::DeadLetter(reason));
@@ -236,9 +236,7 @@ async fn handle(
                     Settle::DeadLetter(format!("gave up after {attempt} attempts: worker_lost"));
                 return end_unrun(svc, queue, d, &spec, owner, observer, r, dead).await;
             }
-            Ok(Claim::Run {
-                owner, taken_over, ..
-            }) => (owner, taken_over),
+            Ok(Claim::Run { owner, taken_over }) => (owner, taken_over),
         };
         let attempt = owner.attempt;
         tracing::Span::current().record("attempt", attempt);

@@ -21,7 +21,7 @@ const MAX_REASON_CHARS: usize = 1000;
 /// What a delivery points at.
 pub enum Pointer {
     /// Run this job (the stored one).
-    Job(JobSpec),
+    Job(Box<JobSpec>),
     /// Dead-letter the message with this reason; records are handled already.
     Invalid(String),
     /// The job's records are being written (a submit in progress): look later.
@@ -143,7 +143,7 @@ pub async fn resolve(
             if status.is_none() {
                 create_status(store, &stored).await?;
             }
-            Ok(Pointer::Job(stored))
+            Ok(Pointer::Job(Box::new(stored)))
         }
         (Ok(_), None) if status.is_some() => Ok(Pointer::NotYet),
         (Ok(spec), None) => {
@@ -154,7 +154,7 @@ pub async fn resolve(
                 return Ok(Pointer::NotYet);
             }
             create_status(store, &spec).await?;
-            Ok(Pointer::Job(spec))
+            Ok(Pointer::Job(Box::new(spec)))
         }
     }
 }
