@@ -25,6 +25,7 @@ use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Sou
 use crate::config::RunSettings;
 use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
+use crate::results::base::Base;
 use crate::results::{diff, input, match_artifacts};
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
@@ -513,7 +514,29 @@ async fn in_workspace(
             )
             .await
         {
-            Ok(s) => s,
+            Ok(s) => {
+                // On disk while the job runs: a running job holds none of its files.
+                let path = svc.scratch.join(format!(
+                    "{}-{}.base",
+                    spec.id,
+                    uuid::Uuid::new_v4().simple()
+                ));
+                match tokio::task::spawn_blocking(move || Base::spill(s, &path)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        return InWorkspace::early(
+                            None,
+                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
+                        );
+                    }
+                    Err(e) => {
+                        return InWorkspace::early(
+                            None,
+                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
+                        );
+                    }
+                }
+            }
             Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
@@ -630,27 +653,20 @@ async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<
 /// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
 /// their runtime threads however large the workspace).
 async fn make_patch(
-    base: workspace::Snapshot,
+    base: Base,
     after: workspace::Snapshot,
     masker: &Masker,
 ) -> Result<(String, bool), ErrorInfo> {
-    let clip = |s: workspace::Snapshot| diff::Side {
-        files: s
-            .files
-            .into_iter()
-            .map(|(k, v)| (k, v.filter(|b| b.len() <= MAX_DIFF_FILE_BYTES)))
-            .collect(),
-        modes: s.modes,
-        stats: s.stats,
-        complete: !s.truncated,
-    };
-    let (before, now, masker) = (clip(base), clip(after), masker.clone());
+    let masker = masker.clone();
     let job = tokio::task::spawn_blocking(move || {
+        // Only changed files' base contents are read back from disk.
+        let (before, now) = base.sides(after, MAX_DIFF_FILE_BYTES)?;
         let d = diff::patch(&before, &now);
-        (masker.mask(&d.text), d.complete)
+        Ok::<_, std::io::Error>((masker.mask(&d.text), d.complete))
     });
     match tokio::time::timeout(DIFF_DEADLINE, job).await {
-        Ok(Ok(done)) => Ok(done),
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(e))) => Err(err("scratch_io", Phase::Collect, true, e.to_string())),
         Ok(Err(e)) => Err(err("diff_failed", Phase::Collect, false, e.to_string())),
         Err(_) => Err(err(
             "diff_deadline",
