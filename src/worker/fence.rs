@@ -302,3 +302,81 @@ pub fn live_log(fence: &Fence, events_path: PathBuf, period: Duration) -> Cancel
     });
     stop
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::State;
+
+    async fn owned_store() -> (tempfile::TempDir, Store, Owner) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let owner = Owner::new("w1", 1);
+        let mut rec = StatusRecord::queued("j", None);
+        rec.owner = Some(owner.clone());
+        rec.transition(State::Running, Some("w1"), None);
+        store.put_json("jobs/j/status.json", &rec).await.unwrap();
+        (dir, store, owner)
+    }
+
+    #[tokio::test]
+    async fn a_run_that_lost_its_token_writes_nothing_and_makes_no_step() {
+        let (_d, store, owner) = owned_store().await;
+        let lease = Duration::from_millis(300);
+        let fence = Fence::new(store.clone(), "j", owner, lease);
+        fence
+            .put("jobs/j/patch.diff", Bytes::from_static(b"mine"))
+            .await
+            .unwrap();
+        let seq = fence.beat(None).await.unwrap().heartbeat_seq;
+        assert_eq!(seq, 1);
+        // Another run takes the job over.
+        let other = Owner::new("w2", 2);
+        store
+            .update_status("j", |r| {
+                r.owner = Some(other.clone());
+                true
+            })
+            .await
+            .unwrap();
+        let e = fence
+            .put("jobs/j/patch.diff", Bytes::from_static(b"stale"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Lost { .. }), "{e}");
+        assert!(fence.is_lost());
+        assert_eq!(
+            store.get("jobs/j/patch.diff").await.unwrap().unwrap(),
+            Bytes::from_static(b"mine")
+        );
+        assert!(
+            fence.update(|_| true).await.is_err(),
+            "no status write either"
+        );
+        // A step gated by a lost fence never runs.
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let step = fence.gate(async { ran.store(true, std::sync::atomic::Ordering::SeqCst) });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), step)
+                .await
+                .is_err()
+        );
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_stale_hold_is_proven_before_the_next_step() {
+        let (_d, store, owner) = owned_store().await;
+        let fence = Fence::new(store.clone(), "j", owner, Duration::from_millis(150));
+        // As after a pause: the last proof is older than two thirds of a lease.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = store.status("j").await.unwrap().unwrap().heartbeat_seq;
+        fence.gate(async {}).await;
+        let after = store.status("j").await.unwrap().unwrap().heartbeat_seq;
+        assert_eq!(
+            after,
+            before + 1,
+            "the gate beat before letting the step run"
+        );
+    }
+}
