@@ -129,8 +129,8 @@ impl Worker {
 }
 
 /// One delivery, from pointer to settlement: resolve the job it names, claim it,
-/// run the attempt under the run's fence, then apply the one settlement that
-/// the end maps to.
+/// run the attempt under the run's fence — each step ends in a [`Settlement`]
+/// (the decision as data) — then apply it in one place.
 async fn handle(
     svc: &Services,
     queue: &Queue,
@@ -148,191 +148,179 @@ async fn handle(
     let pointer = message::resolve(&svc.store, &d, from_broker, &svc.settings.worker_id).await;
     let spec = match pointer {
         Ok(Pointer::Job(spec)) => *spec,
-        Ok(Pointer::Invalid(reason)) => {
-            warn!(message_id = %d.msg.job_id, reason, "rejecting an invalid message");
-            let s = Settlement::settle(Settle::DeadLetter(reason));
+        other => {
+            let s = match other {
+                Ok(Pointer::Invalid(reason)) => {
+                    warn!(message_id = %d.msg.job_id, reason, "rejecting an invalid message");
+                    Settle::DeadLetter(reason)
+                }
+                Ok(_) => {
+                    info!(message_id = %d.msg.job_id, "the job's records are not all stored yet; later");
+                    later
+                }
+                Err(e) => {
+                    warn!(message_id = %d.msg.job_id, error = %e, "cannot read the job; retrying later");
+                    later
+                }
+            };
+            let s = Settlement::settle(s);
             return settle::apply(svc, queue, d, None, None, observer, s).await;
-        }
-        Ok(Pointer::NotYet) => {
-            info!(message_id = %d.msg.job_id, "the job's records are not all stored yet; later");
-            return settle::apply(
-                svc,
-                queue,
-                d,
-                None,
-                None,
-                observer,
-                Settlement::settle(later),
-            )
-            .await;
-        }
-        Err(e) => {
-            warn!(message_id = %d.msg.job_id, error = %e, "cannot read the job; retrying later");
-            return settle::apply(
-                svc,
-                queue,
-                d,
-                None,
-                None,
-                observer,
-                Settlement::settle(later),
-            )
-            .await;
         }
     };
     let span = info_span!("job", job_id = %spec.id, attempt = tracing::field::Empty);
     async {
-        let claimed = claim::claim(&svc.store, &spec.id, &svc.settings, watch).await;
-        let (owner, taken_over) = match claimed {
-            Err(e) => {
-                warn!(error = %e, "cannot claim; retrying later");
-                let s = Settlement::settle(later);
-                return settle::apply(svc, queue, d, None, None, observer, s).await;
-            }
-            Ok(Claim::Skip(why)) => {
-                info!(why, "skipping delivery");
-                let s = Settlement::settle(Settle::Ack);
-                return settle::apply(svc, queue, d, None, None, observer, s).await;
-            }
-            Ok(Claim::Defer) => {
-                info!("job is live on another worker; deferring");
-                let s = Settlement::settle(Settle::Retry {
-                    attempt: d.msg.attempt,
-                    delay: svc.settings.lease,
-                });
-                return settle::apply(svc, queue, d, None, None, observer, s).await;
-            }
-            Ok(Claim::Cancelled { owner, attempt }) => {
-                tracing::Span::current().record("attempt", attempt);
-                let r = JobResult::unrun(
-                    &spec.id,
-                    Outcome::Cancelled,
-                    attempt,
-                    None,
-                    Some(&svc.settings.worker_id),
-                );
-                return end_unrun(svc, queue, d, &spec, owner, observer, r, Settle::Ack).await;
-            }
-            Ok(Claim::Exhausted { owner, attempt }) => {
-                tracing::Span::current().record("attempt", attempt);
-                warn!(attempt, "its worker was lost on every attempt; giving up");
-                remove_dead_workers_containers(svc);
-                let e = ErrorInfo {
-                    kind: "worker_lost".into(),
-                    phase: Phase::Claim,
-                    retryable: false,
-                    message: format!(
-                        "the worker running it was lost on each of its {attempt} attempts"
-                    ),
-                };
-                let r = JobResult::unrun(
-                    &spec.id,
-                    Outcome::Failed,
-                    attempt,
-                    Some(e),
-                    Some(&svc.settings.worker_id),
-                );
-                let dead =
-                    Settle::DeadLetter(format!("gave up after {attempt} attempts: worker_lost"));
-                return end_unrun(svc, queue, d, &spec, owner, observer, r, dead).await;
-            }
-            Ok(Claim::Run { owner, taken_over }) => (owner, taken_over),
-        };
-        let attempt = owner.attempt;
-        tracing::Span::current().record("attempt", attempt);
-        let fence = Fence::new(svc.store.clone(), &spec.id, owner, svc.settings.lease);
-        if taken_over {
-            metrics()
-                .job_retries
-                .with_label_values(&["worker_lost"])
-                .inc();
-            remove_dead_workers_containers(svc);
-        }
-        svc.notifier
-            .job_started(&spec, attempt, &svc.settings.worker_id);
-        // From this message's publish (a retry's wait counts from its re-publish).
-        let wait = (Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics().queue_wait.observe(wait);
-        metrics().jobs_started.inc();
-        metrics().jobs_running.inc();
-        running
-            .lock()
-            .expect("running lock")
-            .insert(spec.id.clone(), ctl.clone());
-
-        let events_path = runner::events_path(svc, &spec.id, attempt);
-        let end = match EventLog::create(&events_path) {
-            Err(e) => {
-                let e = ErrorInfo {
-                    kind: "scratch_io".into(),
-                    phase: Phase::Agent,
-                    retryable: true,
-                    message: e.to_string(),
-                };
-                AttemptEnd::Retry(JobResult::unrun(
-                    &spec.id,
-                    Outcome::Failed,
-                    attempt,
-                    Some(e),
-                    Some(&svc.settings.worker_id),
-                ))
-            }
-            Ok(events) => {
-                if let Some(o) = observer {
-                    o.started(&spec.id, events.progress.clone());
-                }
-                let period = svc.settings.heartbeat;
-                let beat = fence::heartbeat(
-                    &fence,
-                    period,
-                    svc.settings.lease / 3,
-                    events.progress.clone(),
-                    ctl.cancel.clone(),
-                );
-                let live = fence::live_log(&fence, events_path.clone(), period);
-                let end = runner::run_attempt(svc, &spec, attempt, &ctl, &events, &fence).await;
-                beat.cancel();
-                live.cancel();
-                end
-            }
-        };
-        let _ = std::fs::remove_file(&events_path);
-        running.lock().expect("running lock").remove(&spec.id);
-        metrics().jobs_running.dec();
-
-        let s = settle::decide(
-            end,
-            attempt,
-            svc.settings.max_attempts,
-            svc.settings.retry_delay(attempt),
-        );
-        if let Commit::Retrying(e) = &s.commit {
-            let reason = e
-                .as_ref()
-                .map(|e| retry_reason(e.phase))
-                .unwrap_or("worker_lost");
-            metrics().job_retries.with_label_values(&[reason]).inc();
-            warn!(error = ?e.as_ref().map(|e| &e.message), "infrastructure fault; retrying");
-        }
-        settle::apply(svc, queue, d, Some(&spec), Some(&fence), observer, s).await
+        let (s, fence) = run_job(svc, &spec, &d, ctl, observer, running, watch, later).await;
+        settle::apply(svc, queue, d, Some(&spec), fence.as_ref(), observer, s).await
     }
     .instrument(span)
     .await
 }
 
-/// Ends a job that did not run (cancelled while queued, out of attempts): empty
-/// patch and event log where none are stored, then the result and terminal status.
+/// Claims the job and runs its attempt: how the delivery should be settled, and
+/// the run's fence when a run holds the job (its commit goes through it).
 #[allow(clippy::too_many_arguments)]
-async fn end_unrun(
+async fn run_job(
     svc: &Services,
-    queue: &Queue,
-    d: Delivery,
+    spec: &JobSpec,
+    d: &Delivery,
+    ctl: JobControl,
+    observer: Option<&dyn Observer>,
+    running: &Mutex<HashMap<String, JobControl>>,
+    watch: &LeaseWatch,
+    later: Settle,
+) -> (Settlement, Option<Fence>) {
+    let claimed = claim::claim(&svc.store, &spec.id, &svc.settings, watch).await;
+    let (owner, taken_over) = match claimed {
+        Err(e) => {
+            warn!(error = %e, "cannot claim; retrying later");
+            return (Settlement::settle(later), None);
+        }
+        Ok(Claim::Skip(why)) => {
+            info!(why, "skipping delivery");
+            return (Settlement::settle(Settle::Ack), None);
+        }
+        Ok(Claim::Defer) => {
+            info!("job is live on another worker; deferring");
+            let s = Settle::Retry {
+                attempt: d.msg.attempt,
+                delay: svc.settings.lease,
+            };
+            return (Settlement::settle(s), None);
+        }
+        Ok(Claim::Cancelled { owner, attempt }) => {
+            tracing::Span::current().record("attempt", attempt);
+            let me = Some(svc.settings.worker_id.as_str());
+            let r = JobResult::unrun(&spec.id, Outcome::Cancelled, attempt, None, me);
+            return unrun(svc, spec, owner, r, Settle::Ack).await;
+        }
+        Ok(Claim::Exhausted { owner, attempt }) => {
+            tracing::Span::current().record("attempt", attempt);
+            warn!(attempt, "its worker was lost on every attempt; giving up");
+            remove_dead_workers_containers(svc);
+            let e = ErrorInfo {
+                kind: "worker_lost".into(),
+                phase: Phase::Claim,
+                retryable: false,
+                message: format!(
+                    "the worker running it was lost on each of its {attempt} attempts"
+                ),
+            };
+            let me = Some(svc.settings.worker_id.as_str());
+            let r = JobResult::unrun(&spec.id, Outcome::Failed, attempt, Some(e), me);
+            let dead = Settle::DeadLetter(format!("gave up after {attempt} attempts: worker_lost"));
+            return unrun(svc, spec, owner, r, dead).await;
+        }
+        Ok(Claim::Run { owner, taken_over }) => (owner, taken_over),
+    };
+    let attempt = owner.attempt;
+    tracing::Span::current().record("attempt", attempt);
+    let fence = Fence::new(svc.store.clone(), &spec.id, owner, svc.settings.lease);
+    if taken_over {
+        metrics()
+            .job_retries
+            .with_label_values(&["worker_lost"])
+            .inc();
+        remove_dead_workers_containers(svc);
+    }
+    svc.notifier
+        .job_started(spec, attempt, &svc.settings.worker_id);
+    // From this message's publish (a retry's wait counts from its re-publish).
+    let wait = (Utc::now() - d.msg.enqueued_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics().queue_wait.observe(wait);
+    metrics().jobs_started.inc();
+    metrics().jobs_running.inc();
+    running
+        .lock()
+        .expect("running lock")
+        .insert(spec.id.clone(), ctl.clone());
+
+    let events_path = runner::events_path(svc, &spec.id, attempt);
+    let end = match EventLog::create(&events_path) {
+        Err(e) => {
+            let e = ErrorInfo {
+                kind: "scratch_io".into(),
+                phase: Phase::Agent,
+                retryable: true,
+                message: e.to_string(),
+            };
+            AttemptEnd::Retry(JobResult::unrun(
+                &spec.id,
+                Outcome::Failed,
+                attempt,
+                Some(e),
+                Some(&svc.settings.worker_id),
+            ))
+        }
+        Ok(events) => {
+            if let Some(o) = observer {
+                o.started(&spec.id, events.progress.clone());
+            }
+            let period = svc.settings.heartbeat;
+            let beat = fence::heartbeat(
+                &fence,
+                period,
+                svc.settings.lease / 3,
+                events.progress.clone(),
+                ctl.cancel.clone(),
+            );
+            let live = fence::live_log(&fence, events_path.clone(), period);
+            let end = runner::run_attempt(svc, spec, attempt, &ctl, &events, &fence).await;
+            beat.cancel();
+            live.cancel();
+            end
+        }
+    };
+    let _ = std::fs::remove_file(&events_path);
+    running.lock().expect("running lock").remove(&spec.id);
+    metrics().jobs_running.dec();
+
+    let s = settle::decide(
+        end,
+        attempt,
+        svc.settings.max_attempts,
+        svc.settings.retry_delay(attempt),
+    );
+    if let Commit::Retrying(e) = &s.commit {
+        let reason = e
+            .as_ref()
+            .map(|e| retry_reason(e.phase))
+            .unwrap_or("worker_lost");
+        metrics().job_retries.with_label_values(&[reason]).inc();
+        warn!(error = ?e.as_ref().map(|e| &e.message), "infrastructure fault; retrying");
+    }
+    (s, Some(fence))
+}
+
+/// Ends a job that did not run (cancelled while queued, out of attempts): empty
+/// patch and event log where none are stored; the result and terminal status are
+/// the settlement's commit.
+async fn unrun(
+    svc: &Services,
     spec: &JobSpec,
     owner: Owner,
-    observer: Option<&dyn Observer>,
     r: JobResult,
     then: Settle,
-) {
+) -> (Settlement, Option<Fence>) {
     let fence = Fence::new(svc.store.clone(), &spec.id, owner, svc.settings.lease);
     let key = JobKeys(&spec.id);
     for k in [key.patch(), key.events()] {
@@ -344,7 +332,7 @@ async fn end_unrun(
         commit: Commit::Final(r),
         settle: then,
     };
-    settle::apply(svc, queue, d, Some(spec), Some(&fence), observer, s).await
+    (s, Some(fence))
 }
 
 /// A job whose worker died mid-job: sweep the containers dead workers of this
