@@ -222,7 +222,14 @@ async fn fail_lost(
         Some(e.clone()),
         Some(&rules.worker_id),
     );
-    fence.put_json(&JobKeys(&rec.job_id).result(), &r).await?;
+    // Every terminal job has the same files: empty ones where the dead run left none.
+    let key = JobKeys(&rec.job_id);
+    for k in [key.patch(), key.events()] {
+        if store.get(&k).await?.is_none() {
+            fence.put(&k, bytes::Bytes::new()).await?;
+        }
+    }
+    fence.put_json(&key.result(), &r).await?;
     let who = rules.worker_id.clone();
     fence
         .update(|s| {

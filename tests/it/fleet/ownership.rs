@@ -525,6 +525,7 @@ fn fleet_reconcile_republishes_stranded_jobs_and_fails_runs_whose_worker_is_gone
             .as_deref(),
         Some("failed")
     );
+    assert!(f.file(&orphan, "patch.diff").is_some() && f.file(&orphan, "events.jsonl").is_some());
     // The republished job runs once on a worker; the failed one stays failed.
     let _w = f.worker(1, &[]);
     let s = f
