@@ -244,6 +244,14 @@ impl DockerWorkspace {
         archive::put_tar(self, dest, tar).await
     }
 
+    pub async fn put_tar_file(
+        &self,
+        dest: &str,
+        tar: &std::path::Path,
+    ) -> Result<(), WorkspaceError> {
+        archive::put_tar_file(self, dest, tar).await
+    }
+
     pub async fn snapshot(
         &self,
         dir: &str,

@@ -202,6 +202,16 @@ impl Workspace {
         dispatch!(self, w => w.put_tar(dest, tar).await)
     }
 
+    /// Unpacks the tar file `tar` (on the worker's host) into `dest`, streaming it:
+    /// the worker holds a chunk at a time, however large the archive.
+    pub async fn put_tar_file(
+        &self,
+        dest: &str,
+        tar: &std::path::Path,
+    ) -> Result<(), WorkspaceError> {
+        dispatch!(self, w => w.put_tar_file(dest, tar).await)
+    }
+
     /// The files below `dir` as a map of relative path → content, skipping files over
     /// `max_file_bytes`, stopping at `max_total_bytes` in all. Used for the patch,
     /// artifacts and the editor's directory view.
@@ -236,4 +246,15 @@ pub struct Snapshot {
     pub dirs: Vec<String>,
     /// True when `max_total_bytes` cut the snapshot short.
     pub truncated: bool,
+    /// Git modes of the files that are not plain `100644` files: `0o100755` for an
+    /// executable, `0o120000` for a symlink (whose content is its target).
+    pub modes: BTreeMap<String, u32>,
+    /// Size and modification time (seconds) of each file listed without its
+    /// content (over the file limit), so a change to it can still be noticed.
+    pub stats: BTreeMap<String, (u64, u64)>,
 }
+
+/// The git mode of an executable file.
+pub const MODE_EXEC: u32 = 0o100755;
+/// The git mode of a symlink.
+pub const MODE_LINK: u32 = 0o120000;
