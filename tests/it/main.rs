@@ -7,6 +7,7 @@ mod util;
 mod amqp;
 mod cli;
 mod fleet;
+mod image_workdir;
 mod llm;
 mod prometheus;
 mod run;
