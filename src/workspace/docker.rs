@@ -4,7 +4,9 @@
 //! the engines we meet speak older APIs than bollard's default), creating and starting
 //! the container with its limits and labels, removing it, and removing what dead runs
 //! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
-//! (API calls) and `docker/tarball.rs` (the archives themselves).
+//! (API calls) and `docker/tarball.rs` (the archives themselves), what a container
+//! may touch in `docker/hardening.rs`, and the copy of an image's files into a
+//! tmpfs workdir in `docker/seed.rs`.
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.
