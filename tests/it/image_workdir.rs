@@ -10,6 +10,21 @@ use serde_json::{Value, json};
 
 use crate::util::{Batch, TEST_IMAGE, containers_for};
 
+/// Seed containers of the job (labelled `fleet.seed_of`, not `fleet.job_id`).
+fn seeds_for(job_id: &str) -> usize {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=fleet.seed_of={job_id}"),
+        ])
+        .output()
+        .expect("docker CLI");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 const IMAGE: &str = "agent-fleet/workspace:image-workdir-test";
 
 /// Builds [`IMAGE`] from the test image plus files at /testbed (a nested
@@ -114,6 +129,7 @@ fn the_image_files_at_the_workdir_are_the_base_and_the_input_lands_on_top() {
             assert!(!patch.contains(not), "{id}: {not} in the patch: {patch}");
         }
         assert_eq!(containers_for(id), 0, "{id}: container left behind");
+        assert_eq!(seeds_for(id), 0, "{id}: seed container left behind");
     }
 }
 
@@ -137,4 +153,5 @@ fn image_files_over_the_disk_limit_fail_the_job_naming_the_limit() {
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("/big") && msg.contains("16 MiB"), "{msg}");
     assert_eq!(containers_for(&id), 0, "container left behind");
+    assert_eq!(seeds_for(&id), 0, "seed container left behind");
 }

@@ -39,6 +39,10 @@ pub(super) struct EmptySeeds(Arc<Mutex<HashSet<(String, String)>>>);
 
 const MAX_EMPTY_SEEDS: usize = 4096;
 
+const LABEL_JOB_ID: &str = "fleet.job_id";
+/// The job a seed container belongs to.
+const LABEL_SEED_OF: &str = "fleet.seed_of";
+
 impl EmptySeeds {
     fn contains(&self, key: &(String, String)) -> bool {
         self.0.lock().is_ok_and(|s| s.contains(key))
@@ -59,6 +63,8 @@ pub(super) struct Seed {
     pub image_id: String,
     /// The seed container's configuration: the workspace's image and labels (so a
     /// seed left by a dead worker is removed by `cleanup_stale`), nothing else.
+    /// Its job is named by `fleet.seed_of`, not `fleet.job_id`: whoever looks for
+    /// a job's container (`docker ps --filter label=fleet.job_id=…`) finds one.
     pub body: ContainerCreateBody,
     /// The tmpfs size, MiB.
     pub limit_mb: u64,
@@ -68,6 +74,11 @@ pub(super) struct Seed {
 /// Makes `seed.body` a container that is only ever read from.
 pub(super) fn seed_body(mut body: ContainerCreateBody) -> ContainerCreateBody {
     body.env = None;
+    if let Some(labels) = body.labels.as_mut() {
+        if let Some(job) = labels.remove(LABEL_JOB_ID) {
+            labels.insert(LABEL_SEED_OF.to_string(), job);
+        }
+    }
     body.host_config = Some(HostConfig {
         network_mode: Some("none".into()),
         ..Default::default()
@@ -174,4 +185,36 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
     tokio::time::timeout(TRANSFER_DEADLINE, transfer)
         .await
         .map_err(|_| WorkspaceError::Deadline(TRANSFER_DEADLINE))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_seed_is_labelled_as_one_not_as_the_job_container() {
+        let body = ContainerCreateBody {
+            env: Some(vec!["SECRET=x".into()]),
+            labels: Some(HashMap::from([
+                ("agent-fleet".to_string(), "1".to_string()),
+                (LABEL_JOB_ID.to_string(), "j1".to_string()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some("bridge".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let seed = seed_body(body);
+        let labels = seed.labels.unwrap();
+        assert_eq!(labels.get(LABEL_JOB_ID), None);
+        assert_eq!(labels[LABEL_SEED_OF], "j1");
+        assert_eq!(labels["agent-fleet"], "1");
+        assert_eq!(seed.env, None);
+        assert_eq!(
+            seed.host_config.unwrap().network_mode.as_deref(),
+            Some("none")
+        );
+    }
 }
