@@ -570,6 +570,10 @@ pids_of() {
 # A fork storm: limits.pids 64 and a shell fork bomb. The pids limit holds (the
 # container never has more than its limit, and the host is untouched), the
 # command is killed at its timeout, the agent goes on, the workspace is removed.
+# The bomb runs in the background (`f & exec sleep 1000`): the command's own
+# shell forks once, before the storm. Had it called `f` itself, its next fork
+# could meet the full limit, and ash exits on "can't fork" (status 2): the
+# command would end in a second instead of timing out.
 drill_fork_storm() {
     drill_env fork-storm
     local j="c$RUN-fs-1" limit=64

@@ -76,6 +76,10 @@ pub enum WorkspaceError {
     Io(#[from] std::io::Error),
     #[error("workspace operation timed out after {0:?}")]
     Deadline(Duration),
+    #[error(
+        "{path}: the image's files there need more than the workspace disk limit of {limit_mb} MiB (limits.disk_mb, at most FLEET_MAX_DISK_MB)"
+    )]
+    DiskLimit { path: String, limit_mb: u64 },
 }
 
 impl WorkspaceError {
@@ -88,6 +92,7 @@ impl WorkspaceError {
             WorkspaceError::Path { .. } => "workspace_path",
             WorkspaceError::Io(_) => "workspace_io",
             WorkspaceError::Deadline(_) => "workspace_deadline",
+            WorkspaceError::DiskLimit { .. } => "disk_limit",
         }
     }
 

@@ -24,7 +24,7 @@ use super::{API_DEADLINE, DockerWorkspace, from_bollard, status_of, within};
 use crate::workspace::{PathKind, Snapshot, WorkspaceError};
 
 /// Deadline of one upload or download (a snapshot of a large tree takes a while).
-const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
+pub(super) const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
 /// Symlinks followed before giving up (a loop, or a silly chain).
 const MAX_LINK_HOPS: usize = 8;
 /// Go's `os.FileMode` bits, as Docker reports them in a path stat.
@@ -298,8 +298,11 @@ async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), 
         // Never let an archive entry replace a directory by a file (Docker would
         // delete the directory) or the other way round.
         .no_overwrite_dir_non_dir("true")
-        // Files belong to the container's user, so a non-root image can edit them.
-        .copy_uidgid("true")
+        // Files belong to the image's user, so a non-root image can edit them. Not
+        // for a job's own `limits.user`: Docker looks that up in the image's
+        // passwd (a numeric `1000:1000` is not there, and the upload fails); the
+        // workdir is handed to it by `chown_workdir` instead.
+        .copy_uidgid(if ws.user.is_some() { "false" } else { "true" })
         .build();
     match within(
         TRANSFER_DEADLINE,
