@@ -121,7 +121,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&store_spec)
         .await
         .with_context(|| format!("opening the store {store_spec}"))?;
-    let queue = Queue::open(&a.queue.resolve(), config::amqp_options())
+    let queue = Queue::open(&a.queue.resolve(), config::amqp_options()?)
         .await
         .context("connecting to the broker")?;
     let batch_id = format!("b-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

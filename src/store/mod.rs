@@ -28,6 +28,9 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("{key}: changed by someone else")]
     Conflict { key: String },
+    /// The store lacks something the fleet's guarantees rest on (conditional writes).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {
@@ -44,6 +47,7 @@ impl StoreError {
             StoreError::BadKey { .. } => "store_bad_key",
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::Conflict { .. } => "store_conflict",
+            StoreError::Unsupported(_) => "store_unsupported",
         }
     }
 }
@@ -194,6 +198,16 @@ impl Store {
             crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
         }
         Ok(written)
+    }
+
+    /// Proves that the store honours conditional writes (see `s3/selfcheck.rs`);
+    /// `run_id` names the scratch key. A local directory is locked in-process and
+    /// needs no proof.
+    pub async fn check_conditional_writes(&self, run_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(_) => Ok(()),
+            Store::S3(s) => s.check_conditional_writes(run_id).await,
+        }
     }
 
     /// Whether the store answers, for readiness probes: the directory exists, or the

@@ -12,6 +12,7 @@
 
 mod error;
 mod multipart;
+mod selfcheck;
 mod settings;
 
 use std::path::Path;
