@@ -15,6 +15,8 @@
 #     (agent-fleet/standin:rust-bookworm).
 # The Dockerfile itself is what a user with a registry builds.
 #
+# A stand-in trusts the host's local CAs (/usr/local/share/ca-certificates) too.
+#
 # Idempotent: skips the build when the image exists, unless --force. Needs a running
 # Docker engine; stand-ins need Debian's apt (debootstrap) and a Rust toolchain.
 set -eu
@@ -61,6 +63,13 @@ standin_debian() {
     debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" "$DEBIAN_MIRROR" >"$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
     rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
+    # The stand-in trusts what this host trusts beyond Debian's bundle (local CAs,
+    # e.g. of a TLS-inspecting proxy), so cargo and apt inside it reach what the
+    # host reaches.
+    if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+        cp /usr/local/share/ca-certificates/*.crt "$work/rootfs/usr/local/share/ca-certificates/"
+        chroot "$work/rootfs" update-ca-certificates >/dev/null
+    fi
     tar -C "$work/rootfs" -c . | docker import \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         -c 'CMD ["bash"]' - "$STANDIN_DEBIAN" >/dev/null

@@ -65,11 +65,17 @@ pub async fn backend(
     pull: workspace::docker::PullSettings,
 ) -> anyhow::Result<workspace::Backend> {
     let b = match kind {
-        WorkspaceKind::Docker => workspace::Backend::Docker(
-            DockerBackend::connect_with(&config::hostname(), pull)
-                .await
-                .context("connecting to Docker (use --workspace local on a machine without it)")?,
-        ),
+        WorkspaceKind::Docker => match DockerBackend::connect_with(&config::hostname(), pull).await
+        {
+            Ok(b) => workspace::Backend::Docker(b),
+            // DOCKER_HOST and its TLS settings are configuration: exit 2, named.
+            Err(workspace::WorkspaceError::Config(m)) => return Err(UsageError(m).into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(
+                    "connecting to Docker (use --workspace local on a machine without it)",
+                ));
+            }
+        },
         WorkspaceKind::Local => workspace::Backend::Local(LocalBackend::new(scratch.to_path_buf())),
     };
     match b.cleanup_stale().await {

@@ -200,7 +200,7 @@ fn readiness(svc: &Arc<Services>, queue: &Queue) -> crate::telemetry::server::Re
 
 /// How long a store self-check result stands in for a new one: probes come every
 /// few seconds, the check costs five store calls.
-const SELF_CHECK_TTL: Duration = Duration::from_secs(60);
+const SELF_CHECK_TTL: Duration = Duration::from_secs(15);
 
 /// The store self-check behind `/readyz`, re-run at most every [`SELF_CHECK_TTL`].
 struct CachedCheck {

@@ -12,4 +12,7 @@ mod batch;
 mod cancel;
 mod faults;
 mod messages;
+mod pull;
 mod signals;
+mod store_check;
+mod tls;

@@ -3,10 +3,15 @@
 //! a test whose service is missing fails, it never skips.
 
 mod util;
+mod registry;
+mod tlsutil;
 
 mod amqp;
 mod cli;
+mod config;
+mod docker_host;
 mod fleet;
+mod images;
 mod llm;
 mod prometheus;
 mod run;

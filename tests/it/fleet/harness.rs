@@ -211,6 +211,12 @@ impl Fleet {
         f
     }
 
+    /// Extra environment for every `fleet` child started from now on (wins over
+    /// the fleet's own settings).
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.extra_env.push((k.to_string(), v.to_string()));
+    }
+
     pub fn scripts_dir(&self) -> PathBuf {
         self.dir.path().join("scripts")
     }
