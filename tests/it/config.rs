@@ -82,7 +82,11 @@ fn logs_off_a_terminal_have_no_ansi_and_log_records_are_bridged() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.result(&id)["outcome"], "succeeded");
     assert!(out.stderr.contains(" INFO "), "{}", out.stderr);
-    assert!(!out.stderr.contains('\u{1b}'), "ANSI codes in:\n{}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "ANSI codes in:\n{}",
+        out.stderr
+    );
     assert!(
         out.stderr.lines().any(|l| l.contains("reqwest::")),
         "no reqwest (log crate) record in:\n{}",
@@ -101,7 +105,11 @@ fn sigterm_cancels_fleet_run_like_ctrl_c() {
     b.signals = vec![(Duration::from_secs(4), libc::SIGTERM)];
     let started = Instant::now();
     let out = b.run();
-    assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert_eq!(out.result(&id)["outcome"], "cancelled", "{}", out.stderr);
     assert_eq!(containers_for(&id), 0, "container left for {id}");
@@ -161,8 +169,15 @@ fn a_second_interrupt_exits_fleet_run_at_once() {
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{seen:#?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert!(seen.iter().any(|l| l.contains("interrupted again")), "{seen:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("interrupted again")),
+        "{seen:#?}"
+    );
     // Exiting at once leaves the container to the next run's start-up sweep; this
     // test cleans up after itself.
     let ids = Command::new("docker")

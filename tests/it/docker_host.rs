@@ -35,7 +35,11 @@ impl Socat {
         let mut s = Socat { child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(s.child.try_wait().unwrap().is_none(), "socat exited: {}", s.log());
+            assert!(
+                s.child.try_wait().unwrap().is_none(),
+                "socat exited: {}",
+                s.log()
+            );
             assert!(Instant::now() < deadline, "socat did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -101,7 +105,11 @@ fn docker_host_with_tls_verify_uses_the_cert_path() {
     // The docker CLI's file names in DOCKER_CERT_PATH.
     let cert_path = b.dir.path().join("docker-certs");
     std::fs::create_dir_all(&cert_path).unwrap();
-    for (from, to) in [("ca.pem", "ca.pem"), ("client.pem", "cert.pem"), ("client.key", "key.pem")] {
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client.key", "key.pem"),
+    ] {
         std::fs::copy(certs.join(from), cert_path.join(to)).unwrap();
     }
     let _plain = Socat::start(b.dir.path(), 18205);
@@ -158,7 +166,11 @@ fn a_docker_host_this_build_cannot_honour_is_refused_naming_it() {
         assert_eq!(out.code, 2, "{host}: {}", out.stderr);
         let errors = error_lines(&out.stderr);
         assert_eq!(errors.len(), 1, "{host}: {}", out.stderr);
-        assert!(errors[0].contains(&format!("DOCKER_HOST={host:?}")), "{}", errors[0]);
+        assert!(
+            errors[0].contains(&format!("DOCKER_HOST={host:?}")),
+            "{}",
+            errors[0]
+        );
         assert!(errors[0].contains(what), "{}", errors[0]);
     }
 }

@@ -95,7 +95,11 @@ fn a_wrong_password_is_image_auth_and_final() {
         "no 401 for {} in the registry log",
         img.repo
     );
-    assert!(img.pulls().iter().all(|l| !l.contains("\" 200 ")), "{:#?}", img.pulls());
+    assert!(
+        img.pulls().iter().all(|l| !l.contains("\" 200 ")),
+        "{:#?}",
+        img.pulls()
+    );
     assert!(!img.present_locally());
 }
 
@@ -106,9 +110,18 @@ fn no_credentials_for_a_private_registry_is_image_auth() {
     let empty = b.dir.path().join("empty-docker-config");
     std::fs::create_dir_all(&empty).unwrap();
     b.env("DOCKER_CONFIG", empty.to_str().unwrap());
-    let id = b.job("nocreds", json!({"task": "t", "image": img.image}), finish());
+    let id = b.job(
+        "nocreds",
+        json!({"task": "t", "image": img.image}),
+        finish(),
+    );
     let out = b.run();
-    assert_eq!(out.result(&id)["error"]["kind"], "image_auth", "{}", out.stderr);
+    assert_eq!(
+        out.result(&id)["error"]["kind"],
+        "image_auth",
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -135,7 +148,12 @@ fn pull_policy_never_does_not_ask_the_registry() {
     let out = b.run();
     let r = out.result(&id);
     assert_eq!(r["error"]["kind"], "image_not_found", "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("FLEET_IMAGE_PULL=never"));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("FLEET_IMAGE_PULL=never")
+    );
     assert!(img.pulls().is_empty(), "{:#?}", img.pulls());
 }
 
@@ -143,7 +161,11 @@ fn pull_policy_never_does_not_ask_the_registry() {
 fn pull_policy_always_pulls_an_image_already_present() {
     let img = Pushed::new("always");
     let mut b = batch_with_config(&registry::user(), &registry::password());
-    let first = b.job("always1", json!({"task": "t", "image": img.image}), finish());
+    let first = b.job(
+        "always1",
+        json!({"task": "t", "image": img.image}),
+        finish(),
+    );
     assert_eq!(b.run().result(&first)["outcome"], "succeeded");
     let before = img.pulls().len();
     assert_eq!(before, 1);
@@ -151,10 +173,17 @@ fn pull_policy_always_pulls_an_image_already_present() {
     // Present now: if-not-present would not ask; always does.
     let mut b2 = batch_with_config(&registry::user(), &registry::password());
     b2.env("FLEET_IMAGE_PULL", "always");
-    let second = b2.job("always2", json!({"task": "t", "image": img.image}), finish());
+    let second = b2.job(
+        "always2",
+        json!({"task": "t", "image": img.image}),
+        finish(),
+    );
     assert_eq!(b2.run().result(&second)["outcome"], "succeeded");
     let after = img.pulls().len();
-    assert!(after > before, "the registry saw no new manifest request ({before} → {after})");
+    assert!(
+        after > before,
+        "the registry saw no new manifest request ({before} → {after})"
+    );
 }
 
 #[test]
@@ -164,6 +193,10 @@ fn a_bad_pull_policy_is_refused_naming_the_variable() {
     b.job("x", json!({"task": "t"}), finish());
     let out = b.run();
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("FLEET_IMAGE_PULL=\"sometimes\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("FLEET_IMAGE_PULL=\"sometimes\""),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }

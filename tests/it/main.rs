@@ -9,6 +9,7 @@ mod tlsutil;
 mod amqp;
 mod cli;
 mod config;
+mod deploy;
 mod docker_host;
 mod fleet;
 mod images;

@@ -41,13 +41,24 @@ fn port() -> String {
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("docker CLI")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI")
 }
 
 /// Fails the test (never skips it) when the registry does not answer as ours.
 pub fn check() {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .arg(format!("http://{}/v2/", addr()))
         .output()
         .expect("curl");
@@ -138,9 +149,8 @@ fn manifest_lines(repo: &str) -> Vec<String> {
 
 /// Access-log lines of `method` requests to `/v2/<repo>/manifests/`.
 pub fn requests(repo: &str, method: &str) -> Vec<String> {
-    let log = std::fs::read_to_string(log_file()).unwrap_or_else(|e| {
-        panic!("reading the registry log {}: {e}", log_file().display())
-    });
+    let log = std::fs::read_to_string(log_file())
+        .unwrap_or_else(|e| panic!("reading the registry log {}: {e}", log_file().display()));
     let needle = format!("\"{method} /v2/{repo}/manifests/");
     log.lines()
         .filter(|l| l.contains(&needle))

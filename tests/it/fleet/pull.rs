@@ -27,10 +27,20 @@ fn five_jobs_on_one_image_make_one_pull() {
     }
     f.submit();
     for (id, s) in ids.iter().zip(f.wait_terminal(&ids, WAIT)) {
-        assert_eq!(s.state, State::Succeeded, "{id}: {:?}\n{}", s.error, f.diagnostics());
+        assert_eq!(
+            s.state,
+            State::Succeeded,
+            "{id}: {:?}\n{}",
+            s.error,
+            f.diagnostics()
+        );
     }
     let pulls = img.pulls();
-    assert_eq!(pulls.len(), 1, "one pull expected, the registry saw:\n{pulls:#?}");
+    assert_eq!(
+        pulls.len(),
+        1,
+        "one pull expected, the registry saw:\n{pulls:#?}"
+    );
     assert!(pulls[0].contains("\" 200 "), "{}", pulls[0]);
     let log = f.worker_log(&w);
     assert_eq!(log.matches("image pulled").count(), 1, "{log}");

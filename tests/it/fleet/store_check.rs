@@ -64,8 +64,14 @@ impl Proxy {
 
 async fn forward(State(p): State<Arc<Dropper>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let body = axum::body::to_bytes(body, 256 << 20)
+        .await
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut out = p
         .client
         .request(parts.method.clone(), format!("{}{path}", p.upstream));
@@ -91,7 +97,10 @@ async fn forward(State(p): State<Arc<Dropper>>, req: Request) -> Response {
     };
     let mut b = Response::builder().status(resp.status());
     for (name, value) in resp.headers() {
-        if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
             b = b.header(name, value);
         }
     }
@@ -116,7 +125,11 @@ fn a_worker_refuses_a_store_that_ignores_conditional_writes() {
     // One line naming the endpoint and what it ignored.
     assert!(line.contains(&proxy.url), "{line}");
     assert!(line.contains("ignores If-None-Match"), "{line}");
-    assert!(!out.stderr.contains("slots"), "the worker started: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("slots"),
+        "the worker started: {}",
+        out.stderr
+    );
     assert!(proxy.state.dropped.load(Ordering::SeqCst) >= 1);
 }
 
@@ -155,7 +168,11 @@ fn readyz_reports_a_store_that_stops_honouring_conditional_writes() {
         },
         || f.diagnostics(),
     );
-    assert_eq!(body["failing"], serde_json::json!(["store_conditional_writes"]), "{body}");
+    assert_eq!(
+        body["failing"],
+        serde_json::json!(["store_conditional_writes"]),
+        "{body}"
+    );
     let text = body.to_string();
     assert!(text.contains("If-None-Match"), "{text}");
 }
