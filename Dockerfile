@@ -12,8 +12,8 @@
 # dependencies are built in their own layer from the manifest and lock file, so a
 # source change rebuilds only the crate.
 
-# rust-version in Cargo.toml is 1.88: the builder needs at least that.
-ARG RUST_IMAGE=rust:1.88-bookworm
+# rust-version in Cargo.toml is 1.94.1: the builder needs at least that.
+ARG RUST_IMAGE=rust:1.94.1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder

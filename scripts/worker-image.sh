@@ -17,7 +17,8 @@
 #
 # A stand-in trusts the host's local CAs (/usr/local/share/ca-certificates) too.
 #
-# Idempotent: skips the build when the image exists, unless --force. Needs a running
+# Idempotent: skips the build when the image exists and was built from the same
+# sources (label agent-fleet.source), unless --force. Needs a running
 # Docker engine; stand-ins need Debian's apt (debootstrap) and a Rust toolchain.
 set -eu
 
@@ -31,7 +32,7 @@ done
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tag=agent-fleet/worker:latest
-RUST_IMAGE=${RUST_IMAGE:-rust:1.88-bookworm}
+RUST_IMAGE=${RUST_IMAGE:-rust:1.94.1-bookworm}
 RUNTIME_IMAGE=${RUNTIME_IMAGE:-debian:bookworm-slim}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STANDIN_DEBIAN=agent-fleet/standin:debian-bookworm
@@ -39,8 +40,11 @@ STANDIN_RUST=agent-fleet/standin:rust-bookworm
 
 log() { echo "worker-image.sh: $*" >&2; }
 
-if [ "$force" = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
-    echo "image exists ($tag); use --force to rebuild"
+# What the image is built from; an image with another source is rebuilt (the
+# dependency layer stays cached while Cargo.toml and Cargo.lock do not change).
+source_hash=$(cd "$repo" && { cat Cargo.toml Cargo.lock Dockerfile; find src -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-16)
+if [ "$force" = 0 ] && [ "$(docker image inspect -f '{{ index .Config.Labels "agent-fleet.source" }}' "$tag" 2>/dev/null)" = "$source_hash" ]; then
+    echo "image exists ($tag, source $source_hash); use --force to rebuild"
     exit 0
 fi
 
@@ -110,6 +114,7 @@ fi
 log "building $tag (builder $RUST_IMAGE, runtime $RUNTIME_IMAGE)"
 start=$(date +%s)
 DOCKER_BUILDKIT=0 docker build \
+    --label "agent-fleet.source=$source_hash" \
     --build-arg "RUST_IMAGE=$RUST_IMAGE" \
     --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
     -t "$tag" "$repo"

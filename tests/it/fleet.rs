@@ -16,3 +16,4 @@ mod pull;
 mod signals;
 mod store_check;
 mod tls;
+mod worker_image;
