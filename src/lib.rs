@@ -13,8 +13,9 @@
 //! 4. [`worker`] — claims the job through its status record (lease + heartbeat),
 //!    decides retry vs give-up from typed errors, and drives the pipeline below under
 //!    a deadline and a cancellation token.
-//! 5. [`workspace`] — a Docker container (or a local directory) is started with the
-//!    job's limits and its input is uploaded.
+//! 5. [`workspace`] — the job's image is pulled when needed (pull policy, registry
+//!    credentials, one pull per image), a Docker container (or a local directory)
+//!    is started with the job's limits and its input is uploaded.
 //! 6. [`agent`] — the conversation runs: [`llm`] ⇄ tools in the workspace, with
 //!    events, stuck detection, condensation and secret masking.
 //! 7. [`results`] — the patch (workspace vs input), artifacts, events and metrics

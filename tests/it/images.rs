@@ -200,3 +200,15 @@ fn a_bad_pull_policy_is_refused_naming_the_variable() {
     );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }
+
+#[test]
+fn a_malformed_image_reference_is_final_not_retried() {
+    // Passes the job file's charset check; the engine rejects upper case.
+    let mut b = Batch::new();
+    let id = b.job("upper", json!({"task": "t", "image": "Fleet/UPPER-case:v1"}), finish());
+    let out = b.run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let r = out.result(&id);
+    assert_eq!(r["error"]["kind"], "image_not_found", "{r}");
+    assert!(!states(&b, &id).contains(&"retrying".to_string()));
+}

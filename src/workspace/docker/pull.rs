@@ -131,6 +131,13 @@ impl Puller {
         if self.settings.policy != PullPolicy::Always {
             match within(API_DEADLINE, self.docker.inspect_image(image)).await? {
                 Ok(_) => return Ok(()),
+                // The engine's own word that the reference is malformed (e.g. upper
+                // case): no pull or retry can fix the job.
+                Err(e) if status_of(&e) == Some(400) => {
+                    return Err(WorkspaceError::ImageNotFound {
+                        image: format!("{image} (not a valid reference: {e})"),
+                    });
+                }
                 Err(e) if status_of(&e) == Some(404) => {
                     if self.settings.policy == PullPolicy::Never {
                         return Err(WorkspaceError::ImageNotFound {
@@ -300,7 +307,14 @@ fn classify(image: &str, e: BollardError) -> PullError {
     ]) {
         return PullError::Auth { image, message };
     }
-    if status == Some(404) || has(&["manifest unknown", "not found: manifest", "name unknown"]) {
+    if matches!(status, Some(400 | 404))
+        || has(&[
+            "manifest unknown",
+            "not found: manifest",
+            "name unknown",
+            "invalid reference format",
+        ])
+    {
         return PullError::NotFound { image, message };
     }
     if has(&[
