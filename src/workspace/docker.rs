@@ -91,19 +91,16 @@ impl DockerBackend {
         let docker = connect::client(&endpoint)?;
         // No fall-back: an engine that does not answer where configured is an error
         // that names where that was.
-        let docker = match within(API_DEADLINE, docker.negotiate_version()).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                return Err(WorkspaceError::Unavailable(format!(
-                    "no Docker engine at {endpoint} (DOCKER_HOST): {e}"
-                )));
-            }
-            Err(e) => {
-                return Err(WorkspaceError::Unavailable(format!(
-                    "no Docker engine at {endpoint} (DOCKER_HOST): {e}"
-                )));
-            }
+        let negotiated = match within(API_DEADLINE, docker.negotiate_version()).await {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
+        let docker = negotiated.map_err(|why| {
+            WorkspaceError::Unavailable(format!(
+                "no Docker engine at {endpoint} (DOCKER_HOST): {why}"
+            ))
+        })?;
         tracing::debug!(%endpoint, api_version = %docker.client_version(), "connected to docker");
         Ok(DockerBackend {
             puller: pull::Puller::new(docker.clone(), pull),
