@@ -19,7 +19,7 @@ if ! cargo deny --version 2>/dev/null | grep -qF "$DENY_VERSION"; then
     cargo install --locked cargo-deny --version "$DENY_VERSION"
 fi
 
-cargo deny --locked check licenses bans sources
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
 config=deny.toml
 tmp=
@@ -30,7 +30,7 @@ if [ -n "${FLEET_ADVISORY_DB_URL:-}" ]; then
     config="$tmp/deny.toml"
 fi
 log=$(mktemp)
-if cargo deny --locked check --config "$config" advisories 2>"$log"; then
+if cargo deny --locked --config "$config" check --hide-inclusion-graph advisories 2>"$log"; then
     cat "$log" >&2
     echo "deps-check.sh: advisories ok" >&2
 elif grep -qiE "failed to (fetch|open) advisory database|unable to (fetch|clone)|error sending request|failed to connect|could not resolve" "$log"; then
