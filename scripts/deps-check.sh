@@ -5,11 +5,12 @@
 # The advisory database is a git repository (github.com/RustSec/advisory-db) that
 # cargo-deny fetches each run. Where it cannot be fetched, this says so loudly and
 # the advisories are not checked; the other checks still fail the run. Point
-# FLEET_ADVISORY_DB_URL at a mirror of the repository (any git URL, file:// too) to
-# check against it instead.
+# FLEET_ADVISORY_DB_URL at a mirror of the repository (a git URL with a host name,
+# e.g. git://localhost:9418/advisory-db served by `git daemon`; cargo-deny refuses
+# file:// URLs) to check against it instead.
 #
-# Installs cargo-deny (pinned) from crates.io when missing: a few minutes of
-# compiling, once per machine.
+# Installs cargo-deny (pinned) from crates.io when missing: about 13 minutes of
+# compiling on a busy 2-core machine, once per machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
