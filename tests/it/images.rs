@@ -205,10 +205,61 @@ fn a_bad_pull_policy_is_refused_naming_the_variable() {
 fn a_malformed_image_reference_is_final_not_retried() {
     // Passes the job file's charset check; the engine rejects upper case.
     let mut b = Batch::new();
-    let id = b.job("upper", json!({"task": "t", "image": "Fleet/UPPER-case:v1"}), finish());
+    let id = b.job(
+        "upper",
+        json!({"task": "t", "image": "Fleet/UPPER-case:v1"}),
+        finish(),
+    );
     let out = b.run();
     assert_eq!(out.code, 1, "{}", out.stderr);
     let r = out.result(&id);
     assert_eq!(r["error"]["kind"], "image_not_found", "{r}");
     assert!(!states(&b, &id).contains(&"retrying".to_string()));
+}
+
+#[test]
+fn a_credential_helper_named_in_the_config_supplies_the_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let img = Pushed::new("helper");
+    let mut b = Batch::new();
+    // A `docker-credential-<name>` program as the helpers' protocol has it: the
+    // server on stdin, JSON on stdout; it notes what it was asked.
+    let bin = b.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let asked = b.dir.path().join("asked");
+    let helper = bin.join("docker-credential-fleettest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\necho \"$1 $server\" >> {asked}\nif [ \"$server\" = \"{addr}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pw}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+            asked = asked.display(),
+            addr = registry::addr(),
+            user = registry::user(),
+            pw = registry::password(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = b.dir.path().join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        json!({"credHelpers": {registry::addr(): "fleettest"}}).to_string(),
+    )
+    .unwrap();
+    b.env("DOCKER_CONFIG", config.to_str().unwrap());
+    b.env(
+        "PATH",
+        &format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    );
+    let id = b.job("helper", json!({"task": "t", "image": img.image}), finish());
+    let out = b.run();
+    assert_eq!(out.result(&id)["outcome"], "succeeded", "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&asked).unwrap().trim(),
+        format!("get {}", registry::addr())
+    );
+    let pulls = img.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert!(pulls[0].contains("\" 200 "), "{}", pulls[0]);
 }
