@@ -3,19 +3,29 @@
 #
 #   docker build -t agent-fleet/worker .
 #
+# The base images are build arguments (a mirror, or other pinned tags):
+#   docker build --build-arg RUST_IMAGE=… --build-arg RUNTIME_IMAGE=… -t agent-fleet/worker .
+# scripts/build-images.sh worker builds it, with local stand-ins for bases that cannot
+# be pulled.
+#
 # Works with the classic builder and BuildKit alike (no cache mounts): the
 # dependencies are built in their own layer from the manifest and lock file, so a
 # source change rebuilds only the crate.
 
-FROM rust:1-bookworm AS builder
+# rust-version in Cargo.toml is 1.94.1: the builder needs at least that.
+ARG RUST_IMAGE=rust:1.94.1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
 
 # Dependencies first: a stub crate with the real manifest and lock file. Every
-# target the manifest names must exist for cargo to read it.
+# target the manifest names (the binary, the test binary, the bench) must exist for
+# cargo to read it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/it \
+RUN mkdir -p src tests/it benches \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs tests/it/main.rs \
+    && touch src/lib.rs tests/it/main.rs benches/fleet.rs \
     && cargo build --release --locked --bin fleet \
     && rm -rf src tests
 
@@ -25,7 +35,7 @@ RUN mkdir -p tests/it && touch tests/it/main.rs src/main.rs src/lib.rs \
     && cargo build --release --locked --bin fleet \
     && install -m 0755 target/release/fleet /usr/local/bin/fleet
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 # ca-certificates: HTTPS to the LLM provider, S3 and webhook receivers.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \

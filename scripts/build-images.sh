@@ -1,22 +1,34 @@
 #!/bin/sh
-# Builds the workspace images the tests and the quickstart use:
-#   agent-fleet/workspace:test and agent-fleet/workspace:latest
-# from images/workspace/Dockerfile (FROM scratch + Debian's static busybox).
+# Builds the project's images:
 #
-# Idempotent: skips the build when the image exists, unless --force.
-# Needs Debian (apt) for busybox-static, and a running Docker engine. Nothing is
-# pulled: the image starts from scratch, and the classic builder is used because
+#   build-images.sh [workspace] [--force]   agent-fleet/workspace:test and :latest, the
+#       workspace image the tests and the quickstart use, from images/workspace/Dockerfile
+#       (FROM scratch + Debian's static busybox). Nothing is pulled.
+#   build-images.sh worker [--force]        agent-fleet/worker:latest, the fleet worker,
+#       from the repository's Dockerfile (scripts/worker-image.sh).
+#
+# Idempotent: skips a build when the image exists, unless --force.
+# Needs Debian (apt) and a running Docker engine. The classic builder is used because
 # BuildKit may be missing.
 set -eu
 
 force=0
+target=workspace
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h|--help) echo "usage: $0 [--force]"; exit 0 ;;
+        workspace|worker) target=$arg ;;
+        -h|--help) echo "usage: $0 [workspace|worker] [--force]"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
+
+if [ "$target" = worker ]; then
+    if [ "$force" = 1 ]; then
+        exec sh "$(dirname "$0")/worker-image.sh" --force
+    fi
+    exec sh "$(dirname "$0")/worker-image.sh"
+fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tags="agent-fleet/workspace:test agent-fleet/workspace:latest"

@@ -1,7 +1,11 @@
 //! Settings resolved once: flag > environment > default. Environment variable names
 //! live here and only here (DESIGN.md "CLI").
 
+mod values;
+
 use std::time::Duration;
+
+pub use values::ConfigError;
 
 pub const ENV_QUEUE: &str = "FLEET_QUEUE";
 pub const ENV_STORE: &str = "FLEET_STORE";
@@ -52,6 +56,14 @@ pub const ENV_MAX_ITERATIONS: &str = "FLEET_MAX_ITERATIONS";
 pub const ENV_MAX_DISK_MB: &str = "FLEET_MAX_DISK_MB";
 /// `1`: job webhooks may reach loopback, private and link-local addresses.
 pub const ENV_WEBHOOK_ALLOW_PRIVATE: &str = "FLEET_WEBHOOK_ALLOW_PRIVATE";
+/// When workers pull job images: `if-not-present` (default), `always`, `never`.
+pub const ENV_IMAGE_PULL: &str = "FLEET_IMAGE_PULL";
+/// Seconds one image pull may take before it fails as an infrastructure fault.
+pub const ENV_IMAGE_PULL_TIMEOUT_SECS: &str = "FLEET_IMAGE_PULL_TIMEOUT_SECS";
+/// A PEM file of CA certificates trusted for `amqps://`, besides the system roots.
+pub const ENV_AMQP_CA_FILE: &str = "FLEET_AMQP_CA_FILE";
+/// `json` for machine-readable logs; `text` (the default) otherwise.
+pub const ENV_LOG_FORMAT: &str = "FLEET_LOG_FORMAT";
 
 pub const DEFAULT_STORE: &str = "./fleet-data";
 pub const DEFAULT_QUEUE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -99,36 +111,27 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    pub fn from_env(worker_id: String) -> RunSettings {
-        let min_backoff = env(ENV_LLM_RETRY_MIN_SECS)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(8.0);
-        let lease = env(ENV_LEASE_SECS)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(30.0)
-            .max(1.0);
-        RunSettings {
+    /// Reads the environment; a value that is set but unusable is an error naming it.
+    pub fn from_env(worker_id: String) -> Result<RunSettings, ConfigError> {
+        let lease = values::seconds(ENV_LEASE_SECS, 30.0, 1.0)?;
+        Ok(RunSettings {
             worker_id,
             // Several beats per lease, so one slow store write does not lose it.
-            heartbeat: Duration::from_secs_f64(lease / 6.0),
-            lease: Duration::from_secs_f64(lease),
-            max_attempts: env(ENV_MAX_ATTEMPTS)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3)
-                .max(1),
-            retry_delays: retry_tiers(),
-            llm_base_url: env(ENV_LLM_BASE_URL).unwrap_or_else(|| DEFAULT_LLM_BASE_URL.to_string()),
+            heartbeat: lease / 6,
+            lease,
+            max_attempts: values::count(ENV_MAX_ATTEMPTS, 3, 1..=100)?,
+            retry_delays: retry_tiers()?,
+            llm_base_url: values::http_url(ENV_LLM_BASE_URL)?
+                .unwrap_or_else(|| DEFAULT_LLM_BASE_URL.to_string()),
             mock_llm: false,
             llm_model: env(ENV_LLM_MODEL),
-            llm_min_backoff: Duration::from_secs_f64(min_backoff.max(0.0)),
-            webhook_url: env(ENV_WEBHOOK_URL),
+            // Upstream's first wait is 8 s.
+            llm_min_backoff: values::seconds(ENV_LLM_RETRY_MIN_SECS, 8.0, 0.0)?,
+            webhook_url: values::http_url(ENV_WEBHOOK_URL)?,
             webhook_secret_env: ENV_WEBHOOK_SECRET.to_string(),
-            snapshot_max_bytes: env(ENV_SNAPSHOT_MAX_MB)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(256)
-                .max(1)
+            snapshot_max_bytes: u64::from(values::count(ENV_SNAPSHOT_MAX_MB, 256, 1..=1 << 20)?)
                 << 20,
-        }
+        })
     }
 
     pub fn retry_delay(&self, attempt: u32) -> Duration {
@@ -169,48 +172,62 @@ pub fn hostname() -> String {
         .collect()
 }
 
-/// The retry delays (`FLEET_RETRY_TIERS_SECS`), ascending; bad values fall back to
-/// the defaults.
-pub fn retry_tiers() -> Vec<Duration> {
-    let parsed: Option<Vec<Duration>> = env(ENV_RETRY_TIERS_SECS).and_then(|v| {
-        v.split(',')
-            .map(|p| {
-                p.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| *s > 0.0)
-                    .map(Duration::from_secs_f64)
-            })
-            .collect()
-    });
-    let mut tiers = parsed
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| [5, 30, 300].map(Duration::from_secs).to_vec());
-    tiers.sort();
-    tiers
+/// The retry delays (`FLEET_RETRY_TIERS_SECS`), ascending (default 5,30,300).
+pub fn retry_tiers() -> Result<Vec<Duration>, ConfigError> {
+    values::seconds_list(ENV_RETRY_TIERS_SECS, &[5, 30, 300])
 }
 
-/// Broker options shared by every command: the queue-name prefix and retry tiers
-/// from the environment.
-pub fn amqp_options() -> crate::queue::AmqpOptions {
-    crate::queue::AmqpOptions {
+/// Broker options shared by every command: the queue-name prefix, retry tiers and
+/// extra CA certificates from the environment.
+pub fn amqp_options() -> Result<crate::queue::AmqpOptions, ConfigError> {
+    Ok(crate::queue::AmqpOptions {
         prefix: env(ENV_QUEUE_PREFIX).unwrap_or_default(),
-        retry_tiers: retry_tiers(),
+        retry_tiers: retry_tiers()?,
+        ca_file: env(ENV_AMQP_CA_FILE).map(std::path::PathBuf::from),
         ..Default::default()
-    }
+    })
+}
+
+/// The image pull policy (`FLEET_IMAGE_PULL`) and the deadline of one pull
+/// (`FLEET_IMAGE_PULL_TIMEOUT_SECS`, default 1800 s).
+pub fn image_pull() -> Result<crate::workspace::docker::PullSettings, ConfigError> {
+    use crate::workspace::docker::PullPolicy;
+    let policy = match values::choice(
+        ENV_IMAGE_PULL,
+        "if-not-present",
+        &["if-not-present", "always", "never"],
+    )? {
+        "always" => PullPolicy::Always,
+        "never" => PullPolicy::Never,
+        _ => PullPolicy::IfNotPresent,
+    };
+    Ok(crate::workspace::docker::PullSettings {
+        policy,
+        deadline: values::seconds(ENV_IMAGE_PULL_TIMEOUT_SECS, 1800.0, 1.0)?,
+    })
+}
+
+/// The log format (`FLEET_LOG_FORMAT`): true for JSON.
+pub fn log_json() -> Result<bool, ConfigError> {
+    Ok(values::choice(ENV_LOG_FORMAT, "text", &["text", "json"])? == "json")
+}
+
+/// Checks every environment setting that has a form (numbers, URLs, choices), so a
+/// bad value is reported at start-up by any command.
+pub fn check_env() -> Result<(), ConfigError> {
+    RunSettings::from_env(String::new())?;
+    amqp_options()?;
+    image_pull()?;
+    log_json()?;
+    values::http_url(ENV_S3_ENDPOINT)?;
+    values::count(ENV_CONCURRENCY, 4, 1..=10_000)?;
+    values::seconds(ENV_SWEEP_SECS, 300.0, 0.0)?;
+    values::seconds(ENV_SWEEP_GRACE_SECS, 600.0, 0.0)?;
+    Ok(())
 }
 
 /// A number of seconds from the environment: `default` when unset, an error that
 /// names the variable when it does not parse.
 pub fn env_secs(name: &str, default: f64) -> Result<std::time::Duration, String> {
-    match env(name) {
-        None => Ok(Duration::from_secs_f64(default)),
-        Some(v) => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("{name}={v:?}: expected a number of seconds")),
-    }
+    values::seconds(name, default, 0.0).map_err(|e| e.to_string())
 }

@@ -13,8 +13,9 @@
 //! 4. [`worker`] — claims the job through its status record (lease + heartbeat),
 //!    decides retry vs give-up from typed errors, and drives the pipeline below under
 //!    a deadline and a cancellation token.
-//! 5. [`workspace`] — a Docker container (or a local directory) is started with the
-//!    job's limits and its input is uploaded.
+//! 5. [`workspace`] — the job's image is pulled when needed (pull policy, registry
+//!    credentials, one pull per image), a Docker container (or a local directory)
+//!    is started with the job's limits and its input is uploaded.
 //! 6. [`agent`] — the repository's instructions are read from the workspace and
 //!    the conversation runs: [`llm`] ⇄ tools in the workspace, with events, stuck
 //!    detection, condensation (LLM-written summaries) and secret masking.
@@ -30,6 +31,9 @@
 //!
 //! [`mock_llm`] is the scripted OpenAI-compatible server used by tests, benchmarks
 //! and the offline quickstart; [`cli`] and [`config`] are the command-line surface.
+
+// The worker's run futures nest deeply (fenced writes inside the S3 client's own).
+#![recursion_limit = "256"]
 
 pub mod agent;
 pub mod cli;

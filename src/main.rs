@@ -7,7 +7,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = agent_fleet::cli::Cli::parse();
-    agent_fleet::telemetry::init_tracing("warn");
+    if let Err(e) = agent_fleet::telemetry::init_tracing("warn") {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +25,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<agent_fleet::cli::UsageError>().is_some() {
+            if e.downcast_ref::<agent_fleet::cli::UsageError>().is_some()
+                || e.downcast_ref::<agent_fleet::config::ConfigError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

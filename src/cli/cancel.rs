@@ -60,7 +60,7 @@ pub async fn run(a: CancelArgs) -> anyhow::Result<ExitCode> {
             println!("{id}: cancelled (it had not started)");
         }
         State::Running => {
-            let queue = Queue::open(&a.queue.resolve(), crate::config::amqp_options())
+            let queue = Queue::open(&a.queue.resolve(), crate::config::amqp_options()?)
                 .await
                 .context("connecting to the broker")?;
             queue

@@ -104,6 +104,9 @@ pub enum WorkspaceKind {
 
 /// Runs the parsed command; the exit code follows DESIGN.md (0 / 1 / 2).
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every setting read from the environment is checked up front, whatever the
+    // command: a bad value is named (exit 2) before anything is touched.
+    crate::config::check_env()?;
     match cli.command {
         Command::Run(a) => run::run(a).await,
         Command::Worker(a) => worker::run(a).await,

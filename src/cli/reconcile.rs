@@ -45,7 +45,7 @@ pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
         }
         None => config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(super::UsageError)?,
     };
-    let settings = config::RunSettings::from_env(config::new_worker_id());
+    let settings = config::RunSettings::from_env(config::new_worker_id())?;
     let watch_for = match a.watch_secs {
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
         Some(s) => {
@@ -57,7 +57,7 @@ pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&spec)
         .await
         .with_context(|| format!("opening the store {spec}"))?;
-    let queue = Queue::open(&a.queue.resolve(), config::amqp_options())
+    let queue = Queue::open(&a.queue.resolve(), config::amqp_options()?)
         .await
         .context("connecting to the broker")?;
     let rules = SweepRules {

@@ -74,13 +74,20 @@ pub fn concurrency(flag: Option<usize>) -> Result<usize, UsageError> {
 pub async fn backend(
     kind: WorkspaceKind,
     scratch: &std::path::Path,
+    pull: workspace::docker::PullSettings,
 ) -> anyhow::Result<workspace::Backend> {
     let b = match kind {
-        WorkspaceKind::Docker => workspace::Backend::Docker(
-            DockerBackend::connect(&config::hostname())
-                .await
-                .context("connecting to Docker (use --workspace local on a machine without it)")?,
-        ),
+        WorkspaceKind::Docker => match DockerBackend::connect_with(&config::hostname(), pull).await
+        {
+            Ok(b) => workspace::Backend::Docker(b),
+            // DOCKER_HOST and its TLS settings are configuration: exit 2, named.
+            Err(workspace::WorkspaceError::Config(m)) => return Err(UsageError(m).into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(
+                    "connecting to Docker (use --workspace local on a machine without it)",
+                ));
+            }
+        },
         WorkspaceKind::Local => workspace::Backend::Local(LocalBackend::new(scratch.to_path_buf())),
     };
     match b.cleanup_stale().await {
@@ -121,8 +128,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .prefix("fleet-run-")
         .tempdir()
         .context("creating a scratch directory")?;
-    let backend = backend(a.workspace, scratch.path()).await?;
-    let mut settings = RunSettings::from_env(config::new_worker_id());
+    let backend = backend(a.workspace, scratch.path(), config::image_pull()?).await?;
+    let mut settings = RunSettings::from_env(config::new_worker_id())?;
     settings.retry_delays = vec![Duration::from_secs(2), Duration::from_secs(10)];
     let _mock = match &a.mock_llm {
         Some(dir) => {
@@ -167,12 +174,16 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::default();
     let sd = shutdown.clone();
     let board2 = board.clone();
+    // SIGTERM as Ctrl-C: cancel and clean up. A second one exits at once; what it
+    // leaves (containers) is removed by the next run's start-up sweep.
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            board2.println("interrupted: cancelling running jobs and removing their workspaces…");
-            sd.stop.cancel();
-            sd.cancel.cancel();
-        }
+        super::worker::wait_for_signal().await;
+        board2.println("interrupted: cancelling running jobs and removing their workspaces… (again to exit at once)");
+        sd.stop.cancel();
+        sd.cancel.cancel();
+        super::worker::wait_for_signal().await;
+        eprintln!("interrupted again: exiting now");
+        std::process::exit(130);
     });
     let refresher = show.then(|| super::progress::spawn_refresher(board.clone()));
     let results = embedded::run_batch(

@@ -134,7 +134,7 @@ pub async fn batch_ids(store: &Store, batch: &str) -> anyhow::Result<Vec<String>
 async fn queue_stats(spec: &str) -> Result<Vec<crate::queue::QueueStat>, String> {
     let opts = crate::queue::AmqpOptions {
         connect_timeout: Duration::from_secs(3),
-        ..crate::config::amqp_options()
+        ..crate::config::amqp_options().map_err(|e| e.to_string())?
     };
     let q = crate::queue::Queue::open(spec, opts)
         .await

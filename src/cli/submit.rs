@@ -134,7 +134,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         None => task_job(&a)?,
     };
     if a.policy_check {
-        let base = config::RunSettings::from_env(String::new()).llm_base_url;
+        let base = config::RunSettings::from_env(String::new())?.llm_base_url;
         let policy =
             crate::policy::Policy::from_env(&base).map_err(|e| UsageError(e.to_string()))?;
         for (i, j) in jobs.iter().enumerate() {
@@ -192,8 +192,11 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let skipped = stored.len() - msgs.len();
+    // Read before anything is published: a bad value is a usage error, not a
+    // broker fault.
+    let amqp = config::amqp_options()?;
     let published = async {
-        let queue = Queue::open(&a.queue.resolve(), config::amqp_options()).await?;
+        let queue = Queue::open(&a.queue.resolve(), amqp).await?;
         let r = queue.publish_many(&msgs).await;
         Ok::<_, crate::queue::QueueError>((queue, r))
     }

@@ -57,7 +57,7 @@ pub struct WorkerArgs {
 
 pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     // Resolved first: a bad policy variable stops the worker before it connects.
-    let llm_base_url = RunSettings::from_env(String::new()).llm_base_url;
+    let llm_base_url = RunSettings::from_env(String::new())?.llm_base_url;
     let policy = Policy::from_env(&llm_base_url).map_err(|e| UsageError(e.to_string()))?;
     if a.print_policy {
         print!("{}", policy.describe());
@@ -66,22 +66,16 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let n = concurrency(a.concurrency)?;
     let sweep_every = config::env_secs(config::ENV_SWEEP_SECS, 300.0).map_err(UsageError)?;
     let sweep_grace = config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(UsageError)?;
-    if let Some(v) = config::env(config::ENV_SNAPSHOT_MAX_MB) {
-        if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
-            return Err(UsageError(format!(
-                "{}={v:?}: expected a whole number of MiB",
-                config::ENV_SNAPSHOT_MAX_MB
-            ))
-            .into());
-        }
-    }
-    let metrics_addr: SocketAddr = config::resolve(
+    let metrics_addr = config::resolve(
         a.metrics_addr.clone(),
         config::ENV_METRICS_ADDR,
         "127.0.0.1:9464",
-    )
-    .parse()
-    .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
+    );
+    let metrics_addr: SocketAddr = metrics_addr.parse().map_err(|e| {
+        UsageError(format!(
+            "--metrics-addr (or FLEET_METRICS_ADDR) {metrics_addr:?}: {e}"
+        ))
+    })?;
     let queue_spec = a.queue.resolve();
     if queue_spec == "memory" {
         return Err(UsageError(
@@ -89,15 +83,25 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    // Every setting is read before anything is connected: a bad value fails at once.
+    let worker_id = config::new_worker_id();
+    let settings = RunSettings::from_env(worker_id.clone())?;
+    let amqp = config::amqp_options()?;
+    let pull = config::image_pull()?;
     let store_spec = a.store.resolve();
     let store = Store::open(&store_spec)
         .await
         .with_context(|| format!("opening the store {store_spec}"))?;
+    // Refuse a store on which two workers could both claim one job.
+    store
+        .check_conditional_writes(&worker_id)
+        .await
+        .with_context(|| format!("checking the store {store_spec}"))?;
     let mut opts = AmqpOptions {
         prefetch: n.min(u16::MAX as usize) as u16,
         consume: true,
         control: true,
-        ..config::amqp_options()
+        ..amqp
     };
     if a.quorum {
         opts.queue_kind = crate::queue::QueueKind::Quorum;
@@ -109,9 +113,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .prefix("fleet-worker-")
         .tempdir()
         .context("creating a scratch directory")?;
-    let backend = backend(a.workspace, scratch.path()).await?;
-    let worker_id = config::new_worker_id();
-    let settings = RunSettings::from_env(worker_id.clone());
+    let backend = backend(a.workspace, scratch.path(), pull).await?;
     let mut hooks = webhook::WebhookSettings::from_env();
     hooks.send_started = a.webhook_started;
     hooks.allow_private = policy.webhook_allow_private;
@@ -206,6 +208,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 fn readiness(svc: &Arc<Services>, queue: &Queue) -> crate::telemetry::server::Readiness {
     let (s1, s2, q) = (svc.clone(), svc.clone(), queue.clone());
+    let conditional = Arc::new(CachedCheck::new(svc.clone()));
     crate::telemetry::server::Readiness::new()
         .check("broker", move || {
             let q = q.clone();
@@ -219,6 +222,46 @@ fn readiness(svc: &Arc<Services>, queue: &Queue) -> crate::telemetry::server::Re
             let s = s2.clone();
             async move { s.backend.ping().await }
         })
+        .check("store_conditional_writes", move || {
+            let c = conditional.clone();
+            async move { c.get().await }
+        })
+}
+
+/// How long a store self-check result stands in for a new one: probes come every
+/// few seconds, the check costs five store calls.
+const SELF_CHECK_TTL: Duration = Duration::from_secs(15);
+
+/// The store self-check behind `/readyz`, re-run at most every [`SELF_CHECK_TTL`].
+struct CachedCheck {
+    svc: Arc<Services>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl CachedCheck {
+    fn new(svc: Arc<Services>) -> CachedCheck {
+        CachedCheck {
+            svc,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, r)) = last.as_ref()
+            && at.elapsed() < SELF_CHECK_TTL
+        {
+            return r.clone();
+        }
+        let r = self
+            .svc
+            .store
+            .check_conditional_writes(&self.svc.settings.worker_id)
+            .await
+            .map_err(|e| e.to_string());
+        *last = Some((std::time::Instant::now(), r.clone()));
+        r
+    }
 }
 
 /// Exports queue depth and consumers so backlog shows without the management plugin.
@@ -288,7 +331,8 @@ fn spawn_job_sweep(
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT (Ctrl-C), whichever comes first.
+pub(super) async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

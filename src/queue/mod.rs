@@ -293,7 +293,7 @@ mod tests {
             Queue::open("memory", AmqpOptions::default()).await,
             Ok(Queue::Memory(_))
         ));
-        for bad in ["redis://x", "", "amqp://[::1", "amqps://127.0.0.1"] {
+        for bad in ["redis://x", "", "amqp://[::1"] {
             let r = Queue::open(bad, AmqpOptions::default()).await;
             assert!(matches!(r, Err(QueueError::Config(_))), "{bad:?}");
         }

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// run holds the job (or it ended). The run must stop and write nothing.
     #[error("job {job_id}: this run lost ownership (the record names {holder})")]
     Lost { job_id: String, holder: String },
+    /// The store lacks something the fleet's guarantees rest on (conditional writes).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {
@@ -57,6 +60,7 @@ impl StoreError {
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::Conflict { .. } => "store_conflict",
             StoreError::Lost { .. } => "ownership_lost",
+            StoreError::Unsupported(_) => "store_unsupported",
         }
     }
 }
@@ -300,6 +304,16 @@ impl Store {
             crate::telemetry::metrics().store_uploaded_bytes.inc_by(n);
         }
         Ok(written)
+    }
+
+    /// Proves that the store honours conditional writes (see `s3/selfcheck.rs`);
+    /// `run_id` names the scratch key. A local directory is locked in-process and
+    /// needs no proof.
+    pub async fn check_conditional_writes(&self, run_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(_) => Ok(()),
+            Store::S3(s) => s.check_conditional_writes(run_id).await,
+        }
     }
 
     /// Whether the store answers, for readiness probes: the directory exists, or the

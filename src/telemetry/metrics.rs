@@ -31,6 +31,15 @@ pub const STUCK_PATTERNS: [&str; 4] = [
 ];
 pub const RETRY_REASONS: [&str; 5] = ["workspace", "store", "llm", "broker", "worker_lost"];
 pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "retried"];
+/// How an image pull ended (`workspace/docker/pull.rs` maps errors to these).
+pub const IMAGE_PULL_OUTCOMES: [&str; 6] = [
+    "pulled",
+    "not_found",
+    "auth",
+    "unreachable",
+    "timeout",
+    "error",
+];
 
 /// Buckets for whole jobs: seconds to four hours.
 const JOB_BUCKETS: &[f64] = &[
@@ -46,6 +55,10 @@ const LLM_BUCKETS: &[f64] = &[
 ];
 /// Buckets for container start.
 const START_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+/// Buckets for image pulls: a cached layer set to a multi-gigabyte image.
+const PULL_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -64,6 +77,8 @@ pub struct Metrics {
     pub tool_calls: IntCounterVec,
     pub stuck_detections: IntCounterVec,
     pub workspace_start: Histogram,
+    pub image_pull_duration: Histogram,
+    pub image_pulls: IntCounterVec,
     pub job_retries: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub store_uploaded_bytes: IntCounter,
@@ -207,6 +222,25 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            image_pull_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fleet_image_pull_seconds",
+                        "Time one image pull took, whatever its outcome",
+                    )
+                    .buckets(PULL_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+            image_pulls: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("fleet_image_pulls_total", "Image pulls by outcome"),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
             job_retries: reg(
                 &r,
                 IntCounterVec::new(
@@ -279,6 +313,9 @@ impl Metrics {
         }
         for r in RETRY_REASONS {
             m.job_retries.with_label_values(&[r]);
+        }
+        for o in IMAGE_PULL_OUTCOMES {
+            m.image_pulls.with_label_values(&[o]);
         }
         for o in WEBHOOK_OUTCOMES {
             m.webhook_deliveries.with_label_values(&[o]);

@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn settings(worker: &str, max: u32) -> RunSettings {
-        let mut s = RunSettings::from_env(worker.into());
+        let mut s = RunSettings::from_env(worker.into()).unwrap();
         s.max_attempts = max;
         s.lease = Duration::from_millis(50);
         s

@@ -5,19 +5,25 @@
 //! the container with its limits and labels, removing it, and removing what dead runs
 //! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
 //! (API calls) and `docker/tarball.rs` (the archives themselves), what a container
-//! may touch in `docker/hardening.rs`, and the copy of an image's files into a
-//! tmpfs workdir in `docker/seed.rs`.
+//! may touch in `docker/hardening.rs`, the copy of an image's files into a tmpfs
+//! workdir in `docker/seed.rs`; which engine to talk to in `docker/connect.rs`,
+//! image pulls in `docker/pull.rs` (credentials in `docker/auth.rs`).
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.
 
 mod archive;
+mod auth;
+pub mod connect;
 mod exec;
 mod hardening;
 mod meter;
 mod paths;
 mod seed;
+pub mod pull;
 mod tarball;
+
+pub use pull::{PullPolicy, PullSettings};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -67,6 +73,7 @@ const LABEL_PID_START: &str = "fleet.pid_start";
 #[derive(Clone)]
 pub struct DockerBackend {
     docker: bollard::Docker,
+    puller: pull::Puller,
     /// Prefix of this host's worker ids; containers labelled with it and not owned
     /// by a live run are stale.
     host_prefix: String,
@@ -77,15 +84,33 @@ pub struct DockerBackend {
 }
 
 impl DockerBackend {
-    /// Connects to the local Docker engine (DOCKER_HOST or the default socket),
-    /// negotiating the API version.
+    /// Connects to the Docker engine the environment names (`DOCKER_HOST` and its
+    /// TLS settings, as the docker CLI reads them), negotiating the API version;
+    /// images are pulled as the default [`PullSettings`] say.
     pub async fn connect(host_prefix: &str) -> Result<DockerBackend, WorkspaceError> {
-        let docker = bollard::Docker::connect_with_local_defaults()
-            .map_err(|e| WorkspaceError::Unavailable(e.to_string()))?;
-        let docker = within(API_DEADLINE, docker.negotiate_version())
-            .await?
-            .map_err(unavailable)?;
-        tracing::debug!(api_version = %docker.client_version(), "connected to docker");
+        DockerBackend::connect_with(host_prefix, PullSettings::default()).await
+    }
+
+    /// [`DockerBackend::connect`] with a pull policy of its own.
+    pub async fn connect_with(
+        host_prefix: &str,
+        pull: PullSettings,
+    ) -> Result<DockerBackend, WorkspaceError> {
+        let endpoint = connect::endpoint_from_env()?;
+        let docker = connect::client(&endpoint)?;
+        // No fall-back: an engine that does not answer where configured is an error
+        // that names where that was.
+        let negotiated = match within(API_DEADLINE, docker.negotiate_version()).await {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let docker = negotiated.map_err(|why| {
+            WorkspaceError::Unavailable(format!(
+                "no Docker engine at {endpoint} (DOCKER_HOST): {why}"
+            ))
+        })?;
+        tracing::debug!(%endpoint, api_version = %docker.client_version(), "connected to docker");
         let info = within(API_DEADLINE, docker.info())
             .await?
             .map_err(from_bollard)?;
@@ -95,6 +120,7 @@ impl DockerBackend {
         );
         tracing::debug!(driver = ?info.driver, disk_limit = disk.name(), "workspace disk limit");
         Ok(DockerBackend {
+            puller: pull::Puller::new(docker.clone(), pull),
             docker,
             host_prefix: host_prefix.to_string(),
             disk,
@@ -103,17 +129,9 @@ impl DockerBackend {
     }
 
     pub async fn start(&self, spec: &WorkspaceSpec) -> Result<DockerWorkspace, WorkspaceError> {
-        // Checked first so a missing image is its own, non-retryable error rather
-        // than a 404 from create that could also mean a missing network.
-        let image_id = match within(API_DEADLINE, self.docker.inspect_image(&spec.image)).await? {
-            Ok(image) => image.id.unwrap_or_else(|| spec.image.clone()),
-            Err(e) if status_of(&e) == Some(404) => {
-                return Err(WorkspaceError::ImageNotFound {
-                    image: spec.image.clone(),
-                });
-            }
-            Err(e) => return Err(from_bollard(e)),
-        };
+        // First, so a missing image is its own, non-retryable error rather than a
+        // 404 from create that could also mean a missing network.
+        let image_id = self.puller.ensure(&spec.image).await?;
 
         let name = container_name(&spec.job_id, spec.attempt, rand::random::<u32>());
         let mut body = create_body(

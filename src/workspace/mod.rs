@@ -66,6 +66,16 @@ pub enum PathKind {
 pub enum WorkspaceError {
     #[error("image {image:?} not found (build or pull it on the worker host)")]
     ImageNotFound { image: String },
+    /// The registry refused the worker's credentials (or they could not be read).
+    #[error("image {image:?}: {message}")]
+    ImageAuth { image: String, message: String },
+    /// A pull failed for a reason worth another attempt (registry unreachable,
+    /// timed out, a registry error).
+    #[error("{0}")]
+    Registry(String),
+    /// The worker's Docker settings cannot be honoured (`DOCKER_HOST`, TLS files).
+    #[error("{0}")]
+    Config(String),
     #[error("docker is unreachable: {0}")]
     Unavailable(String),
     #[error("docker error: {0}")]
@@ -87,6 +97,9 @@ impl WorkspaceError {
     pub fn kind(&self) -> &'static str {
         match self {
             WorkspaceError::ImageNotFound { .. } => "image_not_found",
+            WorkspaceError::ImageAuth { .. } => "image_auth",
+            WorkspaceError::Registry(_) => "registry_unavailable",
+            WorkspaceError::Config(_) => "docker_config",
             WorkspaceError::Unavailable(_) => "docker_unavailable",
             WorkspaceError::Docker(_) => "docker_error",
             WorkspaceError::Path { .. } => "workspace_path",
@@ -103,6 +116,7 @@ impl WorkspaceError {
             WorkspaceError::Unavailable(_)
                 | WorkspaceError::Docker(_)
                 | WorkspaceError::Deadline(_)
+                | WorkspaceError::Registry(_)
         )
     }
 }

@@ -15,4 +15,8 @@ mod hardening;
 mod messages;
 mod policy;
 mod ownership;
+mod pull;
 mod signals;
+mod store_check;
+mod tls;
+mod worker_image;

@@ -3,12 +3,18 @@
 //! a test whose service is missing fails, it never skips.
 
 mod util;
+mod registry;
+mod tlsutil;
 
 mod agent;
 mod amqp;
 mod cli;
+mod config;
+mod deploy;
+mod docker_host;
 mod fleet;
 mod image_workdir;
+mod images;
 mod llm;
 mod prometheus;
 mod run;

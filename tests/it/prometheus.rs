@@ -43,6 +43,8 @@ const DESIGN_METRICS: &[&str] = &[
     "fleet_job_retries_total",
     "fleet_webhook_deliveries_total",
     "fleet_store_uploaded_bytes_total",
+    "fleet_image_pull_seconds",
+    "fleet_image_pulls_total",
 ];
 
 /// How long an expression may take to return data once scrapes and rules ran.
@@ -165,6 +167,7 @@ async fn the_endpoint_serves_metrics_health_and_readiness() {
             "{kind}: {text}"
         );
     }
+    assert!(text.contains("fleet_image_pulls_total{outcome=\"auth\"} 0"), "{text}");
 
     assert_eq!(
         c.get(format!("{base}/healthz"))

@@ -247,6 +247,8 @@ fn secrets_never_reach_the_store() {
 #[test]
 fn unknown_image_fails_with_a_clear_error() {
     let mut b = Batch::new();
+    // Not pulled: pulls and their errors are tests/it/images.rs.
+    b.env("FLEET_IMAGE_PULL", "never");
     let id = b.job(
         "noimg",
         json!({"task": "t", "image": "agent-fleet/no-such-image:404"}),

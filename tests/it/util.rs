@@ -41,6 +41,8 @@ pub struct Batch {
     inputs: usize,
     /// Send SIGINT to `fleet run` this long after it starts.
     pub interrupt_after: Option<std::time::Duration>,
+    /// Signals to send to `fleet run`, each this long after it starts.
+    pub signals: Vec<(std::time::Duration, libc::c_int)>,
 }
 
 /// What `fleet run` did.
@@ -72,6 +74,7 @@ impl Batch {
             env: Vec::new(),
             inputs: 0,
             interrupt_after: None,
+            signals: Vec::new(),
         }
     }
 
@@ -171,6 +174,13 @@ impl Batch {
                 std::thread::sleep(after);
                 // SAFETY: signalling our own child by pid.
                 unsafe { libc::kill(pid as i32, libc::SIGINT) };
+            });
+        }
+        for &(after, sig) in &self.signals {
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                // SAFETY: signalling our own child by pid.
+                unsafe { libc::kill(pid as i32, sig) };
             });
         }
         let out = child.wait_with_output_and_peak(pid);

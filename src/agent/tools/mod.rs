@@ -81,7 +81,11 @@ pub struct Ctx<'a> {
 /// Whether a workspace error means the workspace is gone (the run cannot go on),
 /// rather than a problem with one path the model can work around.
 pub fn fatal(e: &WorkspaceError) -> bool {
-    e.retryable() || matches!(e, WorkspaceError::ImageNotFound { .. })
+    e.retryable()
+        || matches!(
+            e,
+            WorkspaceError::ImageNotFound { .. } | WorkspaceError::ImageAuth { .. }
+        )
 }
 
 /// The tools of one conversation, with their per-conversation state.

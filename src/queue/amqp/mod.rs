@@ -82,6 +82,9 @@ pub struct AmqpOptions {
     /// last use (`x-expires`), so a failed test leaves nothing behind. A retry
     /// tier has no consumer: it goes this long after the last (re)connect.
     pub queue_expires: Option<Duration>,
+    /// PEM file of CA certificates trusted for `amqps://` besides the system roots
+    /// (`FLEET_AMQP_CA_FILE`): a broker with a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpOptions {
@@ -105,6 +108,7 @@ impl Default for AmqpOptions {
             reconnect_max_delay: Duration::from_secs(5),
             publish_batch: 1000,
             queue_expires: None,
+            ca_file: None,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct Received {
 /// State shared by the handle's clones and its supervisor task.
 struct Shared {
     url: String,
+    /// Extra trust for `amqps://` (the CA file's certificates); empty otherwise.
+    tls: lapin::tcp::OwnedTLSConfig,
     opts: AmqpOptions,
     names: wire::Names,
     /// The live session; `None` while (re)connecting.
@@ -157,6 +163,24 @@ pub struct AmqpQueue {
     _guard: Arc<DropGuard>,
 }
 
+/// The TLS settings of `amqps://` connections: the system roots (always), plus the
+/// certificates of `ca_file`. An unreadable file or one without a certificate is
+/// a configuration error now, not a failed handshake later.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<lapin::tcp::OwnedTLSConfig, QueueError> {
+    let Some(path) = ca_file else {
+        return Ok(lapin::tcp::OwnedTLSConfig::default());
+    };
+    let bad = |why: String| QueueError::Config(format!("FLEET_AMQP_CA_FILE={}: {why}", path.display()));
+    let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
+}
+
 fn unavailable(e: CallError) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
@@ -168,16 +192,12 @@ impl AmqpQueue {
     pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpQueue, QueueError> {
         url.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| QueueError::Config(format!("queue URL: {e}")))?;
-        if url.starts_with("amqps://") {
-            // lapin is built without a TLS backend: say so now rather than retry for connect_timeout.
-            return Err(QueueError::Config(
-                "amqps:// is not supported by this build; use amqp://".into(),
-            ));
-        }
+        let tls = tls_config(opts.ca_file.as_deref())?;
         let names = wire::Names::new(&opts.prefix, &opts.retry_tiers);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             url: url.to_string(),
+            tls,
             names,
             session: watch::Sender::new(None),
             live: AtomicU64::new(0),

@@ -35,9 +35,17 @@ pub(super) enum CallError {
 }
 
 impl CallError {
-    /// The broker said no (access, a conflicting declaration): retrying will not help.
+    /// The broker said no (access, a conflicting declaration), or TLS refused its
+    /// certificate (rustls reports that as invalid data): retrying will not help.
     pub(super) fn is_refusal(&self) -> bool {
-        matches!(self, CallError::Broker(_, e) if e.is_amqp_soft_error())
+        match self {
+            CallError::Broker(_, e) if e.is_amqp_soft_error() => true,
+            CallError::Broker("connect", e) => matches!(
+                e.kind(),
+                lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -90,7 +98,14 @@ pub(super) async fn open(
     let t = shared.opts.op_timeout;
     let props = ConnectionProperties::default()
         .with_connection_name(shared.opts.consumer_tag.clone().into());
-    let conn = call("connect", t, Connection::connect(&shared.url, props)).await?;
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|e| CallError::Broker("connect", e))?;
+    let conn = call(
+        "connect",
+        t,
+        Connection::connect_with_config(&shared.url, props, shared.tls.clone(), runtime),
+    )
+    .await?;
     match open_channels(shared, &conn, consume).await {
         Ok(Channels {
             publish,

@@ -12,6 +12,7 @@
 
 mod error;
 mod multipart;
+mod selfcheck;
 mod settings;
 
 use std::path::Path;
@@ -412,8 +413,9 @@ impl S3Store {
     /// applied; `f` then sees the record as it left it.
     ///
     /// Needs an S3 API that honours `If-Match` on PutObject (AWS S3 since late 2024,
-    /// MinIO, moto 5). One that ignores it degrades to last-writer-wins; an object
-    /// served without an ETag is written back unconditionally.
+    /// SeaweedFS, moto 5). One that ignores it would degrade to last-writer-wins,
+    /// which is why workers refuse such a store at start-up (`selfcheck.rs`); an
+    /// object served without an ETag is written back unconditionally.
     ///
     /// Returns the record as stored after the call (None when there is none) and the
     /// bytes written.

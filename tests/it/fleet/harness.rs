@@ -311,8 +311,9 @@ impl Fleet {
         self.dir.path().join("scripts")
     }
 
-    /// The environment every `fleet` child gets.
-    fn env(&self) -> Vec<(String, String)> {
+    /// The environment every `fleet` child gets (also for a worker run elsewhere,
+    /// e.g. in a container).
+    pub fn env(&self) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = [
             ("FLEET_QUEUE", amqp_url()),
             ("FLEET_STORE", self.store_spec.clone()),

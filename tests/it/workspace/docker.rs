@@ -176,8 +176,13 @@ async fn limits_and_labels_are_applied() {
 async fn unknown_image_is_not_retryable() {
     let job_id = unique_id("noimage");
     let _g = Containers(job_id.clone());
+    // Not pulled (the registry it names is unknown here): the engine's own 404.
+    let never = agent_fleet::workspace::docker::PullSettings {
+        policy: agent_fleet::workspace::docker::PullPolicy::Never,
+        ..Default::default()
+    };
     let backend = Backend::Docker(
-        DockerBackend::connect("host-noimage")
+        DockerBackend::connect_with("host-noimage", never)
             .await
             .expect("docker reachable"),
     );
