@@ -12,6 +12,7 @@
 mod archive;
 mod exec;
 mod paths;
+pub(crate) mod session;
 mod tarball;
 
 use std::collections::HashMap;
