@@ -274,7 +274,11 @@ impl Shell {
 
     /// Output that arrived since the last call, without waiting for more than a
     /// moment (for a call refused while a command runs).
-    pub async fn drain(&mut self, ws: &Workspace, max_chars: usize) -> Result<String, WorkspaceError> {
+    pub async fn drain(
+        &mut self,
+        ws: &Workspace,
+        max_chars: usize,
+    ) -> Result<String, WorkspaceError> {
         let wait = Wait {
             quiet: Some(DRAIN),
             limit: DRAIN,
@@ -326,13 +330,20 @@ impl Shell {
         let ceiling_at = self.running.map(|t| t + self.ceiling);
         let mut last_output = start;
         loop {
-            if let Some(rec) = scan(&mut self.pending, &self.marker, self.seq, &mut |b| out.push(b)) {
+            if let Some(rec) = scan(&mut self.pending, &self.marker, self.seq, &mut |b| {
+                out.push(b)
+            }) {
                 self.running = None;
                 self.pid = Some(rec.pid);
                 if !rec.cwd.is_empty() {
                     self.cwd = rec.cwd;
                 }
-                return Ok(reply(out, End::Done { exit_code: rec.exit_code }));
+                return Ok(reply(
+                    out,
+                    End::Done {
+                        exit_code: rec.exit_code,
+                    },
+                ));
             }
             if self.eof {
                 out.push(&std::mem::take(&mut self.pending));
@@ -346,10 +357,9 @@ impl Shell {
                 .flatten()
                 .min()
                 .unwrap_or(limit_at);
-            let read = tokio::time::timeout_at(until, async {
-                io!(self, ws, s, _w => s.read().await)
-            })
-            .await;
+            let read =
+                tokio::time::timeout_at(until, async { io!(self, ws, s, _w => s.read().await) })
+                    .await;
             match read {
                 Ok(Ok(Some(bytes))) => {
                     self.pending.extend_from_slice(&bytes);
@@ -489,7 +499,9 @@ mod tests {
         for c in chunks {
             pending.extend_from_slice(c);
             if rec.is_none() {
-                rec = scan(&mut pending, b"_M_", want, &mut |b| out.extend_from_slice(b));
+                rec = scan(&mut pending, b"_M_", want, &mut |b| {
+                    out.extend_from_slice(b)
+                });
             }
         }
         (String::from_utf8(out).unwrap(), rec, pending)
@@ -531,7 +543,8 @@ mod tests {
 
     #[test]
     fn bash_noise_is_dropped() {
-        let s = "a\nbash: [123: 2 (255)] tcsetattr: Inappropriate ioctl for device\nb\n".to_string();
+        let s =
+            "a\nbash: [123: 2 (255)] tcsetattr: Inappropriate ioctl for device\nb\n".to_string();
         assert_eq!(drop_noise(s), "a\nb\n");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }

@@ -11,5 +11,6 @@ mod llm;
 mod prometheus;
 mod run;
 mod s3;
+mod shell;
 mod webhook;
 mod workspace;

@@ -54,15 +54,15 @@ pub fn schema() -> Value {
     json!({"type": "function", "function": {
         "name": "terminal",
         "description": "Run a command in a persistent shell session in the workspace and get its output, exit code \
-and working directory.\n\
-* One shell for the whole task: the working directory, variables, functions and aliases carry over between calls.\n\
-* A call without `timeout` returns when the command prints nothing new for 30 seconds (the job may set another \
-value); with `timeout`, after that many seconds. A command that is still running keeps running: its observation \
-says so (exit code -1). Then call with `is_input: true` and an empty `command` to wait for more output, with text to \
-type it into the process, or with `C-c` / `C-d` to interrupt it / end its input.\n\
-* Only one command runs at a time. Run servers in the background (`cmd > /tmp/log 2>&1 &`).\n\
-* Output longer than 30,000 characters is cut in the middle.\n\
-* `reset: true` starts a new shell (everything set in the old one is lost).",
+    and working directory.\n\
+    * One shell for the whole task: the working directory, variables, functions and aliases carry over between calls.\n\
+    * A call without `timeout` returns when the command prints nothing new for 30 seconds (the job may set another \
+    value); with `timeout`, after that many seconds. A command that is still running keeps running: its observation \
+    says so (exit code -1). Then call with `is_input: true` and an empty `command` to wait for more output, with text to \
+    type it into the process, or with `C-c` / `C-d` to interrupt it / end its input.\n\
+    * Only one command runs at a time. Run servers in the background (`cmd > /tmp/log 2>&1 &`).\n\
+    * Output longer than 30,000 characters is cut in the middle.\n\
+    * `reset: true` starts a new shell (everything set in the old one is lost).",
         "parameters": {
             "type": "object",
             "properties": {
@@ -230,7 +230,11 @@ impl Terminal {
         sent: &str,
     ) -> Result<Observation, WorkspaceError> {
         let mut content = self.notice.take().map(|n| n + "\n").unwrap_or_default();
-        let prefix = if reply.output.trim().is_empty() { "" } else { prefix };
+        let prefix = if reply.output.trim().is_empty() {
+            ""
+        } else {
+            prefix
+        };
         content.push_str(&with_output(prefix, &reply.output));
         let (exit_code, still_running) = match reply.end {
             End::Done { exit_code } => {
@@ -325,7 +329,9 @@ fn wait_for(asked: Option<f64>, limits: &Limits) -> Wait {
 
 /// A key (`C-c`, …) sent with `is_input`: `None` when `command` is no key.
 fn key(command: &str) -> Option<Result<Continue<'static>, String>> {
-    let k = command.strip_prefix("C-").or_else(|| command.strip_prefix("c-"))?;
+    let k = command
+        .strip_prefix("C-")
+        .or_else(|| command.strip_prefix("c-"))?;
     if k.chars().count() != 1 {
         return None;
     }

@@ -57,7 +57,10 @@ fn waits_and_keys() {
         wait_for(Some(5000.0), &l).limit,
         Duration::from_secs(l.command_timeout_secs)
     );
-    assert_eq!(wait_for(Some(f64::NAN), &l).quiet, Some(Duration::from_secs(30)));
+    assert_eq!(
+        wait_for(Some(f64::NAN), &l).quiet,
+        Some(Duration::from_secs(30))
+    );
     assert_eq!(wait_for(None, &l).quiet, Some(Duration::from_secs(30)));
     assert!(matches!(key("C-c"), Some(Ok(Continue::Interrupt))));
     assert!(matches!(key("C-D"), Some(Ok(Continue::EndInput))));
@@ -96,7 +99,11 @@ async fn shell_state_persists_between_calls() {
     );
     // A function and an unexported variable of the call before; the job's env.
     let o = t
-        .call(&ws, &limits, args("greet you; echo \"$secret\"; echo $FLEET_TEST_VAR; pwd"))
+        .call(
+            &ws,
+            &limits,
+            args("greet you; echo \"$secret\"; echo $FLEET_TEST_VAR; pwd"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -105,33 +112,61 @@ async fn shell_state_persists_between_calls() {
             "hi you\nit's me\nfrom-env\n{wd}/sub\n[The command completed with exit code 0.]\n[Current working directory: {wd}/sub]"
         )
     );
-    let o = t.call(&ws, &limits, args("echo oops >&2; false")).await.unwrap();
+    let o = t
+        .call(&ws, &limits, args("echo oops >&2; false"))
+        .await
+        .unwrap();
     assert_eq!(o.exit_code, Some(1));
     assert!(!o.is_error);
     assert!(
-        o.content.starts_with("oops\n[The command completed with exit code 1.]"),
+        o.content
+            .starts_with("oops\n[The command completed with exit code 1.]"),
         "{}",
         o.content
     );
     // A heredoc, `!` and quotes reach the shell as written; binary output is no
     // problem.
     let o = t
-        .call(&ws, &limits, args("cat <<'EOF'\na \"b\" !c $d\nEOF\nprintf 'x\\000\\377y\\n'"))
+        .call(
+            &ws,
+            &limits,
+            args("cat <<'EOF'\na \"b\" !c $d\nEOF\nprintf 'x\\000\\377y\\n'"),
+        )
         .await
         .unwrap();
-    assert!(o.content.starts_with("a \"b\" !c $d\nx\0\u{FFFD}y\n"), "{:?}", o.content);
+    assert!(
+        o.content.starts_with("a \"b\" !c $d\nx\0\u{FFFD}y\n"),
+        "{:?}",
+        o.content
+    );
     // `exit` ends the shell: the model is told, and the next call gets a new one.
     let o = t.call(&ws, &limits, args("cd /; exit 3")).await.unwrap();
     assert_eq!(o.exit_code, Some(3));
-    assert!(o.content.contains("The shell exited (exit code 3)"), "{}", o.content);
+    assert!(
+        o.content.contains("The shell exited (exit code 3)"),
+        "{}",
+        o.content
+    );
     let o = t
-        .call(&ws, &limits, args("pwd; type greet >/dev/null 2>&1 || echo gone"))
+        .call(
+            &ws,
+            &limits,
+            args("pwd; type greet >/dev/null 2>&1 || echo gone"),
+        )
         .await
         .unwrap();
-    assert!(o.content.starts_with(&format!("{wd}\ngone\n")), "{}", o.content);
+    assert!(
+        o.content.starts_with(&format!("{wd}\ngone\n")),
+        "{}",
+        o.content
+    );
     // Nothing of the session lands in the workdir.
     let snap = ws.snapshot(&wd, 1024, 1 << 20).await.unwrap();
-    assert!(snap.files.keys().all(|k| k.starts_with("sub")), "{:?}", snap.files.keys());
+    assert!(
+        snap.files.keys().all(|k| k.starts_with("sub")),
+        "{:?}",
+        snap.files.keys()
+    );
     ws.destroy().await.unwrap();
 }
 
@@ -142,21 +177,38 @@ async fn a_quiet_command_keeps_running_and_can_be_awaited() {
     let limits = quick();
     let mut t = Terminal::new(&ws);
     let o = t
-        .call(&ws, &limits, args("echo started; sleep 2; echo finished; (exit 4)"))
+        .call(
+            &ws,
+            &limits,
+            args("echo started; sleep 2; echo finished; (exit 4)"),
+        )
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(-1), "{}", o.content);
     assert!(o.timed_out);
     assert!(
-        o.content.starts_with("started\n[The command has printed nothing new for 1 seconds and is still running."),
+        o.content.starts_with(
+            "started\n[The command has printed nothing new for 1 seconds and is still running."
+        ),
         "{}",
         o.content
     );
     // A new command is refused while one runs.
     let o = t.call(&ws, &limits, args("echo other")).await.unwrap();
-    assert!(o.is_error && o.content.contains("was NOT run"), "{}", o.content);
+    assert!(
+        o.is_error && o.content.contains("was NOT run"),
+        "{}",
+        o.content
+    );
     let o = t
-        .call(&ws, &limits, Args { timeout: Some(10.0), ..input("") })
+        .call(
+            &ws,
+            &limits,
+            Args {
+                timeout: Some(10.0),
+                ..input("")
+            },
+        )
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(4), "{}", o.content);
@@ -170,7 +222,14 @@ async fn a_quiet_command_keeps_running_and_can_be_awaited() {
     assert!(o.is_error, "{}", o.content);
     // With a timeout, the call waits that long and no quiet spell ends it early.
     let o = t
-        .call(&ws, &limits, Args { timeout: Some(3.0), ..args("sleep 2; echo late") })
+        .call(
+            &ws,
+            &limits,
+            Args {
+                timeout: Some(3.0),
+                ..args("sleep 2; echo late")
+            },
+        )
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(0), "{}", o.content);
@@ -185,7 +244,11 @@ async fn input_reaches_the_running_command() {
     let limits = quick();
     let mut t = Terminal::new(&ws);
     let o = t
-        .call(&ws, &limits, args("printf 'name? '; read name; echo \"hello $name\""))
+        .call(
+            &ws,
+            &limits,
+            args("printf 'name? '; read name; echo \"hello $name\""),
+        )
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(-1), "{}", o.content);
@@ -193,12 +256,19 @@ async fn input_reaches_the_running_command() {
     assert_eq!(o.exit_code, Some(0), "{}", o.content);
     assert!(o.content.contains("hello world"), "{}", o.content);
     // C-d ends the input of a reader; the next command gets a new shell.
-    let o = t.call(&ws, &limits, args("cat; echo cat-ended")).await.unwrap();
+    let o = t
+        .call(&ws, &limits, args("cat; echo cat-ended"))
+        .await
+        .unwrap();
     assert_eq!(o.exit_code, Some(-1), "{}", o.content);
     let o = t.call(&ws, &limits, input("C-d")).await.unwrap();
     assert!(o.content.contains("cat-ended"), "{}", o.content);
     let o = t.call(&ws, &limits, args("echo again")).await.unwrap();
-    assert!(o.content.contains("new shell") && o.content.contains("again\n"), "{}", o.content);
+    assert!(
+        o.content.contains("new shell") && o.content.contains("again\n"),
+        "{}",
+        o.content
+    );
     ws.destroy().await.unwrap();
 }
 
@@ -242,17 +312,32 @@ async fn the_job_ceiling_kills_a_command_with_its_shell() {
     let mut t = Terminal::new(&ws);
     let wd = ws.workdir().to_string();
     let o = t
-        .call(&ws, &limits, args("sleep 2 & echo begun; sleep 30; touch never"))
+        .call(
+            &ws,
+            &limits,
+            args("sleep 2 & echo begun; sleep 30; touch never"),
+        )
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(-1), "{}", o.content);
     // The model asks for more than the ceiling: it gets the ceiling.
     let o = t
-        .call(&ws, &limits, Args { timeout: Some(100.0), ..input("") })
+        .call(
+            &ws,
+            &limits,
+            Args {
+                timeout: Some(100.0),
+                ..input("")
+            },
+        )
         .await
         .unwrap();
     assert!(o.timed_out && o.exit_code.is_none(), "{}", o.content);
-    assert!(o.content.contains("the job's limit for one command"), "{}", o.content);
+    assert!(
+        o.content.contains("the job's limit for one command"),
+        "{}",
+        o.content
+    );
     let o = t.call(&ws, &limits, args("echo fresh")).await.unwrap();
     assert!(o.content.starts_with("fresh\n"), "{}", o.content);
     assert!(!std::path::Path::new(&wd).join("never").exists());
@@ -267,27 +352,51 @@ async fn hostile_commands_cannot_confuse_the_session() {
     let mut t = Terminal::new(&ws);
     // Printing the prompt template shows it; forging the current record ends the
     // forger's own call early, and the real record is then skipped.
-    let o = t.call(&ws, &limits, args("echo \"$PS1\" | wc -c")).await.unwrap();
+    let o = t
+        .call(&ws, &limits, args("echo \"$PS1\" | wc -c"))
+        .await
+        .unwrap();
     assert_eq!(o.exit_code, Some(0), "{}", o.content);
     let o = t
-        .call(&ws, &limits, args("eval \"printf '%s' \\\"$PS1\\\"\"; sleep 1; echo tail"))
+        .call(
+            &ws,
+            &limits,
+            args("eval \"printf '%s' \\\"$PS1\\\"\"; sleep 1; echo tail"),
+        )
         .await
         .unwrap();
     assert!(o.exit_code.is_some(), "{}", o.content);
     let o = t
-        .call(&ws, &limits, Args { timeout: Some(10.0), ..args("echo next; (exit 7)") })
+        .call(
+            &ws,
+            &limits,
+            Args {
+                timeout: Some(10.0),
+                ..args("echo next; (exit 7)")
+            },
+        )
         .await
         .unwrap();
     assert!(o.content.contains("tail\nnext\n"), "{}", o.content);
     assert_eq!(o.exit_code, Some(7), "{}", o.content);
     // A background process holding the output open does not hide the shell's end.
-    let o = t.call(&ws, &limits, args("sleep 60 & exit 5")).await.unwrap();
+    let o = t
+        .call(&ws, &limits, args("sleep 60 & exit 5"))
+        .await
+        .unwrap();
     assert_eq!(o.exit_code, Some(5), "{}", o.content);
     // `reset` after `exec` replaced the shell with a silent process.
     let o = t.call(&ws, &limits, args("exec sleep 60")).await.unwrap();
     assert_eq!(o.exit_code, Some(-1), "{}", o.content);
     let o = t
-        .call(&ws, &limits, Args { reset: Some(true), ..args("echo after-reset") })
+        .call(
+            &ws,
+            &limits,
+            Args {
+                reset: Some(true),
+                ..args("echo after-reset")
+            },
+        )
         .await
         .unwrap();
     assert!(
@@ -297,4 +406,3 @@ async fn hostile_commands_cannot_confuse_the_session() {
     );
     ws.destroy().await.unwrap();
 }
-

@@ -42,7 +42,12 @@ impl DockerWorkspace {
             tty: Some(false),
             env: Some(vec![format!("{MARKER_VAR}={marker}")]),
             working_dir: Some(self.workdir.clone()),
-            cmd: Some(vec!["sh".into(), "-c".into(), LAUNCH.into(), "fleet-shell".into()]),
+            cmd: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                LAUNCH.into(),
+                "fleet-shell".into(),
+            ]),
             ..Default::default()
         };
         let exec_id = within(API_DEADLINE, self.docker.create_exec(&self.name, config))
@@ -54,9 +59,12 @@ impl DockerWorkspace {
             tty: false,
             output_capacity: Some(READ_CAPACITY),
         };
-        let started = within(API_DEADLINE, self.docker.start_exec(&exec_id, Some(options)))
-            .await?
-            .map_err(from_bollard)?;
+        let started = within(
+            API_DEADLINE,
+            self.docker.start_exec(&exec_id, Some(options)),
+        )
+        .await?
+        .map_err(from_bollard)?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(WorkspaceError::Docker(
                 "the shell's exec started detached although attached was asked for".into(),
