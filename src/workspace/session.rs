@@ -82,6 +82,11 @@ impl End {
     pub fn session_over(&self) -> bool {
         matches!(self, End::Ceiling(_) | End::Exited { .. })
     }
+
+    /// Whether the command is still running after the call.
+    pub fn still_running(&self) -> bool {
+        matches!(self, End::Quiet(_) | End::Waited(_))
+    }
 }
 
 /// What one call saw.
@@ -99,6 +104,8 @@ struct Record {
     exit_code: i64,
     pid: u32,
     cwd: String,
+    /// `command -v python` (empty when there is none), as upstream reports it.
+    python: String,
 }
 
 /// The backend's half: the shell process and its pipes.
@@ -135,6 +142,7 @@ pub struct Shell {
     /// The shell's pid (in the workspace), from its records.
     pid: Option<u32>,
     cwd: String,
+    python: String,
     eof: bool,
     stdin_closed: bool,
 }
@@ -156,6 +164,7 @@ impl Shell {
             ceiling: OPEN_DEADLINE.max(ceiling),
             pid: None,
             cwd: ws.workdir().to_string(),
+            python: String::new(),
             eof: false,
             stdin_closed: false,
         };
@@ -191,6 +200,11 @@ impl Shell {
         &self.cwd
     }
 
+    /// The `python` on the shell's PATH as of its last record, if any.
+    pub fn python(&self) -> Option<&str> {
+        Some(self.python.as_str()).filter(|p| !p.is_empty())
+    }
+
     /// Runs `command` in the shell. No command may be running.
     pub async fn run(
         &mut self,
@@ -207,7 +221,7 @@ impl Shell {
             command.push('\n');
         }
         let line = format!(
-            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd}; __fleet_rc=$?; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
+            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd}; __fleet_rc=$?; {PYTHON}; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
             seq = self.seq,
             cmd = sh_quote(&command),
         );
@@ -301,8 +315,8 @@ impl Shell {
             "PS2=''; unset PROMPT_COMMAND TMOUT HISTFILE 2>/dev/null; \
              case ${{BASH_VERSION-}} in ?*) set +H ;; esac; \
              __fleet_ret() {{ return \"$1\"; }}; \
-             __fleet_ps1='{m}${{__fleet_n}}:$?:$$:${{PWD}}{m}'; \
-             cd {wd} || cd /; __fleet_n=0; PS1=$__fleet_ps1\n",
+             __fleet_ps1='{m}${{__fleet_n}}:$?:$$:${{PWD}}\u{1f}${{__fleet_py-}}{m}'; \
+             cd {wd} || cd /; {PYTHON}; __fleet_n=0; PS1=$__fleet_ps1\n",
             wd = sh_quote(workdir),
         )
     }
@@ -338,6 +352,7 @@ impl Shell {
                 if !rec.cwd.is_empty() {
                     self.cwd = rec.cwd;
                 }
+                self.python = rec.python;
                 return Ok(reply(
                     out,
                     End::Done {
@@ -467,9 +482,10 @@ fn scan(
     }
 }
 
-/// `seq:exit code:pid:cwd`.
+/// `seq:exit code:pid:cwd`, then the python after a unit separator.
 fn parse_record(body: &[u8]) -> Option<Record> {
     let text = std::str::from_utf8(body).ok()?;
+    let (text, python) = text.rsplit_once('\u{1f}').unwrap_or((text, ""));
     let mut parts = text.splitn(4, ':');
     let seq = parts.next()?.parse().ok()?;
     let exit_code = parts.next()?.parse().ok()?;
@@ -480,8 +496,12 @@ fn parse_record(body: &[u8]) -> Option<Record> {
         exit_code,
         pid,
         cwd,
+        python: python.to_string(),
     })
 }
+
+/// Where the shell's `python` is, for the record (one fork per command).
+const PYTHON: &str = "__fleet_py=$(command -v python 2>/dev/null)";
 
 /// Single-quotes `s` for `sh`.
 pub(crate) fn sh_quote(s: &str) -> String {
@@ -509,7 +529,10 @@ mod tests {
 
     #[test]
     fn records_end_their_command_only() {
-        let (out, rec, rest) = run_scan(&[b"hello\n_M_3:0:7:/w x:y_M_late"], 3);
+        let (out, rec, rest) = run_scan(
+            &["hello\n_M_3:0:7:/w x:y\u{1f}/bin/py_M_late".as_bytes()],
+            3,
+        );
         assert_eq!(out, "hello\n");
         assert_eq!(
             rec,
@@ -517,7 +540,8 @@ mod tests {
                 seq: 3,
                 exit_code: 0,
                 pid: 7,
-                cwd: "/w x:y".into()
+                cwd: "/w x:y".into(),
+                python: "/bin/py".into(),
             })
         );
         assert_eq!(rest, b"late");

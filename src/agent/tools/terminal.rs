@@ -230,10 +230,12 @@ impl Terminal {
         sent: &str,
     ) -> Result<Observation, WorkspaceError> {
         let mut content = self.notice.take().map(|n| n + "\n").unwrap_or_default();
-        let prefix = if reply.output.trim().is_empty() {
-            ""
-        } else {
+        // As upstream: only output that continues a command still running is
+        // marked as such.
+        let prefix = if reply.end.still_running() {
             prefix
+        } else {
+            ""
         };
         content.push_str(&with_output(prefix, &reply.output));
         let (exit_code, still_running) = match reply.end {
@@ -282,8 +284,12 @@ impl Terminal {
         };
         if reply.end.session_over() {
             self.end_shell(ws).await?;
-        } else if !still_running {
+        } else if let (Some(code), false) = (exit_code, still_running) {
             content.push_str(&format!("\n[Current working directory: {}]", self.cwd));
+            if let Some(python) = self.shell.as_ref().and_then(Shell::python) {
+                content.push_str(&format!("\n[Python interpreter: {python}]"));
+            }
+            content.push_str(&format!("\n[Command finished with exit code {code}]"));
         }
         Ok(Observation {
             content,
