@@ -179,7 +179,10 @@ impl Shell {
         let reply = shell.collect(ws, wait, 4000).await?;
         shell.ceiling = ceiling;
         match reply.end {
-            End::Done { .. } => Ok(shell),
+            End::Done { .. } => {
+                tracing::debug!(pid = ?shell.pid, backend = ws_kind(ws), "shell session started");
+                Ok(shell)
+            }
             other => {
                 let _ = shell.kill(ws).await;
                 Err(WorkspaceError::Docker(format!(
@@ -302,6 +305,7 @@ impl Shell {
 
     /// Kills the shell and every process it started.
     pub async fn kill(&mut self, ws: &Workspace) -> Result<(), WorkspaceError> {
+        tracing::debug!(pid = ?self.pid, "shell session ended");
         self.running = None;
         io!(self, ws, s, w => s.kill(w).await)
     }
@@ -404,6 +408,13 @@ impl Shell {
                 }
             }
         }
+    }
+}
+
+fn ws_kind(ws: &Workspace) -> &'static str {
+    match ws {
+        Workspace::Docker(_) => "docker",
+        Workspace::Local(_) => "local",
     }
 }
 

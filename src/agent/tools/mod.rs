@@ -28,7 +28,8 @@ pub struct Observation {
     pub content: String,
     pub exit_code: Option<i64>,
     pub is_error: bool,
-    /// The command was stopped by its timeout while still running.
+    /// The call returned while the command was still running (or the job's
+    /// ceiling stopped it).
     pub timed_out: bool,
 }
 
