@@ -295,12 +295,12 @@ impl Shell {
         &mut self,
         ws: &Workspace,
         max_chars: usize,
-    ) -> Result<String, WorkspaceError> {
+    ) -> Result<Reply, WorkspaceError> {
         let wait = Wait {
             quiet: Some(DRAIN),
             limit: DRAIN,
         };
-        Ok(self.collect(ws, wait, max_chars).await?.output)
+        self.collect(ws, wait, max_chars).await
     }
 
     /// Kills the shell and every process it started.

@@ -189,18 +189,31 @@ impl Terminal {
         }
         if running {
             let shell = self.shell.as_mut().expect("a running command has a shell");
-            let output = shell.drain(ws, MAX_OUTPUT_CHARS).await?;
-            let mut content = with_output(CONTINUED, &output);
-            content.push_str(&format!(
-                "[The command {command:?} was NOT run: the previous command is still running, and only one runs at \
-                 a time. {HOW_TO_GO_ON}]"
-            ));
-            return Ok(Observation {
-                content,
-                exit_code: Some(-1),
-                is_error: true,
-                timed_out: false,
-            });
+            let drained = shell.drain(ws, MAX_OUTPUT_CHARS).await?;
+            match &drained.end {
+                // It ended just now: say so with the new command's observation.
+                End::Done { exit_code } => {
+                    let mut note = with_output(CONTINUED, &drained.output);
+                    note.push_str(&format!(
+                        "[The previous command completed with exit code {exit_code}; then this command ran.]"
+                    ));
+                    self.notice = Some(note);
+                }
+                end if end.session_over() => return self.observe(ws, drained, CONTINUED, "").await,
+                _ => {
+                    let mut content = with_output(CONTINUED, &drained.output);
+                    content.push_str(&format!(
+                        "[The command {command:?} was NOT run: the previous command is still running, and only \
+                         one runs at a time. {HOW_TO_GO_ON}]"
+                    ));
+                    return Ok(Observation {
+                        content,
+                        exit_code: Some(-1),
+                        is_error: true,
+                        timed_out: false,
+                    });
+                }
+            }
         }
         // A shell whose input was ended (C-d) takes no more commands.
         if self.shell.as_ref().is_some_and(Shell::input_closed) {

@@ -411,3 +411,29 @@ async fn hostile_commands_cannot_confuse_the_session() {
     );
     ws.destroy().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_command_that_ended_between_calls_lets_the_next_one_run() {
+    let root = tempfile::tempdir().unwrap();
+    let ws = local_workspace(root.path()).await;
+    let limits = quick();
+    let mut t = Terminal::new(&ws);
+    let o = t
+        .call(&ws, &limits, args("echo a; sleep 1.5; echo b"))
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, Some(-1), "{}", o.content);
+    // It ends while nobody waits for it; a new command then runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = t.call(&ws, &limits, args("echo new")).await.unwrap();
+    assert_eq!(o.exit_code, Some(0), "{}", o.content);
+    assert!(
+        o.content.starts_with(
+            "[Below is the output of the previous command.]\nb\n[The previous command completed with exit code 0; \
+             then this command ran.]\nnew\n"
+        ),
+        "{}",
+        o.content
+    );
+    ws.destroy().await.unwrap();
+}
