@@ -160,8 +160,10 @@ impl Shell {
             marker: marker.into_bytes(),
             pending: Vec::new(),
             seq: 0,
+            // Starting counts as a command, under a ceiling the start's own
+            // deadline reaches first.
             running: Some(Instant::now()),
-            ceiling: OPEN_DEADLINE.max(ceiling),
+            ceiling: OPEN_DEADLINE * 2,
             pid: None,
             cwd: ws.workdir().to_string(),
             python: String::new(),
@@ -169,14 +171,23 @@ impl Shell {
             stdin_closed: false,
         };
         let init = shell.init_line(ws.workdir());
-        shell.write(ws, init.as_bytes()).await?;
         let wait = Wait {
             quiet: None,
             limit: OPEN_DEADLINE,
         };
         // What a shell prints before its first record (banners, "no job control")
         // is noise.
-        let reply = shell.collect(ws, wait, 4000).await?;
+        let started = match shell.write(ws, init.as_bytes()).await {
+            Ok(()) => shell.collect(ws, wait, 4000).await,
+            Err(e) => Err(e),
+        };
+        let reply = match started {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = shell.kill(ws).await;
+                return Err(e);
+            }
+        };
         shell.ceiling = ceiling;
         match reply.end {
             End::Done { .. } => {
