@@ -152,7 +152,8 @@ async fn check_state_persists(ws: &Workspace) {
         .await
         .unwrap();
     assert_eq!(o.exit_code, Some(0), "{}", o.content);
-    assert!(o.content.ends_with("/d]"), "{}", o.content);
+    let cwd_line = format!("[Current working directory: {}/d]", ws.workdir());
+    assert!(o.content.contains(&cwd_line), "{}", o.content);
     // The function and the unexported variable of the call before, in the cwd
     // of the call before.
     let o = t
