@@ -260,6 +260,74 @@ async fn check_ctrl_c(ws: &Workspace) {
     );
 }
 
+/// What a hostile (or clumsy) command does to the session: binary output, a
+/// forged end-of-command record, `exit` with a background process holding the
+/// output open, `exec` of a silent process — the session stays in step, and a
+/// dead or replaced shell is replaced.
+async fn check_hostile(ws: &Workspace, secs: u32) {
+    let l = limits(1);
+    let mut t = Terminal::new(ws);
+    let o = t
+        .call(ws, &l, cmd("printf 'a\\000\\377b\\n'"))
+        .await
+        .unwrap();
+    assert!(o.content.starts_with("a\0\u{FFFD}b\n"), "{:?}", o.content);
+    // The prompt holds the marker; a command that prints its expansion ends its
+    // own call early, and the real record, when it comes, is skipped.
+    let o = t
+        .call(
+            ws,
+            &l,
+            cmd("eval \"printf '%s' \\\"$PS1\\\"\"; sleep 1; echo tail"),
+        )
+        .await
+        .unwrap();
+    assert!(o.exit_code.is_some(), "{}", o.content);
+    let o = t
+        .call(
+            ws,
+            &l,
+            Args {
+                timeout: Some(10.0),
+                ..cmd("echo next; (exit 7)")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(o.content.starts_with("tail\nnext\n"), "{}", o.content);
+    assert_eq!(o.exit_code, Some(7), "{}", o.content);
+    let o = t.call(ws, &l, cmd("sleep 30 & exit 5")).await.unwrap();
+    assert_eq!(o.exit_code, Some(5), "{}", o.content);
+    assert!(o.content.contains("The shell exited"), "{}", o.content);
+    let o = t
+        .call(ws, &l, cmd(&format!("exec sleep {secs}")))
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, Some(-1), "{}", o.content);
+    let o = t
+        .call(
+            ws,
+            &l,
+            Args {
+                reset: Some(true),
+                ..cmd("echo after-reset")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(o.content.contains("after-reset\n"), "{}", o.content);
+    assert_eq!(
+        outside(
+            ws,
+            &format!(
+                "(ps -e -o args 2>/dev/null || ps -o args) | grep -c '^sleep {secs}$' || true"
+            )
+        )
+        .trim(),
+        "0"
+    );
+}
+
 // ---- Docker (busybox `sh`) ----
 
 #[tokio::test]
@@ -280,6 +348,13 @@ async fn docker_quiet_command_is_still_running_then_is_input_gets_the_rest() {
 async fn docker_ctrl_c_stops_a_running_command() {
     let w = docker("ctrlc").await;
     check_ctrl_c(&w.ws).await;
+    w.ws.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn docker_hostile_commands_keep_the_session_in_step() {
+    let w = docker("hostile").await;
+    check_hostile(&w.ws, 347).await;
     w.ws.destroy().await.unwrap();
 }
 
@@ -332,6 +407,14 @@ async fn local_quiet_command_is_still_running_then_is_input_gets_the_rest() {
 async fn local_ctrl_c_stops_a_running_command() {
     let w = local("ctrlc").await;
     check_ctrl_c(&w.ws).await;
+    w.ws.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn local_hostile_commands_keep_the_session_in_step() {
+    // Another number than the Docker test's: the host sees container processes.
+    let w = local("hostile").await;
+    check_hostile(&w.ws, 353).await;
     w.ws.destroy().await.unwrap();
 }
 
