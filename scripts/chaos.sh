@@ -35,9 +35,10 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
 
-ALL=(kill-9 sigterm oom fork-storm hostile-messages webhook-down docker-down
-     broker-restart s3-down output-flood)
-QUICK=(kill-9 sigterm oom fork-storm hostile-messages webhook-down docker-down)
+ALL=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down
+     docker-down broker-restart s3-down output-flood)
+QUICK=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down
+       docker-down)
 IMAGE=agent-fleet/workspace:test
 PIKA_VERSION=1.3.2
 S3_PORT=${FLEET_CHAOS_S3_PORT:-9107}
@@ -651,6 +652,107 @@ drill_hostile_messages() {
     no_panic
 }
 
+# Well-formed jobs that each try one escape from a default worker (no policy
+# variables set): send the worker's AWS secret to a host of the job's choosing,
+# take the broker URL or another worker variable as a secret, the host network,
+# any Docker network, limits of any size, webhooks to loopback, another job's
+# files as input. Each ends
+# rejected/policy with a one-line message naming the field; no container is
+# created for any; the receiver they point at gets nothing; no worker value is
+# in any stored object, nor in the environment of a container the worker runs.
+drill_hostile_valid_jobs() {
+    HOOK_PORT=$(free_port)
+    local token="hv-token-$RUN-$RANDOM$RANDOM" aws="hv-aws-$RUN-$RANDOM$RANDOM"
+    local llm_key="hv-llm-$RUN-$RANDOM$RANDOM" broker=${FLEET_QUEUE:-amqp://guest:guest@127.0.0.1:5672/%2f}
+    drill_env hostile-valid-jobs FLEET_QUEUE="$broker" HV_WORKER_TOKEN="$token" \
+        AWS_SECRET_ACCESS_KEY="$aws" LLM_API_KEY="$llm_key"
+    : >"$D/received.jsonl"
+    start_receiver || return
+    start_worker a -- --concurrency 4 || return
+    fleet worker --print-policy >"$D/policy.txt" 2>&1 || { fail "fleet worker --print-policy failed"; return 1; }
+    grep -q '^FLEET_JOB_SECRETS *(none)' "$D/policy.txt" || { fail "not a default policy: $(head -n1 "$D/policy.txt")"; return 1; }
+    local rx="http://127.0.0.1:$HOOK_PORT" since
+    since=$(date +%s)
+    local names=(key-to-host worker-key-to-host aws-key broker-url worker-var host-net
+                 bridge-net pids memory timeout webhook-loopback webhook-secret root-user
+                 other-input)
+    local fields=(
+        "\"llm\": {\"model\": \"chaos-quick\", \"base_url\": \"$rx/v1\", \"api_key_env\": \"AWS_SECRET_ACCESS_KEY\"}"
+        "\"llm\": {\"model\": \"chaos-quick\", \"base_url\": \"$rx/v1\"}"
+        "\"llm\": {\"model\": \"chaos-quick\", \"api_key_env\": \"AWS_SECRET_ACCESS_KEY\"}"
+        "\"secrets\": [\"FLEET_QUEUE\"]"
+        "\"secrets\": [\"HV_WORKER_TOKEN\"]"
+        "\"limits\": {\"network\": \"host\"}"
+        "\"limits\": {\"network\": \"bridge\"}"
+        "\"limits\": {\"pids\": 9223372036854775807}"
+        "\"limits\": {\"memory_mb\": 100000000}"
+        "\"limits\": {\"timeout_secs\": 100000000}"
+        "\"webhook\": {\"url\": \"$rx/hook\"}"
+        "\"webhook\": {\"url\": \"https://hooks.example.invalid/x\", \"secret_env\": \"HV_WORKER_TOKEN\"}"
+        "\"limits\": {\"user\": \"root\"}"
+        "\"input\": {\"store_key\": \"jobs/c$RUN-hv-valid/job.json\"}"
+    )
+    local jobs=() ids=() i id
+    for i in "${!names[@]}"; do
+        id="c$RUN-hv-${names[$i]}"
+        ids+=("$id")
+        # The job's own `llm` (when it has one) replaces the helper's.
+        case "${fields[$i]}" in
+            '"llm"'*) jobs+=("$(printf '{"id": "%s", "task": "escape %s", %s}' "$id" "${names[$i]}" "${fields[$i]}")") ;;
+            *) jobs+=("$(job "$id" chaos-quick "${fields[$i]}")") ;;
+        esac
+    done
+    # One valid job that runs, so a live container's environment can be read.
+    local valid="c$RUN-hv-valid"
+    jobs+=("$(job "$valid" chaos-slow)")
+    submit "$D/jobs.json" "${jobs[@]}" || return
+    wait_for 60 "the valid job's container" eval '[ -n "$(containers_of "$valid")" ]' || return
+    local cid
+    cid=$(containers_of "$valid" | head -n1)
+    docker inspect --format '{{json .Config.Env}}' "$cid" >"$D/valid-env.json" 2>/dev/null ||
+        { fail "docker inspect of the valid job's container failed"; return 1; }
+    wait_terminal 90 "${ids[@]}" "$valid" || return
+    jobs_ok --outcome rejected --running 0 --error-kind policy "${ids[@]}" || return
+    jobs_ok --outcome succeeded --running 1 "$valid" || return
+    # Each message names its field, on one line.
+    python3 - "$D/views" "${ids[@]}" <<'PY' || { fail "$(cat "$D/messages.err")"; return 1; }
+import json, sys
+views, ids = sys.argv[1], sys.argv[2:]
+want = {"key-to-host": "llm.base_url:", "worker-key-to-host": "llm.base_url:", "aws-key": "llm.api_key_env:",
+        "broker-url": "secrets:", "worker-var": "secrets:", "host-net": "limits.network:",
+        "bridge-net": "limits.network:", "pids": "limits.pids:", "memory": "limits.memory_mb:",
+        "timeout": "limits.timeout_secs:", "webhook-loopback": "webhook.url:",
+        "webhook-secret": "webhook.secret_env:", "root-user": "limits.user:",
+        "other-input": "input.store_key:"}
+bad = []
+for i in ids:
+    msg = json.load(open(f"{views}/{i}.json"))["result"]["error"]["message"]
+    name = i.split("-hv-", 1)[1]
+    if not msg.startswith(want[name]) or "\n" in msg:
+        bad.append(f"{name}: {msg!r}")
+if bad:
+    open(views + "/../messages.err", "w").write("; ".join(bad))
+    sys.exit(1)
+PY
+    local created=0
+    for id in "${ids[@]}"; do
+        created=$((created + $(docker events --since "$since" --until "$(date +%s)" --filter type=container \
+            --filter event=create --filter "label=fleet.job_id=$id" --format '{{.ID}}' | wc -l)))
+    done
+    [ "$created" = 0 ] || { fail "$created containers were created for refused jobs"; return 1; }
+    sleep 1
+    [ ! -s "$D/received.jsonl" ] || { fail "the receiver got requests: $(head -c 300 "$D/received.jsonl")"; return 1; }
+    local v
+    for v in "$token" "$aws" "$llm_key" "$broker"; do
+        if grep -rqF -- "$v" "$S"; then fail "a worker value is in the store: $(grep -rlF -- "$v" "$S" | head -n1)"; return 1; fi
+        if grep -qF -- "$v" "$D/valid-env.json"; then fail "a worker value is in a container's environment"; return 1; fi
+    done
+    say "  ${#ids[@]} escapes refused (policy); no container, no request, no worker value in the store or a container"
+    no_containers "${ids[@]}" "$valid" || return
+    still_serving hv a || return
+    no_panic
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -668,8 +770,11 @@ start_receiver() {
 drill_webhook_down() {
     HOOK_PORT=$(free_port)
     local secret="chaos-secret-$RUN"
+    # The job's webhook is on loopback and signed with the worker's secret: both
+    # need the policy to allow them.
     drill_env webhook-down FLEET_WEBHOOK_URL="http://127.0.0.1:$HOOK_PORT/fleet" \
-        FLEET_WEBHOOK_SECRET="$secret"
+        FLEET_WEBHOOK_SECRET="$secret" FLEET_JOB_SECRETS=FLEET_WEBHOOK_SECRET \
+        FLEET_WEBHOOK_ALLOW_PRIVATE=1
     local j1="c$RUN-wh-1" j2="c$RUN-wh-2"
     local hook="\"webhook\": {\"url\": \"http://127.0.0.1:$HOOK_PORT/job\", \"secret_env\": \"FLEET_WEBHOOK_SECRET\"}"
     : >"$D/received.jsonl"

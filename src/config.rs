@@ -25,6 +25,26 @@ pub const ENV_QUEUE_PREFIX: &str = "FLEET_QUEUE_PREFIX";
 /// Attempts a job gets for infrastructure faults before it is failed.
 pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
 
+// The worker policy (`crate::policy`, DESIGN.md "Worker policy").
+/// Worker variables jobs may name in `secrets`, `llm.api_key_env`, `webhook.secret_env`.
+pub const ENV_JOB_SECRETS: &str = "FLEET_JOB_SECRETS";
+/// Base URLs jobs may name in `llm.base_url` (besides `LLM_BASE_URL`).
+pub const ENV_LLM_ENDPOINTS: &str = "FLEET_LLM_ENDPOINTS";
+/// Docker networks jobs may name in `limits.network` (`none` always).
+pub const ENV_JOB_NETWORKS: &str = "FLEET_JOB_NETWORKS";
+/// `1`: `host` may be listed in `FLEET_JOB_NETWORKS`.
+pub const ENV_ALLOW_HOST_NETWORK: &str = "FLEET_ALLOW_HOST_NETWORK";
+/// Users jobs may name in `limits.user` (unset: any but root).
+pub const ENV_JOB_USERS: &str = "FLEET_JOB_USERS";
+pub const ENV_MAX_MEMORY_MB: &str = "FLEET_MAX_MEMORY_MB";
+pub const ENV_MAX_CPUS: &str = "FLEET_MAX_CPUS";
+pub const ENV_MAX_PIDS: &str = "FLEET_MAX_PIDS";
+pub const ENV_MAX_TIMEOUT_SECS: &str = "FLEET_MAX_TIMEOUT_SECS";
+pub const ENV_MAX_ITERATIONS: &str = "FLEET_MAX_ITERATIONS";
+pub const ENV_MAX_DISK_MB: &str = "FLEET_MAX_DISK_MB";
+/// `1`: job webhooks may reach loopback, private and link-local addresses.
+pub const ENV_WEBHOOK_ALLOW_PRIVATE: &str = "FLEET_WEBHOOK_ALLOW_PRIVATE";
+
 pub const DEFAULT_STORE: &str = "./fleet-data";
 pub const DEFAULT_QUEUE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_IMAGE: &str = "agent-fleet/workspace:latest";

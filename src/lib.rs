@@ -15,13 +15,18 @@
 //!    a deadline and a cancellation token.
 //! 5. [`workspace`] — a Docker container (or a local directory) is started with the
 //!    job's limits and its input is uploaded.
-//! 6. [`agent`] — the conversation runs: [`llm`] ⇄ tools in the workspace, with
-//!    events, stuck detection, condensation and secret masking.
+//! 6. [`agent`] — the repository's instructions are read from the workspace and
+//!    the conversation runs: [`llm`] ⇄ tools in the workspace, with events, stuck
+//!    detection, condensation (LLM-written summaries) and secret masking.
 //! 7. [`results`] — the patch (workspace vs input), artifacts, events and metrics
 //!    are collected and uploaded; then the terminal status is written, the webhook
 //!    sent, and the message acked.
 //! 8. [`telemetry`] — tracing spans carry `job_id`/`attempt`; Prometheus series
 //!    (names in one place) are served on `/metrics` with `/healthz` and `/readyz`.
+//!
+//! Between 3 and 4, [`policy`] holds the line between what a job asks for and what
+//! the worker allows (secrets, endpoints, networks, ceilings): a job that breaks it
+//! is rejected before a workspace exists.
 //!
 //! [`mock_llm`] is the scripted OpenAI-compatible server used by tests, benchmarks
 //! and the offline quickstart; [`cli`] and [`config`] are the command-line surface.
@@ -32,6 +37,7 @@ pub mod config;
 pub mod job;
 pub mod llm;
 pub mod mock_llm;
+pub mod policy;
 pub mod queue;
 pub mod results;
 pub mod store;

@@ -1,14 +1,18 @@
 //! Context condensation (AGENT-SPEC.md "Context condensation"): when the LLM
-//! reports a context-length error, or the history grows past
-//! [`MAX_HISTORY_EVENTS`], the middle of the history is replaced by a summary.
-//! The first [`KEEP_FIRST`] events (system prompt, task, first exchange) and a
-//! recent tail of about half the history stay as they were.
+//! reports a context-length error, the history grows past
+//! [`MAX_HISTORY_EVENTS`], or the prompt nears the model's window, the middle
+//! of the history is replaced by a summary. The first [`KEEP_FIRST`] events
+//! (system prompt, task, first exchange) and a recent tail of about half the
+//! history stay as they were; as a last resort ([`Mode::LastResort`]) only the
+//! system prompt, the task and the newest turn stay.
 //!
-//! The summary is deterministic text built from the forgotten events (which tools
-//! ran, with which main argument, and how they ended): no extra LLM call is made,
-//! so condensing costs nothing and cannot fail. The forgotten events stay in the
-//! log (events.jsonl keeps everything); a `Condensation` event names them, and
-//! the history sent to the LLM is rebuilt from the log through [`view`].
+//! The summary is written by the LLM (upstream's LLMSummarizingCondenser), from
+//! the request [`summary_request`] builds; when that call fails the
+//! deterministic digest of the forgotten events (which tools ran, with which
+//! main argument, and how they ended) stands in, so condensing never fails. The
+//! forgotten events stay in the log (events.jsonl keeps everything); a
+//! `Condensation` event names them, and the history sent to the LLM is rebuilt
+//! from the log through [`view`].
 //!
 //! Cuts fall only between whole exchanges: the tool calls of one reply and their
 //! results are kept or forgotten together, since a tool result without its call
@@ -17,7 +21,43 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::events::{Event, EventKind, Source};
+use crate::llm::{ChatMessage, Role};
 use crate::workspace::output::truncate_middle;
+
+/// How much of the history a condensation forgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The middle: the first events and about half the history stay.
+    Normal,
+    /// Everything but the system prompt, the task (and the skills that came
+    /// with it) and the newest turn: the last resort before failing.
+    LastResort,
+}
+
+/// The summary request's event texts are cut to this many characters each…
+const REQUEST_EVENT_CHARS: usize = 1_500;
+/// …and the whole request to this many, so it fits any model's window.
+const REQUEST_CHARS: usize = 60_000;
+
+/// The instructions of a summary request, in our words; they ask for what
+/// upstream's summarizing prompt tracks.
+pub const SUMMARY_PROMPT: &str = "You are condensing the history of an autonomous coding agent so it can continue its task with less context. Below are the events being removed from its history (earlier summaries included). Write a concise summary the agent can rely on instead of them, with these parts where they apply:
+
+USER_CONTEXT: the task's essential requirements and constraints.
+TASK_TRACKING: active tasks with their exact IDs and statuses, if the events planned any.
+COMPLETED: what has been done so far, with results.
+PENDING: what is still to be done.
+CURRENT_STATE: the state that matters now (working directory, variables, running processes).
+CODE_STATE: files and functions examined or changed.
+TESTS: which tests ran, which failed and with what error.
+CHANGES: the edits made.
+DEPS: dependencies installed or needed.
+VERSION_CONTROL_STATUS: branch and repository state.
+
+Be factual and specific (paths, names, commands, error messages); skip what does not matter for the rest of the task. Reply with the summary only.";
+
+/// Heads a summary the LLM wrote, as the agent reads it.
+const LLM_SUMMARY_HEAD: &str = "Part of this conversation was condensed to fit the context window. Summary of the condensed part:\n";
 
 /// Above this many history events, the history is condensed before the next step
 /// (upstream's default condenser: 80).
@@ -102,26 +142,61 @@ pub fn history_len(items: &[Item<'_>]) -> usize {
 
 /// Plans a condensation of `items`, or `None` when nothing is left to forget.
 pub fn plan(items: &[Item<'_>]) -> Option<Plan> {
+    plan_with(items, Mode::Normal)
+}
+
+/// Plans a condensation in `mode`; its `summary` is the digest (the fallback
+/// when the LLM cannot write one).
+pub fn plan_with(items: &[Item<'_>], mode: Mode) -> Option<Plan> {
+    let (forgotten, previous) = select(items, mode)?;
+    Some(Plan {
+        forgotten_event_ids: forgotten.iter().map(|e| e.id).collect(),
+        summary: summarize(previous, &forgotten),
+    })
+}
+
+/// The events a condensation in `mode` forgets, and the earlier summary among
+/// them; `None` when nothing can be forgotten.
+fn select<'a>(items: &[Item<'a>], mode: Mode) -> Option<(Vec<&'a Event>, Option<&'a str>)> {
     let units = units(items);
     let total = history_len(items);
     let size = |u: &[Item<'_>]| history_len(u);
 
-    // Head: whole units until KEEP_FIRST events are covered.
-    let mut head = 0;
-    let mut covered = 0;
-    while head < units.len() && covered < KEEP_FIRST {
-        covered += size(units[head]);
-        head += 1;
-    }
-    // Tail: whole units from the end until about half the history is covered.
-    let mut tail = units.len();
-    let mut kept = 0;
-    while tail > head && kept < total / 2 {
-        tail -= 1;
-        kept += size(units[tail]);
-    }
+    let (head, tail) = match mode {
+        Mode::Normal => {
+            // Head: whole units until KEEP_FIRST events are covered.
+            let mut head = 0;
+            let mut covered = 0;
+            while head < units.len() && covered < KEEP_FIRST {
+                covered += size(units[head]);
+                head += 1;
+            }
+            // Tail: whole units from the end until about half the history is covered.
+            let mut tail = units.len();
+            let mut kept = 0;
+            while tail > head && kept < total / 2 {
+                tail -= 1;
+                kept += size(units[tail]);
+            }
+            (head, tail)
+        }
+        Mode::LastResort => {
+            // Head: the system prompt and the leading user messages (the task
+            // and its skills); tail: the newest unit.
+            let head = units
+                .iter()
+                .take_while(|u| {
+                    u.iter().all(|i| {
+                        matches!(i, Item::Event(e) if matches!(e.kind, EventKind::SystemPromptEvent { .. })
+                            || (e.source == Source::User && matches!(e.kind, EventKind::MessageEvent { .. })))
+                    })
+                })
+                .count();
+            (head, units.len().saturating_sub(1).max(head))
+        }
+    };
     let middle = &units[head..tail];
-    let forgotten: Vec<&Event> = middle
+    let forgotten: Vec<&'a Event> = middle
         .iter()
         .flat_map(|u| u.iter())
         .filter_map(|i| match i {
@@ -136,10 +211,90 @@ pub fn plan(items: &[Item<'_>]) -> Option<Plan> {
         Item::Summary(s) => Some(*s),
         Item::Event(_) => None,
     });
-    Some(Plan {
-        forgotten_event_ids: forgotten.iter().map(|e| e.id).collect(),
-        summary: summarize(previous, &forgotten),
-    })
+    Some((forgotten, previous))
+}
+
+/// The request asking the LLM to summarise what `plan` forgets: one user
+/// message, the instructions then each forgotten event (an earlier summary
+/// first), each cut to a bounded length.
+pub fn summary_request(items: &[Item<'_>], plan: &Plan) -> Vec<ChatMessage> {
+    let forgotten: HashSet<u64> = plan.forgotten_event_ids.iter().copied().collect();
+    let mut events = Vec::new();
+    let mut previous = None;
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Item::Summary(s) if previous.is_none() && i > 0 => previous = Some(*s),
+            Item::Event(e) if forgotten.contains(&e.id) => events.push(describe_event(e)),
+            _ => {}
+        }
+    }
+    let mut text = String::from(SUMMARY_PROMPT);
+    if let Some(p) = previous {
+        text.push_str(&format!(
+            "\n\n<EVENT>\n{}\n</EVENT>",
+            truncate_middle(p, REQUEST_EVENT_CHARS * 4)
+        ));
+    }
+    for e in events {
+        text.push_str(&format!("\n\n<EVENT>\n{e}\n</EVENT>"));
+    }
+    vec![ChatMessage::text(
+        Role::User,
+        truncate_middle(&text, REQUEST_CHARS),
+    )]
+}
+
+/// One event as the summariser reads it.
+fn describe_event(e: &Event) -> String {
+    let body = match &e.kind {
+        EventKind::ActionEvent {
+            tool_name,
+            arguments,
+            thought,
+            ..
+        } => {
+            let mut s = format!("agent called {tool_name} {arguments}");
+            if !thought.is_empty() {
+                s = format!("agent said: {thought}\n{s}");
+            }
+            s
+        }
+        EventKind::ObservationEvent {
+            tool_name,
+            content,
+            exit_code,
+            is_error,
+            ..
+        } => {
+            let how = match (is_error, exit_code) {
+                (true, _) => " (error)".to_string(),
+                (_, Some(c)) => format!(" (exit code {c})"),
+                _ => String::new(),
+            };
+            format!("result of {tool_name}{how}:\n{content}")
+        }
+        EventKind::AgentErrorEvent {
+            tool_name, error, ..
+        } => format!("call to {tool_name} rejected: {error}"),
+        EventKind::MessageEvent { content, .. } => {
+            let who = match e.source {
+                Source::Agent => "agent",
+                Source::User => "user",
+                Source::Environment => "environment",
+            };
+            format!("{who} message: {content}")
+        }
+        _ => String::new(),
+    };
+    truncate_middle(&body, REQUEST_EVENT_CHARS)
+}
+
+/// The summary text an LLM wrote, as it stands in the history.
+pub fn llm_summary(text: &str) -> String {
+    truncate_middle(
+        &format!("{LLM_SUMMARY_HEAD}{}", text.trim()),
+        MAX_SUMMARY_CHARS,
+    )
 }
 
 /// Groups the history into units that must stay together: the tool calls of
@@ -315,6 +470,7 @@ mod tests {
                         arguments: json!({"command": format!("echo {s}")}),
                         thought: String::new(),
                         step: s,
+                        meta: Default::default(),
                     },
                 );
                 log.append(
@@ -452,5 +608,83 @@ mod tests {
     fn small_history_cannot_be_condensed() {
         let log = log_with(1, 1);
         assert!(!condense(&log));
+    }
+
+    #[test]
+    fn summary_request_is_bounded_whatever_the_events_hold() {
+        let log = log_with(60, 1);
+        // A huge observation in the part to forget.
+        log.append(
+            Source::Environment,
+            EventKind::ObservationEvent {
+                tool_name: "terminal".into(),
+                tool_call_id: "call_3_0".into(),
+                content: "y".repeat(5_000_000),
+                exit_code: Some(0),
+                is_error: false,
+                timed_out: false,
+            },
+        );
+        let events = log.snapshot();
+        let items = view(&events);
+        let p = plan(&items).unwrap();
+        let req = summary_request(&items, &p);
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].role, Role::User);
+        let text = req[0].content.as_deref().unwrap();
+        assert!(text.starts_with(SUMMARY_PROMPT));
+        assert!(text.chars().count() <= REQUEST_CHARS + 200, "{}", text.len());
+        assert!(text.contains("agent called terminal"), "the forgotten calls are described");
+        assert!(llm_summary(&"z".repeat(100_000)).chars().count() <= MAX_SUMMARY_CHARS + 200);
+    }
+
+    #[test]
+    fn last_resort_keeps_system_task_skills_and_the_newest_turn() {
+        let log = EventLog::in_memory();
+        log.append(
+            Source::Agent,
+            EventKind::SystemPromptEvent {
+                system_prompt: "sys".into(),
+                tools: vec![],
+            },
+        );
+        for text in ["task", "<SKILL>"] {
+            log.append(
+                Source::User,
+                EventKind::MessageEvent {
+                    content: text.into(),
+                    reasoning: None,
+                    nudge: false,
+                },
+            );
+        }
+        for s in 1..=3u32 {
+            let id = format!("c{s}");
+            log.append(
+                Source::Agent,
+                EventKind::ActionEvent {
+                    tool_name: "terminal".into(),
+                    tool_call_id: id.clone(),
+                    arguments: json!({"command": format!("echo {s}")}),
+                    thought: String::new(),
+                    step: s,
+                    meta: Default::default(),
+                },
+            );
+            log.append(
+                Source::Environment,
+                EventKind::ObservationEvent {
+                    tool_name: "terminal".into(),
+                    tool_call_id: id,
+                    content: format!("{s}"),
+                    exit_code: Some(0),
+                    is_error: false,
+                    timed_out: false,
+                },
+            );
+        }
+        let events = log.snapshot();
+        let p = plan_with(&view(&events), Mode::LastResort).unwrap();
+        assert_eq!(p.forgotten_event_ids, vec![3, 4, 5, 6]);
     }
 }

@@ -44,6 +44,9 @@ pub enum EventKind {
         /// reply share it, so the history rebuilds them as one assistant message.
         #[serde(default)]
         step: u32,
+        /// What the model said about the call, beside its arguments.
+        #[serde(flatten)]
+        meta: ActionMeta,
     },
     ObservationEvent {
         tool_name: String,
@@ -79,6 +82,26 @@ pub enum EventKind {
         forgotten_event_ids: Vec<u64>,
         summary: String,
     },
+}
+
+/// What comes with a tool call besides its arguments. Stuck detection never
+/// compares these: a model writing a new `summary` for the same command is
+/// still repeating itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActionMeta {
+    /// The model's few words on the call (`summary` argument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// `LOW` | `MEDIUM` | `HIGH` as the model rated it (`security_risk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_risk: Option<String>,
+    /// The reply's reasoning text (first call of a reply only), sent back to the
+    /// models that want it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// The reply's thinking blocks (first call only), passed back verbatim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking_blocks: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 use super::condense::Item;
 use super::events::{EventKind, Source};
+use super::tools::ERROR_MARKER;
 use crate::llm::{ChatMessage, FunctionCall, Role, ToolCall};
 
 /// The messages for `items` (see [`super::condense::view`]).
@@ -27,14 +28,20 @@ pub fn messages(items: &[Item<'_>]) -> Vec<ChatMessage> {
                 open = None;
                 out.push(ChatMessage::text(Role::System, system_prompt.as_str()));
             }
-            EventKind::MessageEvent { content, .. } => {
+            EventKind::MessageEvent {
+                content, reasoning, ..
+            } => {
                 open = None;
                 let role = if e.source == Source::Agent {
                     Role::Assistant
                 } else {
                     Role::User
                 };
-                out.push(ChatMessage::text(role, content.as_str()));
+                let mut m = ChatMessage::text(role, content.as_str());
+                if role == Role::Assistant {
+                    m.reasoning_content = reasoning.clone();
+                }
+                out.push(m);
             }
             EventKind::ActionEvent {
                 tool_name,
@@ -42,6 +49,7 @@ pub fn messages(items: &[Item<'_>]) -> Vec<ChatMessage> {
                 arguments,
                 thought,
                 step,
+                meta,
             } => {
                 let call = ToolCall {
                     id: tool_call_id.clone(),
@@ -58,6 +66,8 @@ pub fn messages(items: &[Item<'_>]) -> Vec<ChatMessage> {
                         if thought.is_empty() {
                             m.content = None;
                         }
+                        m.reasoning_content = meta.reasoning.clone();
+                        m.thinking_blocks = meta.thinking_blocks.clone();
                         m.tool_calls.push(call);
                         open = Some((*step, out.len()));
                         out.push(m);
@@ -68,13 +78,15 @@ pub fn messages(items: &[Item<'_>]) -> Vec<ChatMessage> {
                 tool_name,
                 tool_call_id,
                 content,
+                is_error,
                 ..
             } => {
-                out.push(ChatMessage::tool_result(
-                    tool_call_id,
-                    tool_name,
-                    content.as_str(),
-                ));
+                let content = if *is_error {
+                    format!("{ERROR_MARKER}\n{content}")
+                } else {
+                    content.clone()
+                };
+                out.push(ChatMessage::tool_result(tool_call_id, tool_name, content));
             }
             EventKind::AgentErrorEvent {
                 tool_name,
@@ -168,6 +180,7 @@ mod tests {
                 arguments: json!({"command": "ls"}),
                 thought: thought.into(),
                 step,
+                meta: Default::default(),
             },
         );
     }

@@ -12,18 +12,24 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::condense::{self, MAX_HISTORY_EVENTS};
-use super::events::{EventKind, Source};
+use super::condense::{self, MAX_HISTORY_EVENTS, Mode};
+use super::events::{ActionMeta, EventKind, Source};
 use super::stuck::{self, Verdict};
-use super::tools::{self, Ctx, NAMES, Outcome, Tools};
-use super::{AgentEnd, AgentReport, AgentRun, ToolCount, history, prompt};
+use super::tools::{self, Ctx, NAMES, Outcome, Tools, normalize};
+use super::{AgentEnd, AgentReport, AgentRun, ToolCount, history, prompt, repo};
 use crate::job::{ErrorInfo, Phase, Tokens};
-use crate::llm::{ChatMessage, Completion, LlmError};
+use crate::llm::{ChatMessage, Completion, LlmError, Usage, models};
 use crate::telemetry::metrics;
 use crate::workspace::WorkspaceError;
 
-/// Condense-and-retry rounds after context-length errors within one step.
-const MAX_CONTEXT_CONDENSATIONS: u32 = 2;
+/// Condense-and-retry rounds after context-length errors within one step: two
+/// ordinary condensations, then the last resort (first events, summary and
+/// newest turn only), then the run fails.
+const MAX_CONTEXT_ROUNDS: u32 = 3;
+/// Condense before a step once the last prompt used this share of the room
+/// the model's window leaves beside the output limit (upstream condenses when
+/// the prompt nears the window too).
+const TOKEN_TRIGGER: f64 = 0.8;
 
 /// Told to the model after a reply with neither a tool call nor text.
 pub const EMPTY_REPLY_NUDGE: &str = "Your last reply had no function call and no message. Use a tool to make \
@@ -44,6 +50,9 @@ struct Agent<'a> {
     tokens: Tokens,
     tool_calls: BTreeMap<String, ToolCount>,
     final_message: Option<String>,
+    /// Prompt tokens of the last completion, for the token-based trigger.
+    last_prompt_tokens: u64,
+    repo: repo::RepoInstructions,
 }
 
 impl<'a> Agent<'a> {
@@ -57,6 +66,8 @@ impl<'a> Agent<'a> {
             tokens: Tokens::default(),
             tool_calls: BTreeMap::new(),
             final_message: None,
+            last_prompt_tokens: 0,
+            repo: repo::RepoInstructions::default(),
         }
     }
 
@@ -70,21 +81,51 @@ impl<'a> Agent<'a> {
 
     async fn run(&mut self) -> AgentEnd {
         let job = self.run.job;
+        // Read after the input landed, before the first request.
+        self.repo = repo::load(self.run.workspace).await;
+        let system_prompt = prompt::system_prompt(&prompt::PromptContext {
+            workdir: self.run.workspace.workdir(),
+            limits: &job.limits,
+            secret_names: &job.secrets,
+            instructions: job.instructions.as_deref(),
+            repo: &self.repo,
+        });
         self.log(
             Source::Agent,
             EventKind::SystemPromptEvent {
-                system_prompt: prompt::system_prompt(self.run.workspace.workdir(), &job.limits),
+                system_prompt: self.mask(&system_prompt),
                 tools: NAMES.iter().map(|n| n.to_string()).collect(),
             },
         );
+        let task = self.mask(&job.task);
         self.log(
             Source::User,
             EventKind::MessageEvent {
-                content: self.mask(&job.task),
+                content: task.clone(),
                 reasoning: None,
                 nudge: false,
             },
         );
+        // Keyword-triggered skills the task mentions come right after it.
+        let triggered: Vec<String> = self
+            .repo
+            .triggered_by(&task)
+            .into_iter()
+            .map(|(skill, keyword)| {
+                tracing::info!(skill = %skill.name, keyword, "repository skill triggered");
+                repo::render_triggered(skill, keyword)
+            })
+            .collect();
+        for content in triggered {
+            self.log(
+                Source::User,
+                EventKind::MessageEvent {
+                    content: self.mask(&content),
+                    reasoning: None,
+                    nudge: false,
+                },
+            );
+        }
 
         loop {
             match self.run.events.with(|ev| stuck::check(ev, &job.stuck)) {
@@ -139,10 +180,7 @@ impl<'a> Agent<'a> {
                 Ok(c) => c,
                 Err(end) => return end,
             };
-            self.cost_usd += completion.cost_usd;
-            self.tokens.prompt += completion.usage.prompt_tokens;
-            self.tokens.completion += completion.usage.completion_tokens;
-            self.run.events.progress.set_cost(self.cost_usd);
+            self.account(completion.cost_usd, &completion.usage);
 
             if let Some(end) = self.act(completion.message).await {
                 return end;
@@ -162,53 +200,114 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// One LLM call on the history, condensing it first when too long, and again
-    /// when the LLM says the context overflowed.
-    async fn complete(&mut self) -> Result<Completion, AgentEnd> {
+    /// Adds a completion's cost and tokens to the run's.
+    fn account(&mut self, cost_usd: f64, usage: &Usage) {
+        self.cost_usd += cost_usd;
+        self.tokens.prompt += usage.prompt_tokens;
+        self.tokens.completion += usage.completion_tokens;
+        self.tokens.cache_read += usage.cache_read();
+        self.tokens.cache_write += usage.cache_write();
+        self.run.events.progress.set_cost(self.cost_usd);
+    }
+
+    /// Whether the history should be condensed before the next call: too many
+    /// events, or the last prompt came near the model's context window.
+    fn needs_condensation(&self) -> bool {
         let too_long = self
             .run
             .events
             .with(|ev| condense::history_len(&condense::view(ev)) > MAX_HISTORY_EVENTS);
-        if too_long {
-            self.condense();
+        let settings = self.run.llm.settings();
+        let near_window = models::context_window(&settings.model).is_some_and(|window| {
+            let room = window.saturating_sub(settings.max_output_tokens.unwrap_or(0));
+            self.last_prompt_tokens as f64 > TOKEN_TRIGGER * room as f64
+        });
+        if near_window {
+            tracing::info!(
+                prompt_tokens = self.last_prompt_tokens,
+                "prompt nears the context window: condensing"
+            );
         }
-        let mut condensed = 0;
+        too_long || near_window
+    }
+
+    /// One LLM call on the history, condensing it first when too long, and again
+    /// when the LLM says the context overflowed.
+    async fn complete(&mut self) -> Result<Completion, AgentEnd> {
+        if self.needs_condensation() {
+            self.condense(Mode::Normal).await;
+        }
+        let mut rounds = 0;
         loop {
             let messages: Vec<ChatMessage> = self
                 .run
                 .events
                 .with(|ev| history::messages(&condense::view(ev)));
             match self.run.llm.complete(&messages, &self.schemas).await {
-                Ok(c) => return Ok(c),
-                Err(LlmError::ContextLength { message })
-                    if condensed < MAX_CONTEXT_CONDENSATIONS && self.condense() =>
-                {
-                    condensed += 1;
-                    tracing::info!(%message, round = condensed, "context window exceeded: history condensed, retrying");
+                Ok(c) => {
+                    self.last_prompt_tokens = c.usage.prompt_tokens;
+                    return Ok(c);
+                }
+                Err(LlmError::ContextLength { message }) if rounds < MAX_CONTEXT_ROUNDS => {
+                    rounds += 1;
+                    // The last round, or nothing left to forget: keep only the
+                    // first events, the summary and the newest turn.
+                    let done = rounds < MAX_CONTEXT_ROUNDS && self.condense(Mode::Normal).await;
+                    if !done && !self.condense(Mode::LastResort).await {
+                        return Err(self.llm_failed(LlmError::ContextLength { message }));
+                    }
+                    tracing::info!(%message, round = rounds, "context window exceeded: history condensed, retrying");
                 }
                 Err(e) => return Err(self.llm_failed(e)),
             }
         }
     }
 
-    /// Appends a condensation of the history; false when nothing can be forgotten.
-    fn condense(&self) -> bool {
-        let Some(plan) = self
-            .run
-            .events
-            .with(|ev| condense::plan(&condense::view(ev)))
-        else {
+    /// Appends a condensation of the history, its summary written by the LLM
+    /// (the fixed digest when that call fails); false when nothing can be
+    /// forgotten.
+    async fn condense(&mut self, mode: Mode) -> bool {
+        let Some((plan, request)) = self.run.events.with(|ev| {
+            let items = condense::view(ev);
+            condense::plan_with(&items, mode).map(|p| {
+                let request = condense::summary_request(&items, &p);
+                (p, request)
+            })
+        }) else {
             return false;
+        };
+        let summary = match self.run.llm.summarize(&request).await {
+            Ok(c) => {
+                self.account(c.cost_usd, &c.usage);
+                match c
+                    .message
+                    .content
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
+                    Some(text) => condense::llm_summary(&self.mask(text)),
+                    None => {
+                        tracing::warn!("summary reply was empty: using the digest");
+                        plan.summary.clone()
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %self.mask(&e.to_string()), "summary call failed: using the digest");
+                plan.summary.clone()
+            }
         };
         tracing::info!(
             forgotten = plan.forgotten_event_ids.len(),
+            ?mode,
             "history condensed"
         );
         self.log(
             Source::Environment,
             EventKind::Condensation {
                 forgotten_event_ids: plan.forgotten_event_ids,
-                summary: plan.summary,
+                summary,
             },
         );
         true
@@ -261,32 +360,58 @@ impl<'a> Agent<'a> {
             let parsed: Result<Value, String> = if raw.trim().is_empty() {
                 Ok(json!({}))
             } else {
-                serde_json::from_str(raw).map_err(|e| e.to_string())
+                serde_json::from_str(raw).map_err(|e| format!("invalid JSON: {e}"))
             };
-            let arguments = match &parsed {
+            // Old names, `summary`/`security_risk`, sloppy types (see normalize).
+            let (tool, args, summary, security_risk) = match parsed {
+                Ok(v) => match normalize::normalize(name, v, &self.schemas) {
+                    Ok(c) => (c.tool, Ok(c.args), c.summary, c.security_risk),
+                    Err(problem) => (
+                        normalize::tool_name(name).unwrap_or(name).to_string(),
+                        Err(problem),
+                        None,
+                        None,
+                    ),
+                },
+                Err(e) => (
+                    normalize::tool_name(name).unwrap_or(name).to_string(),
+                    Err(e),
+                    None,
+                    None,
+                ),
+            };
+            let name = tool.as_str();
+            let arguments = match &args {
                 Ok(v) => mask_json(v, &|s| self.mask(s)),
                 Err(_) => Value::String(self.mask(raw)),
             };
+            let first = i == 0;
             self.log(
                 Source::Agent,
                 EventKind::ActionEvent {
                     tool_name: name.to_string(),
                     tool_call_id: id.clone(),
                     arguments,
-                    thought: if i == 0 { text.clone() } else { String::new() },
+                    thought: if first { text.clone() } else { String::new() },
                     step: self.steps,
+                    meta: ActionMeta {
+                        summary: summary.map(|s| self.mask(&s)),
+                        security_risk,
+                        reasoning: reasoning.clone().filter(|_| first),
+                        thinking_blocks: if first {
+                            message.thinking_blocks.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    },
                 },
             );
 
             let outcome = if !NAMES.contains(&name) {
-                Outcome::Rejected(tools::unknown_tool(name))
+                Outcome::Rejected(tools::unknown_tool(&call.function.name))
             } else {
-                match parsed {
-                    Err(e) => Outcome::Rejected(tools::invalid_args(
-                        name,
-                        raw,
-                        &format!("invalid JSON: {e}"),
-                    )),
+                match args {
+                    Err(problem) => Outcome::Rejected(tools::invalid_args(name, raw, &problem)),
                     Ok(args) => {
                         let ctx = Ctx {
                             workspace: self.run.workspace,
@@ -451,3 +576,7 @@ fn mask_json(v: &Value, mask: &dyn Fn(&str) -> String) -> Value {
 #[cfg(test)]
 #[path = "loop_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "loop_context_tests.rs"]
+mod context_tests;

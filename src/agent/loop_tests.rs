@@ -14,22 +14,22 @@ use crate::mock_llm::MockLlm;
 use crate::workspace::local::LocalBackend;
 use crate::workspace::{Backend, Workspace, WorkspaceSpec};
 
-struct Ran {
-    report: AgentReport,
-    events: Vec<Event>,
+pub(super) struct Ran {
+    pub(super) report: AgentReport,
+    pub(super) events: Vec<Event>,
     workdir: String,
     /// Files of the workdir after the run.
     files: Vec<String>,
 }
 
-struct Setup {
-    scripts: tempfile::TempDir,
+pub(super) struct Setup {
+    pub(super) scripts: tempfile::TempDir,
     root: tempfile::TempDir,
-    mock: MockLlm,
+    pub(super) mock: MockLlm,
 }
 
 impl Setup {
-    async fn new() -> Setup {
+    pub(super) async fn new() -> Setup {
         let scripts = tempfile::tempdir().expect("tempdir");
         let root = tempfile::tempdir().expect("tempdir");
         let mock = MockLlm::start(
@@ -45,7 +45,7 @@ impl Setup {
         }
     }
 
-    fn client(&self, model: &str, price: Price) -> LlmClient {
+    pub(super) fn client(&self, model: &str, price: Price) -> LlmClient {
         let mut s = LlmSettings::new(model, self.mock.base_url());
         s.price = price;
         s.max_attempts = 2;
@@ -55,7 +55,7 @@ impl Setup {
         LlmClient::new(reqwest::Client::new(), s)
     }
 
-    async fn workspace(&self, env: &[(&str, &str)]) -> Workspace {
+    pub(super) async fn workspace(&self, env: &[(&str, &str)]) -> Workspace {
         let spec = WorkspaceSpec {
             job_id: "agent-test".into(),
             attempt: 1,
@@ -70,6 +70,9 @@ impl Setup {
             cpus: 1.0,
             pids: 64,
             network: "none".into(),
+            user: None,
+            read_only_root: false,
+            disk_mb: None,
         };
         Backend::Local(LocalBackend::new(self.root.path().to_path_buf()))
             .start(&spec)
@@ -78,7 +81,7 @@ impl Setup {
     }
 }
 
-fn job(task: &str, edit: impl FnOnce(&mut JobSpec)) -> JobSpec {
+pub(super) fn job(task: &str, edit: impl FnOnce(&mut JobSpec)) -> JobSpec {
     let mut job: JobSpec = serde_json::from_value(json!({"id": "t", "task": task})).expect("job");
     edit(&mut job);
     job
@@ -133,11 +136,11 @@ async fn run_script(
     }
 }
 
-async fn run_simple(name: &str, script: Value) -> Ran {
+pub(super) async fn run_simple(name: &str, script: Value) -> Ran {
     run_script(name, script, |_| {}, Price::default(), &[]).await
 }
 
-fn errors(events: &[Event]) -> Vec<&str> {
+pub(super) fn errors(events: &[Event]) -> Vec<&str> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -304,6 +307,7 @@ async fn budget_ends_the_run() {
     let price = Price {
         input_per_mtok: 1000.0,
         output_per_mtok: 0.0,
+        ..Price::default()
     };
     let ran = run_script(
         "budget",
@@ -577,6 +581,7 @@ async fn long_history_is_condensed_before_the_call() {
                 arguments: json!({"thought": format!("thought {i}")}),
                 thought: String::new(),
                 step: i + 1,
+                meta: Default::default(),
             },
         );
         events.append(
@@ -610,3 +615,4 @@ async fn long_history_is_condensed_before_the_call() {
     ws.destroy().await.expect("destroy");
     setup.mock.stop().await;
 }
+

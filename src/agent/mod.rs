@@ -16,6 +16,7 @@ pub mod events;
 mod history;
 mod loop_;
 pub mod prompt;
+pub mod repo;
 pub mod secrets;
 pub mod stuck;
 pub mod tools;

@@ -275,6 +275,7 @@ mod tests {
                 arguments: json!({"command": command}),
                 thought: String::new(),
                 step: 0,
+                meta: Default::default(),
             },
         );
     }
@@ -541,6 +542,7 @@ mod tests {
                     arguments: json!({"command": "ls"}),
                     thought: format!("attempt {i}"),
                     step: i,
+                    meta: Default::default(),
                 },
             );
             obs(&log, "same", &format!("c{i}"));

@@ -37,10 +37,17 @@ pub fn render(e: &Event) -> String {
         EventKind::ActionEvent {
             tool_name,
             arguments,
+            meta,
             ..
         } => {
+            // The model's own words on the call, when it gave them.
+            let summary = meta
+                .summary
+                .as_deref()
+                .map(|s| format!(" — {}", table::first_line(s, 80)))
+                .unwrap_or_default();
             format!(
-                "→ {tool_name} {}",
+                "→ {tool_name} {}{summary}",
                 table::first_line(&arguments.to_string(), 200)
             )
         }

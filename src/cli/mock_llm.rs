@@ -17,6 +17,11 @@ pub struct MockLlmArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub addr: SocketAddr,
+    /// Append one JSON line per request received to FILE (created or
+    /// truncated): the model, how it was answered, the step, the status and
+    /// the request body as sent.
+    #[arg(long, value_name = "FILE")]
+    pub request_log: Option<PathBuf>,
 }
 
 pub async fn run(a: MockLlmArgs) -> anyhow::Result<ExitCode> {
@@ -27,7 +32,10 @@ pub async fn run(a: MockLlmArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let m = crate::mock_llm::MockLlm::start(a.scripts.clone(), a.addr)
+    let options = crate::mock_llm::MockOptions {
+        request_log: a.request_log.clone(),
+    };
+    let m = crate::mock_llm::MockLlm::start_with(a.scripts.clone(), a.addr, options)
         .await
         .context("starting the scripted LLM")?;
     println!("{}", m.base_url());

@@ -38,6 +38,18 @@ pub struct RunArgs {
     /// No progress display (it is also off when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// `trust`: the job file is yours, as is this environment (jobs may name any
+    /// variable, endpoint and network). `worker`: apply the worker policy
+    /// (FLEET_JOB_SECRETS, FLEET_LLM_ENDPOINTS, …), for a job file from elsewhere.
+    #[arg(long, value_enum, default_value = "trust")]
+    pub policy: PolicyMode,
+}
+
+/// Whether `fleet run` applies the worker policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyMode {
+    Trust,
+    Worker,
 }
 
 pub fn concurrency(flag: Option<usize>) -> Result<usize, UsageError> {
@@ -82,8 +94,11 @@ pub async fn backend(
     Ok(b)
 }
 
+/// The LLM client. Redirects are not followed: a job's requests (and its key) go
+/// to the endpoint the policy allowed, never where that endpoint points.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
@@ -126,10 +141,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let policy = crate::policy::Policy::from_env(&settings.llm_base_url)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let enforce_policy = a.policy == PolicyMode::Worker;
+    let mut hooks = webhook::WebhookSettings::from_env();
+    hooks.allow_private = !enforce_policy || policy.webhook_allow_private;
     let notifier = webhook::Notifier::new(
         webhook::http_client().context("building the webhook client")?,
         store.clone(),
-        webhook::WebhookSettings::from_env(),
+        hooks,
     );
     let svc = Arc::new(Services {
         store,
@@ -138,6 +158,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         settings,
         scratch: scratch.path().to_path_buf(),
         notifier: notifier.clone(),
+        policy: Arc::new(policy),
+        enforce_policy,
     });
 
     let show = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -60,6 +60,10 @@ pub struct SubmitArgs {
     /// JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Check the jobs against the worker policy of this environment before
+    /// anything is sent (the workers enforce it anyway; this fails early).
+    #[arg(long)]
+    pub policy_check: bool,
 }
 
 /// batches/<id>.json
@@ -117,6 +121,20 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         None => task_job(&a)?,
     };
+    if a.policy_check {
+        let base = config::RunSettings::from_env(String::new()).llm_base_url;
+        let policy =
+            crate::policy::Policy::from_env(&base).map_err(|e| UsageError(e.to_string()))?;
+        for (i, j) in jobs.iter().enumerate() {
+            if let Err(v) = policy.check(j).await {
+                return Err(UsageError(format!(
+                    "job {i} (id {:?}): refused by the worker policy: {v}",
+                    j.id
+                ))
+                .into());
+            }
+        }
+    }
     let store_spec = a.store.resolve();
     let store = Store::open(&store_spec)
         .await

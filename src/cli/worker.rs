@@ -17,6 +17,7 @@ use super::{
     run::{backend, concurrency, http_client},
 };
 use crate::config::{self, RunSettings};
+use crate::policy::Policy;
 use crate::queue::{AmqpOptions, ControlMsg, Queue};
 use crate::results::webhook;
 use crate::store::Store;
@@ -48,9 +49,20 @@ pub struct WorkerArgs {
     /// Use quorum queues (HA clusters) instead of classic queues with priorities.
     #[arg(long)]
     pub quorum: bool,
+    /// Print the worker policy this environment gives (FLEET_JOB_SECRETS,
+    /// FLEET_LLM_ENDPOINTS, FLEET_JOB_NETWORKS, the FLEET_MAX_* ceilings, …) and exit.
+    #[arg(long)]
+    pub print_policy: bool,
 }
 
 pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    // Resolved first: a bad policy variable stops the worker before it connects.
+    let llm_base_url = RunSettings::from_env(String::new()).llm_base_url;
+    let policy = Policy::from_env(&llm_base_url).map_err(|e| UsageError(e.to_string()))?;
+    if a.print_policy {
+        print!("{}", policy.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
     let n = concurrency(a.concurrency)?;
     let metrics_addr: SocketAddr = config::resolve(
         a.metrics_addr.clone(),
@@ -91,6 +103,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let settings = RunSettings::from_env(worker_id.clone());
     let mut hooks = webhook::WebhookSettings::from_env();
     hooks.send_started = a.webhook_started;
+    hooks.allow_private = policy.webhook_allow_private;
     let notifier = webhook::Notifier::new(
         webhook::http_client().context("building the webhook client")?,
         store.clone(),
@@ -103,6 +116,8 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         settings,
         scratch: scratch.path().to_path_buf(),
         notifier: notifier.clone(),
+        policy: Arc::new(policy),
+        enforce_policy: true,
     });
 
     let shutdown = Shutdown::default();

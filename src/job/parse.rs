@@ -222,6 +222,8 @@ fn valid_image(image: &str) -> bool {
 
 /// A task longer than this is refused (the queue's messages are at most 1 MiB).
 const MAX_TASK_BYTES: usize = 256 * 1024;
+/// The job's `instructions` go into every request's system prompt: kept small.
+const MAX_INSTRUCTIONS_BYTES: usize = 64 * 1024;
 
 /// A value quoted in an error, cut so the message stays one readable line.
 fn clip(v: &str) -> String {
@@ -313,8 +315,43 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
         }
     }
     if let Some(p) = &s.llm.price {
-        if p.input_per_mtok < 0.0 || p.output_per_mtok < 0.0 {
-            return bad("llm.price", "prices must not be negative".into());
+        let prices = [
+            Some(p.input_per_mtok),
+            Some(p.output_per_mtok),
+            p.cache_read_per_mtok,
+            p.cache_write_per_mtok,
+        ];
+        if prices.into_iter().flatten().any(|v| !(v >= 0.0 && v.is_finite())) {
+            return bad("llm.price", "prices must be finite and not negative".into());
+        }
+    }
+    if let Some(n) = s.llm.max_output_tokens {
+        if !(1..=1_000_000).contains(&n) {
+            return bad("llm.max_output_tokens", format!("{n} is outside 1..1000000"));
+        }
+    }
+    if let Some(e) = &s.llm.reasoning_effort {
+        if !matches!(e.as_str(), "low" | "medium" | "high") {
+            return bad(
+                "llm.reasoning_effort",
+                format!("{:?} must be low, medium or high", clip(e)),
+            );
+        }
+    }
+    if let Some(m) = &s.llm.condenser_model {
+        if m.trim().is_empty() || m.len() > 255 || m.chars().any(char::is_control) {
+            return bad(
+                "llm.condenser_model",
+                "must be a model name (1 to 255 characters, no control characters)".into(),
+            );
+        }
+    }
+    if let Some(i) = &s.instructions {
+        if i.len() > MAX_INSTRUCTIONS_BYTES {
+            return bad(
+                "instructions",
+                format!("{} bytes is more than {MAX_INSTRUCTIONS_BYTES}", i.len()),
+            );
         }
     }
     let l = &s.limits;
@@ -357,6 +394,32 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
             "limits.network",
             format!("{:?} is not a network name", l.network),
         );
+    }
+    if let Some(d) = l.disk_mb {
+        if d < 16 {
+            return bad("limits.disk_mb", format!("{d} must be at least 16"));
+        }
+    }
+    if let Some(u) = &l.user {
+        let part = |p: &str| {
+            (1..=32).contains(&p.len())
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !p.starts_with('-')
+        };
+        let ok = match u.split_once(':') {
+            Some((a, b)) => part(a) && part(b),
+            None => part(u),
+        };
+        if !ok {
+            return bad(
+                "limits.user",
+                format!(
+                    "{:?} must be USER or USER:GROUP (names or numbers)",
+                    clip(u)
+                ),
+            );
+        }
     }
     let st = &s.stuck;
     for (name, v) in [
@@ -472,5 +535,35 @@ mod tests {
         assert!(e.contains("workdir"), "{e}");
         let e = parse(r#"[{"id": "a", "task": "t", "env": {"A": "x\u0000"}}]"#).unwrap_err();
         assert!(e.contains("env.A") && e.contains("NUL"), "{e}");
+        for (llm, field) in [
+            (r#"{"reasoning_effort": "max"}"#, "llm.reasoning_effort"),
+            (r#"{"max_output_tokens": 0}"#, "llm.max_output_tokens"),
+            (r#"{"condenser_model": " "}"#, "llm.condenser_model"),
+            (r#"{"price": {"cache_read_per_mtok": -1}}"#, "llm.price"),
+            (r#"{"native_tools": "no"}"#, "llm.native_tools"),
+        ] {
+            let e = parse(&format!(r#"[{{"id": "a", "task": "t", "llm": {llm}}}]"#)).unwrap_err();
+            assert!(e.contains(field) && !e.contains('\n'), "{llm}: {e}");
+        }
+        let big = "x".repeat(MAX_INSTRUCTIONS_BYTES + 1);
+        let e = parse(&format!(r#"[{{"id": "a", "task": "t", "instructions": "{big}"}}]"#)).unwrap_err();
+        assert!(e.contains("instructions"), "{e}");
+    }
+
+    #[test]
+    fn instructions_and_llm_fields_merge_from_defaults() {
+        let jobs = parse(
+            r#"{"defaults": {"instructions": "Run `make check` before finishing.",
+                             "llm": {"reasoning_effort": "low", "price": {"cache_read_per_mtok": 0.3}}},
+                "jobs": [{"id": "x", "task": "t", "llm": {"native_tools": false, "price": {"input_per_mtok": 3}}},
+                         {"id": "y", "task": "t", "instructions": "own"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(jobs[0].instructions.as_deref(), Some("Run `make check` before finishing."));
+        assert_eq!(jobs[0].llm.reasoning_effort.as_deref(), Some("low"));
+        assert_eq!(jobs[0].llm.native_tools, Some(false));
+        let p = jobs[0].llm.price.unwrap();
+        assert_eq!((p.input_per_mtok, p.cache_read_per_mtok), (3.0, Some(0.3)));
+        assert_eq!(jobs[1].instructions.as_deref(), Some("own"));
     }
 }

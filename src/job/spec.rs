@@ -21,6 +21,10 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Added to the agent's context: a batch's shared playbook (also settable
+    /// in the job file's `defaults`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
     #[serde(default)]
     pub llm: LlmSpec,
     #[serde(default)]
@@ -72,10 +76,24 @@ pub struct LlmSpec {
     pub api_key_env: Option<String>,
     #[serde(default)]
     pub temperature: Option<f64>,
+    /// Output-token limit of one reply; a model-aware default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// `low` | `medium` | `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// False for endpoints without tool calling: tools go into the prompt as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_tools: Option<bool>,
+    /// Model for condensation summaries (default: the job's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condenser_model: Option<String>,
     #[serde(default)]
     pub price: Option<Price>,
 }
 
+/// US dollars per million tokens. Cache prices default to the input price (no
+/// discount assumed, so a budget is never under-counted).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -83,13 +101,34 @@ pub struct Price {
     pub input_per_mtok: f64,
     #[serde(default)]
     pub output_per_mtok: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 impl Price {
-    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok
-            + completion_tokens as f64 * self.output_per_mtok)
+    /// The cost of one reply. `prompt_tokens` includes the cached ones, which
+    /// are priced at their own rates instead of the input rate.
+    pub fn cost(&self, usage: &crate::llm::Usage) -> f64 {
+        let read = usage.cache_read().min(usage.prompt_tokens);
+        let write = usage.cache_write().min(usage.prompt_tokens - read);
+        let fresh = usage.prompt_tokens - read - write;
+        (fresh as f64 * self.input_per_mtok
+            + read as f64 * self.cache_read_per_mtok.unwrap_or(self.input_per_mtok)
+            + write as f64 * self.cache_write_per_mtok.unwrap_or(self.input_per_mtok)
+            + usage.completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
+    }
+
+    /// The built-in list price of `model`, when the table knows it.
+    pub fn builtin(model: &str) -> Option<Price> {
+        crate::llm::models::lookup(model).map(|f| Price {
+            input_per_mtok: f.input_per_mtok,
+            output_per_mtok: f.output_per_mtok,
+            cache_read_per_mtok: Some(f.cache_read_per_mtok),
+            cache_write_per_mtok: Some(f.cache_write_per_mtok),
+        })
     }
 }
 
@@ -109,6 +148,16 @@ pub struct Limits {
     pub cpus: f64,
     pub pids: i64,
     pub network: String,
+    /// The workspace's disk limit in MiB (default: the worker's `FLEET_MAX_DISK_MB`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// Run the job's commands as this user (`UID[:GID]` or a name the image knows),
+    /// within the worker's `FLEET_JOB_USERS`; default: the image's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A read-only root filesystem; the workdir and `/tmp` stay writable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 impl Default for Limits {
@@ -124,6 +173,9 @@ impl Default for Limits {
             cpus: 1.0,
             pids: 512,
             network: "none".into(),
+            disk_mb: None,
+            user: None,
+            read_only_root: false,
         }
     }
 }

@@ -266,11 +266,21 @@ impl StatusRecord {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Token counts of one job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
+    /// Of `prompt`: tokens read from and written to the provider's cache
+    /// (left out while zero, so records of uncached jobs keep their shape).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write: u64,
 }
 
 /// result.json: the job's outcome.

@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use bytes::Bytes;
-use serde::Serialize;
 
 use super::retry::{self, AttemptError, Failure};
 use super::{ChatMessage, ChatResponse, Completion, LlmError, LlmSettings, LlmStats};
+use super::{text_tools, wire};
+use crate::job::Price;
 use crate::telemetry::metrics;
+
+/// The largest reply body read (a completion is kilobytes; 32 MiB leaves room
+/// for a model writing a very large file in one call).
+const MAX_REPLY_BYTES: usize = 32 << 20;
 
 pub struct LlmClient {
     settings: LlmSettings,
@@ -24,19 +29,6 @@ pub struct LlmClient {
     /// `{base_url}/chat/completions`, built once.
     url: String,
     stats: Mutex<LlmStats>,
-}
-
-/// The wire form of [`super::ChatRequest`], borrowing the conversation so a step
-/// does not copy the whole history before serialising it (a unit test keeps the
-/// two identical on the wire).
-#[derive(Serialize)]
-struct RequestBody<'a> {
-    model: &'a str,
-    messages: &'a [ChatMessage],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tools: &'a [serde_json::Value],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
 }
 
 impl LlmClient {
@@ -63,12 +55,40 @@ impl LlmClient {
         messages: &[ChatMessage],
         tools: &[serde_json::Value],
     ) -> Result<Completion, LlmError> {
-        let body = RequestBody {
-            model: &self.settings.model,
-            messages,
-            tools,
-            temperature: self.settings.temperature,
+        self.request(&self.settings.model, &self.settings.price, messages, tools)
+            .await
+    }
+
+    /// A completion by the condenser's model (`llm.condenser_model`, else the
+    /// job's), with no tools: the summary of a condensation. Priced by the
+    /// built-in table for a condenser model of its own, else the job's price.
+    pub async fn summarize(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
+        match self.settings.condenser_model.as_deref() {
+            Some(m) if m != self.settings.model => {
+                let price = Price::builtin(m).unwrap_or(self.settings.price);
+                self.request(m, &price, messages, &[]).await
+            }
+            _ => self.complete(messages, &[]).await,
+        }
+    }
+
+    async fn request(
+        &self,
+        model: &str,
+        price: &Price,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<Completion, LlmError> {
+        // Without native tool calls the tools travel as text in the prompt.
+        let text_mode = !self.settings.native_tools && !tools.is_empty();
+        let converted;
+        let (messages, tools) = if text_mode {
+            converted = text_tools::to_text_messages(messages, tools);
+            (converted.as_slice(), &[][..])
+        } else {
+            (messages, tools)
         };
+        let body = wire::body(&self.settings, model, messages, tools);
         // Serialised once: every retry sends the same bytes.
         let body = Bytes::from(
             serde_json::to_vec(&body).map_err(|e| LlmError::Protocol(format!("request: {e}")))?,
@@ -76,7 +96,7 @@ impl LlmClient {
         let attempts = AtomicU32::new(0);
         let max_backoff = self.settings.max_backoff;
 
-        let result = (|| self.attempt(body.clone(), &attempts))
+        let result = (|| self.attempt(body.clone(), price, &attempts))
             .retry(retry::backoff(&self.settings))
             .when(AttemptError::transient)
             .adjust(|e: &AttemptError, wait| {
@@ -87,11 +107,18 @@ impl LlmClient {
             })
             .await;
 
-        result.map_err(|e| {
+        let mut completion = result.map_err(|e| {
             let attempts = attempts.load(Ordering::Relaxed);
             self.on_final_failure(&e, attempts);
             e.into_llm_error(attempts)
-        })
+        })?;
+        if text_mode && completion.message.tool_calls.is_empty() {
+            let content = completion.message.content.take().unwrap_or_default();
+            let (text, calls) = text_tools::parse_reply(&content);
+            completion.message.content = Some(text);
+            completion.message.tool_calls = calls;
+        }
+        Ok(completion)
     }
 
     pub fn stats(&self) -> LlmStats {
@@ -105,7 +132,12 @@ impl LlmClient {
 
     /// One HTTP attempt: send, read the whole reply under the request deadline,
     /// classify it. Counts the request and its latency whatever the result.
-    async fn attempt(&self, body: Bytes, attempts: &AtomicU32) -> Result<Completion, AttemptError> {
+    async fn attempt(
+        &self,
+        body: Bytes,
+        price: &Price,
+        attempts: &AtomicU32,
+    ) -> Result<Completion, AttemptError> {
         let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Instant::now();
         let reply = self.send(body).await;
@@ -115,7 +147,7 @@ impl LlmClient {
         let result = match reply {
             Err(e) => Err(e),
             Ok((status, _, bytes)) if (200..300).contains(&status) => {
-                self.read_completion(status, &bytes)
+                self.read_completion(status, &bytes, price)
             }
             Ok((status, headers, bytes)) => Err(retry::classify(
                 status,
@@ -164,14 +196,32 @@ impl LlmClient {
         if let Some(key) = self.settings.api_key.as_deref().filter(|k| !k.is_empty()) {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        Ok((status, headers, bytes))
+        // Read in chunks under a cap: a runaway (or hostile) endpoint must not
+        // make one reply cost the worker gigabytes.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(AttemptError {
+                    failure: Failure::Protocol,
+                    status: Some(status),
+                    retry_after: None,
+                    message: format!("reply body is over the {} MiB limit", MAX_REPLY_BYTES >> 20),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, Bytes::from(body)))
     }
 
-    fn read_completion(&self, status: u16, body: &[u8]) -> Result<Completion, AttemptError> {
+    fn read_completion(
+        &self,
+        status: u16,
+        body: &[u8],
+        price: &Price,
+    ) -> Result<Completion, AttemptError> {
         let protocol = |message: String| AttemptError {
             failure: Failure::Protocol,
             status: Some(status),
@@ -190,10 +240,7 @@ impl LlmClient {
                 message: "reply had no choices".into(),
             });
         };
-        let cost_usd = self
-            .settings
-            .price
-            .cost(usage.prompt_tokens, usage.completion_tokens);
+        let cost_usd = price.cost(&usage);
         Ok(Completion {
             message: choice.message,
             usage,
@@ -221,6 +268,12 @@ impl LlmClient {
         m.llm_tokens
             .with_label_values(&["completion"])
             .inc_by(c.usage.completion_tokens);
+        m.llm_tokens
+            .with_label_values(&["cache_read"])
+            .inc_by(c.usage.cache_read());
+        m.llm_tokens
+            .with_label_values(&["cache_write"])
+            .inc_by(c.usage.cache_write());
         // A counter must not go down: a negative or NaN price never reaches it.
         if c.cost_usd.is_finite() && c.cost_usd > 0.0 {
             m.llm_cost.inc_by(c.cost_usd);
@@ -228,6 +281,8 @@ impl LlmClient {
         let mut s = self.lock_stats();
         s.prompt_tokens += c.usage.prompt_tokens;
         s.completion_tokens += c.usage.completion_tokens;
+        s.cache_read_tokens += c.usage.cache_read();
+        s.cache_write_tokens += c.usage.cache_write();
         s.cost_usd += c.cost_usd;
     }
 
@@ -286,36 +341,6 @@ fn transport_error(e: &reqwest::Error) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{ChatRequest, Role};
-
-    #[test]
-    fn borrowed_body_matches_chat_request() {
-        let messages = vec![
-            ChatMessage::text(Role::System, "s"),
-            ChatMessage::text(Role::User, "u"),
-        ];
-        for (tools, temperature) in [
-            (vec![], None),
-            (vec![serde_json::json!({"type": "function"})], Some(0.2)),
-        ] {
-            let owned = ChatRequest {
-                model: "m".into(),
-                messages: messages.clone(),
-                tools: tools.clone(),
-                temperature,
-            };
-            let borrowed = RequestBody {
-                model: "m",
-                messages: &messages,
-                tools: &tools,
-                temperature,
-            };
-            assert_eq!(
-                serde_json::to_value(&owned).unwrap(),
-                serde_json::to_value(&borrowed).unwrap()
-            );
-        }
-    }
 
     #[test]
     fn url_trims_a_trailing_slash() {

@@ -4,8 +4,12 @@
 //! `Retry-After`; never retries 400/401/403/404/422. Accumulates usage and cost.
 
 pub mod client;
+pub mod context_errors;
+pub mod models;
 mod retry;
+pub mod text_tools;
 pub mod types;
+mod wire;
 
 use std::time::Duration;
 
@@ -13,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub use client::LlmClient;
 pub use types::{
-    ChatMessage, ChatRequest, ChatResponse, Choice, FunctionCall, Role, ToolCall, Usage,
+    ChatMessage, ChatRequest, ChatResponse, Choice, FunctionCall, PromptTokensDetails, Role,
+    ToolCall, Usage,
 };
 
 use crate::job::Price;
@@ -26,6 +31,16 @@ pub struct LlmSettings {
     pub base_url: String,
     pub api_key: Option<String>,
     pub temperature: Option<f64>,
+    /// Sent with every request (model-aware default, see [`models`]).
+    pub max_output_tokens: Option<u64>,
+    /// `low` | `medium` | `high`, sent as the model's endpoint expects.
+    pub reasoning_effort: Option<String>,
+    /// False: tools are rendered into the prompt and calls parsed from text.
+    pub native_tools: bool,
+    /// Stable per job, so OpenAI-style providers route its requests to one cache.
+    pub prompt_cache_key: Option<String>,
+    /// Writes condensation summaries; `None`: the job's model.
+    pub condenser_model: Option<String>,
     pub price: Price,
     /// Deadline of one HTTP request (upstream default 300 s).
     pub request_timeout: Duration,
@@ -38,11 +53,17 @@ pub struct LlmSettings {
 
 impl LlmSettings {
     pub fn new(model: impl Into<String>, base_url: impl Into<String>) -> LlmSettings {
+        let model = model.into();
         LlmSettings {
-            model: model.into(),
+            max_output_tokens: Some(models::default_max_output_tokens(&model)),
+            model,
             base_url: base_url.into(),
             api_key: None,
             temperature: None,
+            reasoning_effort: None,
+            native_tools: true,
+            prompt_cache_key: None,
+            condenser_model: None,
             price: Price::default(),
             request_timeout: Duration::from_secs(300),
             max_attempts: 5,
@@ -72,6 +93,11 @@ pub struct LlmStats {
     pub failures: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens served from, and written to, the provider's cache.
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
     pub latency_ms_total: u64,
     pub latency_ms_max: u64,

@@ -87,7 +87,9 @@ pub(crate) fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) 
         429 | 500 | 502 | 503 | 504 => Failure::Transient,
         401 | 403 => Failure::Auth,
         404 => Failure::NotFound,
-        400..=499 if says_context_length(code.as_deref(), &message) => Failure::ContextLength,
+        400..=499 if super::context_errors::is_context_length(code.as_deref(), &message) => {
+            Failure::ContextLength
+        }
         400..=499 => Failure::BadRequest,
         500..=599 => Failure::ServerFault,
         _ => Failure::Protocol,
@@ -103,25 +105,6 @@ pub(crate) fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) 
         retry_after,
         message: trim(&message),
     }
-}
-
-/// Providers word a context-window overflow differently; OpenAI's `code` is the
-/// reliable signal, the phrases cover the OpenAI-compatible servers that only send
-/// a message (vLLM, llama.cpp, LiteLLM proxies).
-fn says_context_length(code: Option<&str>, message: &str) -> bool {
-    if code == Some("context_length_exceeded") {
-        return true;
-    }
-    let m = message.to_ascii_lowercase();
-    [
-        "context length",
-        "context_length_exceeded",
-        "maximum context",
-        "context window",
-        "too many tokens",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
 }
 
 /// The message and code of an error body. OpenAI sends

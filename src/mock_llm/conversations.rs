@@ -85,6 +85,38 @@ impl FailCounters {
     }
 }
 
+/// Replies served per conversation (scripts with `step_by: "served"`), bounded
+/// like [`FailCounters`].
+pub struct ServedCounters {
+    cap: usize,
+    inner: Mutex<HashMap<ConversationKey, usize>>,
+}
+
+impl ServedCounters {
+    pub fn new(cap: usize) -> ServedCounters {
+        ServedCounters {
+            cap: cap.max(1),
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Replies served to `conversation` so far.
+    pub fn get(&self, conversation: ConversationKey) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.get(&conversation).copied().unwrap_or(0)
+    }
+
+    /// Counts one more reply served.
+    pub fn advance(&self, conversation: ConversationKey) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.len() >= self.cap && !inner.contains_key(&conversation) {
+            // Past the cap the counts start over: a benchmark never needs them.
+            inner.clear();
+        }
+        *inner.entry(conversation).or_insert(0) += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,7 @@
 //! a bad request: it answers 400.
 
 mod conversations;
+pub mod extras;
 mod script;
 
 use std::net::SocketAddr;
@@ -73,8 +74,9 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use conversations::{FailCounters, conversation_key};
-use script::{Reply, ScriptCache, ScriptError};
+use conversations::{FailCounters, ServedCounters, conversation_key};
+use extras::RequestLog;
+use script::{Reply, ScriptCache, ScriptError, StepBy};
 
 pub use script::DEFAULT_USAGE;
 
@@ -91,16 +93,40 @@ pub struct MockLlm {
     task: JoinHandle<std::io::Result<()>>,
 }
 
+/// How a server is started beyond its scripts and address.
+#[derive(Debug, Clone, Default)]
+pub struct MockOptions {
+    /// Append one JSON line per request received to this file (created or
+    /// truncated): `{"model", "kind", "step", "status", "request"}`.
+    pub request_log: Option<PathBuf>,
+}
+
 impl MockLlm {
     /// Starts serving scripts from `dir` on `addr` (port 0 picks a free one);
     /// returns once the socket listens.
     pub async fn start(dir: PathBuf, addr: SocketAddr) -> std::io::Result<MockLlm> {
+        MockLlm::start_with(dir, addr, MockOptions::default()).await
+    }
+
+    /// [`MockLlm::start`] with options.
+    pub async fn start_with(
+        dir: PathBuf,
+        addr: SocketAddr,
+        options: MockOptions,
+    ) -> std::io::Result<MockLlm> {
+        let request_log = options
+            .request_log
+            .as_deref()
+            .map(RequestLog::create)
+            .transpose()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let state = Arc::new(Server {
             scripts: ScriptCache::new(dir),
             fails: FailCounters::new(conversations::DEFAULT_CAP),
+            served: ServedCounters::new(conversations::DEFAULT_CAP),
+            request_log,
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
         });
@@ -146,6 +172,8 @@ impl MockLlm {
 struct Server {
     scripts: ScriptCache,
     fails: FailCounters,
+    served: ServedCounters,
+    request_log: Option<RequestLog>,
     shutdown: CancellationToken,
     next_id: AtomicU64,
 }
@@ -165,6 +193,8 @@ struct IncomingRequest {
     model: String,
     #[serde(default)]
     messages: Vec<IncomingMessage>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -176,69 +206,123 @@ struct IncomingMessage {
 }
 
 /// The body is read as bytes, not through axum's `Json`, so a bad request gets an
-/// OpenAI-style 400 rather than axum's plain-text rejection.
+/// OpenAI-style 400 rather than axum's plain-text rejection. Every request is
+/// recorded in the request log (when one is kept) with how it was answered.
 async fn complete(State(server): State<Arc<Server>>, body: Bytes) -> Response {
-    let req: IncomingRequest = match serde_json::from_slice(&body) {
+    let (resp, model, kind, step) = answer(&server, &body).await;
+    if let Some(log) = &server.request_log {
+        log.record(&model, kind, step, resp.status().as_u16(), &body);
+    }
+    resp
+}
+
+/// The reply to one request, with what the log says of it: the model, the
+/// kind of answer (`step`, `summary`, `failure`, `error`) and the step.
+async fn answer(server: &Server, body: &[u8]) -> (Response, String, &'static str, Option<usize>) {
+    let req: IncomingRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            let resp = error(
                 StatusCode::BAD_REQUEST,
                 &format!("invalid request body: {e}"),
                 Some("invalid_json"),
             );
+            return (resp, String::new(), "error", None);
         }
     };
+    let model = req.model.clone();
+    let fail = |resp: Response| (resp, model.clone(), "error", None);
     if !script::valid_model_name(&req.model) {
-        return error(
+        return fail(error(
             StatusCode::BAD_REQUEST,
             "model must be a plain script name",
             Some("invalid_model"),
-        );
+        ));
     }
     let script = match server.scripts.get(&req.model).await {
         Ok(s) => s,
         Err(e @ ScriptError::NotFound { .. }) => {
             let message = format!("The model '{}' does not exist ({e})", req.model);
-            return error(StatusCode::NOT_FOUND, &message, Some("model_not_found"));
+            return fail(error(
+                StatusCode::NOT_FOUND,
+                &message,
+                Some("model_not_found"),
+            ));
         }
         Err(e) => {
             tracing::warn!(error = %e, "scripted LLM cannot serve a script");
-            return error(
+            return fail(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &e.to_string(),
                 Some("script_error"),
-            );
+            ));
         }
     };
-    let step = req
-        .messages
-        .iter()
-        .filter(|m| m.role == "assistant")
-        .count();
+    let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+    // A summary request: a lone user message and no tools (what a condenser
+    // sends). Served from the script's `summary`, never counted as a step.
+    if let Some(summary) = &script.summary {
+        if !has_tools && req.messages.len() == 1 && req.messages[0].role == "user" {
+            let resp = reply_body(
+                server,
+                &req.model,
+                Some(summary),
+                &[],
+                0,
+                DEFAULT_USAGE,
+                true,
+                ReplyShape::default(),
+            );
+            return (resp, model, "summary", None);
+        }
+    }
+    let conversation = conversation_key(&req.model, first_user_message(&req.messages));
+    let step = match script.step_by {
+        StepBy::AssistantMessages => req
+            .messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count(),
+        StepBy::Served => server.served.get(conversation),
+    };
     let Some(reply) = script.step(step) else {
         let message = format!(
             "script '{}' has {} steps and no repeat_last; asked for step {step}",
             req.model,
             script.steps.len()
         );
-        return error(StatusCode::BAD_REQUEST, &message, Some("script_exhausted"));
+        let resp = error(StatusCode::BAD_REQUEST, &message, Some("script_exhausted"));
+        return (resp, model, "error", Some(step));
     };
 
     if !reply.delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(reply.delay) => {}
             _ = server.shutdown.cancelled() => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down", None);
+                let resp = error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down", None);
+                return (resp, model, "error", Some(step));
             }
         }
     }
     if let Some(fail) = &reply.fail {
-        let conversation = conversation_key(&req.model, first_user_message(&req.messages));
         if let Some(n) = server.fails.next_failure(conversation, step, fail.times) {
-            return failure(fail, step, n, &req.model, &server);
+            return (
+                failure(fail, step, n, &req.model, server),
+                model,
+                "failure",
+                Some(step),
+            );
         }
     }
-    success(reply, step, &req.model, &server)
+    if script.step_by == StepBy::Served {
+        server.served.advance(conversation);
+    }
+    (
+        success(reply, step, &req.model, server, script.text_calls),
+        model,
+        "step",
+        Some(step),
+    )
 }
 
 /// The conversation's key text: the first user message (text parts joined when
@@ -264,7 +348,23 @@ fn first_user_message(messages: &[IncomingMessage]) -> &str {
 /// A scripted failure: the error status, or (status 200) a reply with no choices.
 fn failure(fail: &script::Fail, step: usize, n: u32, model: &str, server: &Server) -> Response {
     if fail.status == StatusCode::OK {
-        return reply_body(server, model, None, &[], step, DEFAULT_USAGE, false);
+        return reply_body(
+            server,
+            model,
+            None,
+            &[],
+            step,
+            DEFAULT_USAGE,
+            false,
+            ReplyShape::default(),
+        );
+    }
+    if let Some((status, body)) = fail
+        .context_length
+        .as_deref()
+        .and_then(extras::context_length_error)
+    {
+        return json_response(status, &body);
     }
     let message = fail
         .message
@@ -304,7 +404,12 @@ fn default_code(status: StatusCode) -> Option<&'static str> {
     }
 }
 
-fn success(reply: &Reply, step: usize, model: &str, server: &Server) -> Response {
+fn success(reply: &Reply, step: usize, model: &str, server: &Server, as_text: bool) -> Response {
+    let shape = ReplyShape {
+        as_text,
+        reasoning: reply.reasoning.as_deref(),
+        thinking_blocks: &reply.thinking_blocks,
+    };
     reply_body(
         server,
         model,
@@ -313,6 +418,7 @@ fn success(reply: &Reply, step: usize, model: &str, server: &Server) -> Response
         step,
         reply.usage,
         true,
+        shape,
     )
 }
 
@@ -339,6 +445,19 @@ struct MessageBody<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<ToolCallBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    thinking_blocks: &'a [Value],
+}
+
+/// How a 200 reply is shaped beyond its content and calls.
+#[derive(Default, Clone, Copy)]
+struct ReplyShape<'a> {
+    /// The calls go into the content as text markup instead of `tool_calls`.
+    as_text: bool,
+    reasoning: Option<&'a str>,
+    thinking_blocks: &'a [Value],
 }
 
 #[derive(Serialize)]
@@ -360,9 +479,19 @@ struct UsageBody {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    /// OpenAI's cached-prompt count, when the script sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<crate::llm::PromptTokensDetails>,
+    /// Anthropic's cache counts, when the script sets them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_creation_input_tokens: Option<u64>,
 }
 
-/// A 200 reply; `with_choice: false` sends an empty `choices` list.
+/// A 200 reply; `with_choice: false` sends an empty `choices` list; `as_text`
+/// puts the calls into the content as markup instead of `tool_calls`.
+#[allow(clippy::too_many_arguments)]
 fn reply_body(
     server: &Server,
     model: &str,
@@ -371,7 +500,18 @@ fn reply_body(
     step: usize,
     usage: crate::llm::Usage,
     with_choice: bool,
+    shape: ReplyShape<'_>,
 ) -> Response {
+    let text_content;
+    let (content, calls) = if shape.as_text && !calls.is_empty() {
+        let mut t = content.map(|c| format!("{c}\n\n")).unwrap_or_default();
+        let rendered: Vec<String> = calls.iter().map(|(n, a)| extras::text_call(n, a)).collect();
+        t.push_str(&rendered.join("\n"));
+        text_content = t;
+        (Some(text_content.as_str()), &[][..])
+    } else {
+        (content, calls)
+    };
     let tool_calls = calls
         .iter()
         .enumerate()
@@ -393,6 +533,8 @@ fn reply_body(
                 role: "assistant",
                 content,
                 tool_calls,
+                reasoning_content: shape.reasoning,
+                thinking_blocks: shape.thinking_blocks,
             },
             finish_reason,
         }]
@@ -412,6 +554,9 @@ fn reply_body(
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+            prompt_tokens_details: usage.prompt_tokens_details,
+            cache_read_input_tokens: usage.cache_read_input_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens,
         },
     };
     json_response(StatusCode::OK, &body)

@@ -17,10 +17,7 @@ use serde_json::Value;
 use crate::llm::Usage;
 
 /// Usage reported when neither the step nor the script sets one.
-pub const DEFAULT_USAGE: Usage = Usage {
-    prompt_tokens: 100,
-    completion_tokens: 20,
-};
+pub const DEFAULT_USAGE: Usage = Usage::new(100, 20);
 /// Scripts are small; a stuck disk must not hold a request forever.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct scripts kept parsed; beyond that the cache starts over (a benchmark uses
@@ -35,6 +32,28 @@ struct ScriptFile {
     repeat_last: bool,
     #[serde(default)]
     usage: Option<Usage>,
+    /// The reply to a summary request (a lone user message, no tools).
+    #[serde(default)]
+    summary: Option<String>,
+    /// `assistant_messages` (default) or `served`.
+    #[serde(default)]
+    step_by: StepBy,
+    /// Send tool calls as text markup in the content (for clients with
+    /// `native_tools: false`) instead of `tool_calls`.
+    #[serde(default)]
+    text_calls: bool,
+}
+
+/// How the server knows which step a request is at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepBy {
+    /// The number of assistant messages in the request (DESIGN.md).
+    #[default]
+    AssistantMessages,
+    /// The number of replies already served to the conversation: survives a
+    /// client condensing its history (which removes assistant messages).
+    Served,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +75,12 @@ struct StepFile {
     delay_ms: u64,
     #[serde(default)]
     usage: Option<Usage>,
+    /// Served as the message's `reasoning_content`.
+    #[serde(default)]
+    reasoning: Option<String>,
+    /// Served as the message's `thinking_blocks` (Anthropic-style, via proxies).
+    #[serde(default)]
+    thinking_blocks: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +94,12 @@ struct CallFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailFile {
-    status: u16,
+    /// Required unless `context_length` gives it.
+    #[serde(default)]
+    status: Option<u16>,
+    /// A context-window error in this provider's wording and body.
+    #[serde(default)]
+    context_length: Option<String>,
     #[serde(default = "one")]
     times: u32,
     #[serde(default)]
@@ -89,6 +119,9 @@ fn one() -> u32 {
 pub struct Script {
     pub steps: Vec<Reply>,
     pub repeat_last: bool,
+    pub summary: Option<String>,
+    pub step_by: StepBy,
+    pub text_calls: bool,
 }
 
 impl Script {
@@ -111,6 +144,8 @@ pub struct Reply {
     pub usage: Usage,
     pub delay: Duration,
     pub fail: Option<Fail>,
+    pub reasoning: Option<String>,
+    pub thinking_blocks: Vec<Value>,
 }
 
 /// The failures served before a step.
@@ -122,6 +157,8 @@ pub struct Fail {
     pub retry_after_secs: Option<u64>,
     pub code: Option<String>,
     pub message: Option<String>,
+    /// Provider whose context-window error to send (see `extras`).
+    pub context_length: Option<String>,
 }
 
 /// Why a script could not be had.
@@ -156,6 +193,9 @@ pub fn parse(bytes: &[u8]) -> Result<Script, String> {
     Ok(Script {
         steps,
         repeat_last: file.repeat_last,
+        summary: file.summary,
+        step_by: file.step_by,
+        text_calls: file.text_calls,
     })
 }
 
@@ -186,16 +226,30 @@ fn prepare(s: StepFile, default_usage: Usage) -> Result<Reply, String> {
     let fail = s
         .fail
         .map(|f| {
-            let ok = f.status == 200 || (400..=599).contains(&f.status);
-            let status = StatusCode::from_u16(f.status).ok().filter(|_| ok);
-            let status = status
-                .ok_or_else(|| format!("fail.status {} is not 200 or 400..=599", f.status))?;
+            if let Some(p) = &f.context_length {
+                if !super::extras::PROVIDERS.contains(&p.as_str()) {
+                    return Err(format!(
+                        "fail.context_length {p:?} is not one of {}",
+                        super::extras::PROVIDERS.join(", ")
+                    ));
+                }
+            }
+            let code = match (f.status, &f.context_length) {
+                (Some(s), _) => s,
+                (None, Some(_)) => 400,
+                (None, None) => return Err("fail.status is missing".into()),
+            };
+            let ok = code == 200 || (400..=599).contains(&code);
+            let status = StatusCode::from_u16(code).ok().filter(|_| ok);
+            let status =
+                status.ok_or_else(|| format!("fail.status {code} is not 200 or 400..=599"))?;
             Ok::<_, String>(Fail {
                 status,
                 times: f.times,
                 retry_after_secs: f.retry_after_secs,
                 code: f.code,
                 message: f.message,
+                context_length: f.context_length,
             })
         })
         .transpose()?;
@@ -205,6 +259,8 @@ fn prepare(s: StepFile, default_usage: Usage) -> Result<Reply, String> {
         usage: s.usage.unwrap_or(default_usage),
         delay: Duration::from_millis(s.delay_ms),
         fail,
+        reasoning: s.reasoning,
+        thinking_blocks: s.thinking_blocks,
     })
 }
 
@@ -350,13 +406,7 @@ mod tests {
         let f = s.steps[2].fail.as_ref().unwrap();
         assert_eq!((f.status.as_u16(), f.times), (503, 2));
         assert_eq!(s.steps[3].delay, Duration::from_millis(500));
-        assert_eq!(
-            s.steps[3].usage,
-            Usage {
-                prompt_tokens: 1200,
-                completion_tokens: 80
-            }
-        );
+        assert_eq!(s.steps[3].usage, Usage::new(1200, 80));
         assert!(s.step(4).is_none());
     }
 
@@ -376,13 +426,7 @@ mod tests {
         assert_eq!(s.steps[0].content.as_deref(), Some("both"));
         assert_eq!(s.steps[0].usage, DEFAULT_USAGE);
         assert!(s.steps[1].content.is_none() && s.steps[1].calls.is_empty());
-        assert_eq!(
-            s.steps[1].usage,
-            Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2
-            }
-        );
+        assert_eq!(s.steps[1].usage, Usage::new(1, 2));
         assert_eq!(s.steps[2].calls[0].1, "{not json");
         let f = s.steps[3].fail.as_ref().unwrap();
         assert_eq!(

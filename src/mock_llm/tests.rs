@@ -7,6 +7,8 @@ fn server(dir: &std::path::Path) -> Arc<Server> {
     Arc::new(Server {
         scripts: ScriptCache::new(dir.to_path_buf()),
         fails: FailCounters::new(100),
+        served: ServedCounters::new(100),
+        request_log: None,
         shutdown: CancellationToken::new(),
         next_id: AtomicU64::new(1),
     })
@@ -207,4 +209,70 @@ async fn delays_end_at_shutdown() {
     let started = std::time::Instant::now();
     assert_eq!(call(&s, request("slow", "t", 0)).await.0, 503);
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn summary_requests_text_calls_served_steps_and_provider_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "m",
+        r#"{"steps": [
+            {"tool": "terminal", "args": {"command": "ls", "timeout": 5}, "usage": {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 8}}},
+            {"fail": {"context_length": "anthropic"}, "text": "done"}
+        ], "summary": "SUMMARY TEXT", "step_by": "served", "text_calls": true}"#,
+    );
+    let log = dir.path().join("requests.jsonl");
+    let mut s = server(dir.path());
+    Arc::get_mut(&mut s).unwrap().request_log = Some(RequestLog::create(&log).unwrap());
+    let (st, _, v) = call(&s, request("m", "t", 0)).await;
+    assert_eq!(st, 200);
+    let msg = &v["choices"][0]["message"];
+    assert!(msg.get("tool_calls").is_none());
+    assert_eq!(
+        msg["content"],
+        "<function=terminal>\n<parameter=command>ls</parameter>\n<parameter=timeout>5</parameter>\n</function>"
+    );
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
+    // Served counting: the same request (no assistant message) is now step 1,
+    // which fails once in Anthropic's words.
+    let (st, _, v) = call(&s, request("m", "t", 0)).await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "prompt is too long: 208310 tokens > 200000 maximum"
+    );
+    // A summary request is answered from `summary` and does not advance.
+    let summary = Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "summarise"}]})).unwrap(),
+    );
+    let (st, _, v) = call(&s, summary).await;
+    assert_eq!(
+        (st, v["choices"][0]["message"]["content"].as_str()),
+        (200, Some("SUMMARY TEXT"))
+    );
+    let (st, _, v) = call(&s, request("m", "t", 0)).await;
+    assert_eq!(
+        (st, v["choices"][0]["message"]["content"].as_str()),
+        (200, Some("done"))
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap(), l["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("step", 200),
+            ("failure", 400),
+            ("summary", 200),
+            ("step", 200)
+        ]
+    );
+    assert_eq!(lines[0]["request"]["messages"][1]["content"], "t");
 }

@@ -13,7 +13,7 @@ use crate::job::Outcome;
 
 /// Label values known in advance, pre-created at zero.
 pub const LLM_OUTCOMES: [&str; 4] = ["ok", "retried", "error", "rate_limited"];
-pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
+pub const TOKEN_KINDS: [&str; 4] = ["prompt", "completion", "cache_read", "cache_write"];
 pub const TOOLS: [&str; 6] = [
     "terminal",
     "file_editor",

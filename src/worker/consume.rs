@@ -186,8 +186,24 @@ async fn handle(
 ) {
     let spec = match decode(&d, matches!(queue, Queue::Amqp(_))) {
         Ok(s) => s,
-        Err(reason) => return reject(svc, queue, d, &clip_reason(reason)).await,
+        Err(reason) => {
+            let id = d.msg.job_id.clone();
+            return reject(svc, queue, d, &id, "invalid_job", &clip_reason(reason)).await;
+        }
     };
+    // The worker policy, before a claim: a refused job gets no workspace and no secret.
+    if let Err(v) = super::admit::admit(svc, &spec).await {
+        let id = spec.id.clone();
+        return reject(
+            svc,
+            queue,
+            d,
+            &id,
+            crate::policy::POLICY_KIND,
+            &v.to_string(),
+        )
+        .await;
+    }
     let attempt = d.msg.attempt + 1;
     let span = info_span!("job", job_id = %spec.id, attempt);
     async {
@@ -512,13 +528,14 @@ fn empty_result(
     JobResult::unrun(&spec.id, outcome, attempt, error, Some(worker))
 }
 
-/// An invalid message: dead-lettered with the reason; `rejected` where an id is readable.
-async fn reject(svc: &Services, queue: &Queue, d: Delivery, reason: &str) {
-    warn!(message_id = %d.msg.job_id, reason, "rejecting an invalid message");
-    let id = d.msg.job_id.clone();
+/// An invalid message, or a job the policy refuses (`kind`): dead-lettered with
+/// the reason; `rejected` where an id is readable.
+async fn reject(svc: &Services, queue: &Queue, d: Delivery, id: &str, kind: &str, reason: &str) {
+    warn!(message_id = %d.msg.job_id, kind, reason, "rejecting a job");
+    let id = id.to_string();
     if job::parse::valid_id(&id) {
         let e = ErrorInfo {
-            kind: "invalid_job".into(),
+            kind: kind.into(),
             phase: Phase::Validate,
             retryable: false,
             message: reason.into(),

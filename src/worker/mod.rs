@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! delivery ─► decode ─┬─ invalid ─► rejected + dead-letter
+//!                     ├─ breaks the policy (admit) ─► rejected (policy) + dead-letter
 //!                     └─ claim (status.json) ─┬─ terminal ─► ack (skip)
 //!                                             ├─ live elsewhere ─► retry later
 //!                                             └─ won ─► run_attempt ─┬─ Final ─► result + status ─► ack
@@ -10,6 +11,7 @@
 //!                                                                    └─ Aborted ─► queued ─► requeue
 //! ```
 
+pub mod admit;
 pub mod consume;
 pub mod embedded;
 pub mod records;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
-use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Tokens};
+use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::{diff, input, match_artifacts};
 use crate::store::{JobKeys, Store, StoreError};
@@ -42,6 +42,11 @@ pub struct Services {
     pub scratch: PathBuf,
     /// Sends completion webhooks in the background, after results are stored.
     pub notifier: crate::results::webhook::Notifier,
+    /// What this worker allows jobs; its disk ceiling is also the default disk limit.
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// Whether jobs are checked against `policy` (`fleet worker`, `fleet run
+    /// --policy worker`) or trusted (`fleet run`'s own job file).
+    pub enforce_policy: bool,
 }
 
 /// How an attempt ended.
@@ -111,10 +116,12 @@ fn ws_err(e: &WorkspaceError, phase: Phase) -> ErrorInfo {
     err(e.kind(), phase, e.retryable(), e.to_string())
 }
 
-/// Resolves the job's secrets and API key from this worker's environment.
+/// Resolves the job's secrets and API key from this worker's environment. Under
+/// the policy, the worker's own `LLM_API_KEY` goes only to its own endpoint.
 fn resolve_secrets(
     spec: &JobSpec,
     s: &RunSettings,
+    enforce_policy: bool,
 ) -> Result<(BTreeMap<String, String>, Option<String>), ErrorInfo> {
     let mut env = BTreeMap::new();
     for name in &spec.secrets {
@@ -137,7 +144,16 @@ fn resolve_secrets(
         .api_key_env
         .clone()
         .unwrap_or_else(|| crate::config::ENV_LLM_API_KEY.to_string());
-    let api_key = crate::config::env(&key_env);
+    let foreign_endpoint = spec
+        .llm
+        .base_url
+        .as_deref()
+        .is_some_and(|u| u.trim_end_matches('/') != s.llm_base_url.trim_end_matches('/'));
+    let api_key = if enforce_policy && foreign_endpoint && spec.llm.api_key_env.is_none() {
+        None
+    } else {
+        crate::config::env(&key_env)
+    };
     let uses_mock = s.mock_llm && spec.llm.base_url.is_none();
     if api_key.is_none() && !uses_mock && spec.llm.api_key_env.is_some() {
         return Err(err(
@@ -173,10 +189,25 @@ fn llm_settings(
         .base_url
         .clone()
         .unwrap_or_else(|| s.llm_base_url.clone());
+    // A job's own price wins; the built-in table prices the common models so a
+    // budget trips without configuration.
+    let price = spec
+        .llm
+        .price
+        .or_else(|| Price::builtin(&model))
+        .unwrap_or_default();
     let mut l = LlmSettings::new(model, base);
     l.api_key = api_key;
     l.temperature = spec.llm.temperature;
-    l.price = spec.llm.price.unwrap_or_default();
+    if spec.llm.max_output_tokens.is_some() {
+        l.max_output_tokens = spec.llm.max_output_tokens;
+    }
+    l.reasoning_effort = spec.llm.reasoning_effort.clone();
+    l.native_tools = spec.llm.native_tools.unwrap_or(true);
+    l.condenser_model = spec.llm.condenser_model.clone();
+    // One key per job: its requests share a cache route; never a secret.
+    l.prompt_cache_key = Some(format!("fleet-{}", spec.id));
+    l.price = price;
     l.min_backoff = s.llm_min_backoff;
     l.max_backoff = s.llm_min_backoff * 8;
     Ok(l)
@@ -215,13 +246,30 @@ pub async fn run_attempt(
     let mut llm_stats = LlmStats::default();
     let mut artifacts = 0usize;
 
-    let prepared = resolve_secrets(spec, &svc.settings).and_then(|(env, key)| {
-        llm_settings(spec, &svc.settings, key.clone()).map(|l| (env, key, l))
-    });
+    let prepared =
+        resolve_secrets(spec, &svc.settings, svc.enforce_policy).and_then(|(env, key)| {
+            llm_settings(spec, &svc.settings, key.clone()).map(|l| (env, key, l))
+        });
+    // Every value this job resolves, plus the signing secrets its webhooks use.
+    let masker = {
+        let mut values: Vec<String> = spec
+            .webhook
+            .as_ref()
+            .and_then(|w| w.secret_env.as_deref())
+            .into_iter()
+            .chain([svc.notifier.settings().secret_env.as_str()])
+            .filter_map(crate::config::env)
+            .collect();
+        if let Ok((secret_env, api_key, _)) = &prepared {
+            values.extend(secret_env.values().cloned().chain(api_key.clone()));
+        }
+        Masker::new(values)
+    };
+    // The worker's own log goes through it while the job runs.
+    let _active_mask = masker.activate();
     match prepared {
         Err(e) => result.error = Some(e),
-        Ok((secret_env, api_key, llm_cfg)) => {
-            let masker = Masker::new(secret_env.values().cloned().chain(api_key.clone()));
+        Ok((secret_env, _api_key, llm_cfg)) => {
             let mut env = spec.env.clone();
             env.extend(secret_env);
             let ws_spec = WorkspaceSpec {
@@ -238,6 +286,9 @@ pub async fn run_attempt(
                 cpus: spec.limits.cpus,
                 pids: spec.limits.pids,
                 network: spec.limits.network.clone(),
+                user: spec.limits.user.clone(),
+                read_only_root: spec.limits.read_only_root,
+                disk_mb: Some(svc.policy.disk_mb(spec)),
             };
             let t = Instant::now();
             let started = tokio::select! {
@@ -301,6 +352,7 @@ pub async fn run_attempt(
             }
         }
     }
+    mask_result(&mut result, &masker);
     if let Some(e) = &result.error {
         if result.outcome == Outcome::Failed || result.outcome == Outcome::Succeeded {
             result.outcome = Outcome::Failed;
@@ -366,6 +418,20 @@ pub async fn run_attempt(
         AttemptEnd::Retry(result)
     } else {
         AttemptEnd::Final(result)
+    }
+}
+
+/// The texts of a result that can quote a value: error messages from every phase
+/// (a `git clone` error quotes its output), the final message.
+fn mask_result(result: &mut JobResult, masker: &Masker) {
+    if masker.is_empty() {
+        return;
+    }
+    if let Some(e) = &mut result.error {
+        e.message = masker.mask(&e.message);
+    }
+    if let Some(m) = &mut result.final_message {
+        *m = masker.mask(m);
     }
 }
 
@@ -483,6 +549,16 @@ async fn in_workspace(
             }
         },
     };
+    if let Some(user) = &spec.limits.user {
+        if let Err(e) = ws.chown_workdir(user).await {
+            return InWorkspace::Done {
+                stop: None,
+                patch: String::new(),
+                artifacts: 0,
+                error: Some(ws_err(&e, Phase::Input)),
+            };
+        }
+    }
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -547,7 +623,8 @@ async fn in_workspace(
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
                 if let Some(Some(body)) = after.files.get(path) {
                     let key = JobKeys(&spec.id).artifact(path);
-                    if let Err(e) = svc.store.put(&key, Bytes::from(body.clone())).await {
+                    let body = Bytes::from(masker.mask_bytes(body));
+                    if let Err(e) = svc.store.put(&key, body).await {
                         error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
                         break;
                     }

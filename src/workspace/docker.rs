@@ -11,6 +11,7 @@
 
 mod archive;
 mod exec;
+mod hardening;
 mod paths;
 pub(crate) mod session;
 mod tarball;
@@ -25,6 +26,8 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 
+pub use hardening::DiskLimit;
+
 use super::{ExecOutput, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 
 /// Deadline of ordinary API calls (create, start, inspect, remove, list).
@@ -32,9 +35,8 @@ const API_DEADLINE: Duration = Duration::from_secs(60);
 /// Deadline of `ping`, which feeds /readyz and must answer fast.
 const PING_DEADLINE: Duration = Duration::from_secs(5);
 
-/// PID 1 of every workspace: does nothing, needs only a POSIX `sh`, exits on TERM.
-/// `wait` also reaps the orphans the agent's commands leave behind, so zombies do
-/// not eat into the pids limit.
+/// The keep-alive under docker-init (PID 1, which reaps orphans so zombies do not
+/// eat into the pids limit): does nothing, needs only a POSIX `sh`, exits on TERM.
 const KEEPALIVE: &str = r#"trap "exit 0" TERM; while :; do sleep 3600 & wait; done"#;
 
 /// Capabilities a container keeps (all others are dropped): what package managers
@@ -65,6 +67,8 @@ pub struct DockerBackend {
     /// Prefix of this host's worker ids; containers labelled with it and not owned
     /// by a live run are stale.
     host_prefix: String,
+    /// How this engine's storage driver bounds a workspace's disk.
+    disk: DiskLimit,
 }
 
 impl DockerBackend {
@@ -77,9 +81,18 @@ impl DockerBackend {
             .await?
             .map_err(unavailable)?;
         tracing::debug!(api_version = %docker.client_version(), "connected to docker");
+        let info = within(API_DEADLINE, docker.info())
+            .await?
+            .map_err(from_bollard)?;
+        let disk = DiskLimit::for_driver(
+            info.driver.as_deref().unwrap_or_default(),
+            info.driver_status.as_deref().unwrap_or_default(),
+        );
+        tracing::debug!(driver = ?info.driver, disk_limit = disk.name(), "workspace disk limit");
         Ok(DockerBackend {
             docker,
             host_prefix: host_prefix.to_string(),
+            disk,
         })
     }
 
@@ -97,12 +110,13 @@ impl DockerBackend {
         }
 
         let name = container_name(&spec.job_id, spec.attempt, rand::random::<u32>());
-        let body = create_body(
+        let mut body = create_body(
             spec,
             &self.host_prefix,
             std::process::id(),
             own_start_time(),
         );
+        hardening::harden(&mut body, spec, self.disk);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = within(
             API_DEADLINE,
@@ -249,6 +263,12 @@ impl DockerWorkspace {
         Ok(())
     }
 
+    /// Hands the workdir (the input placed in it) to the job's user, so a non-root
+    /// job can edit its own files. Runs as root inside the container.
+    pub async fn chown_workdir(&self, user: &str) -> Result<(), WorkspaceError> {
+        exec::run_as_root(self, vec!["chown", "-R", user, &self.workdir]).await
+    }
+
     /// Starts the created container and makes sure the workdir exists.
     async fn boot(&self) -> Result<(), WorkspaceError> {
         within(API_DEADLINE, self.docker.start_container(&self.name, None))
@@ -332,9 +352,6 @@ fn create_body(
         security_opt: Some(vec!["no-new-privileges:true".to_string()]),
         cap_drop: Some(vec!["ALL".to_string()]),
         cap_add: Some(KEEP_CAPS.iter().map(|c| c.to_string()).collect()),
-        // No init process: PID 1 must be the keep-alive shell so a `kill -9 -1`
-        // fallback inside the container cannot end the workspace.
-        init: Some(false),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -449,6 +466,9 @@ mod tests {
             cpus: 1.5,
             pids: 100,
             network: String::new(),
+            user: None,
+            read_only_root: false,
+            disk_mb: None,
         }
     }
 

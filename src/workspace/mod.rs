@@ -32,6 +32,12 @@ pub struct WorkspaceSpec {
     pub cpus: f64,
     pub pids: i64,
     pub network: String,
+    /// The user commands run as (`limits.user`); None: the image's.
+    pub user: Option<String>,
+    /// Read-only root filesystem; the workdir and `/tmp` stay writable.
+    pub read_only_root: bool,
+    /// Disk limit in MiB (Docker only; see `docker::DiskLimit`); None: unlimited.
+    pub disk_mb: Option<u64>,
 }
 
 /// The result of one command.
@@ -207,6 +213,14 @@ impl Workspace {
         max_total_bytes: u64,
     ) -> Result<Snapshot, WorkspaceError> {
         dispatch!(self, w => w.snapshot(dir, max_file_bytes, max_total_bytes).await)
+    }
+
+    /// Gives the workdir to `user` (a job with `limits.user`): Docker only.
+    pub async fn chown_workdir(&self, user: &str) -> Result<(), WorkspaceError> {
+        match self {
+            Workspace::Docker(w) => w.chown_workdir(user).await,
+            Workspace::Local(_) => Ok(()),
+        }
     }
 
     /// Stops and removes the workspace (container force-removed, directory deleted).

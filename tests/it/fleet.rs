@@ -11,5 +11,7 @@ mod harness;
 mod batch;
 mod cancel;
 mod faults;
+mod hardening;
 mod messages;
+mod policy;
 mod signals;

@@ -261,6 +261,36 @@ async fn context_length_is_recognised() {
 }
 
 #[tokio::test]
+async fn context_length_is_recognised_in_every_providers_words() {
+    let scripts: Vec<(String, String)> = agent_fleet::mock_llm::extras::PROVIDERS
+        .iter()
+        .map(|p| {
+            (
+                format!("overflow-{p}"),
+                format!(r#"{{"steps": [{{"fail": {{"context_length": "{p}"}}, "text": "fits"}}]}}"#),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = scripts.iter().map(|(m, j)| (m.as_str(), j.as_str())).collect();
+    let f = Fixture::new(&refs).await;
+    for (model, _) in &scripts {
+        let e = f.client(model).complete(&conversation("t"), &[]).await.unwrap_err();
+        assert!(matches!(e, LlmError::ContextLength { .. }), "{model}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reply_over_the_size_limit_is_refused_not_buffered() {
+    let huge = "x".repeat(33 << 20);
+    let script = serde_json::json!({"steps": [{"text": huge}]}).to_string();
+    let f = Fixture::new(&[("huge", &script)]).await;
+    let e = f.client("huge").complete(&conversation("t"), &[]).await.unwrap_err();
+    assert_eq!(e.kind(), "llm_protocol", "{e:?}");
+    assert!(e.to_string().contains("32 MiB limit"), "{e}");
+    assert!(!e.to_string().contains('\n'));
+}
+
+#[tokio::test]
 async fn invalid_json_arguments_pass_through() {
     let f = Fixture::new(&[(
         "bad",
@@ -312,6 +342,7 @@ async fn usage_and_cost_follow_the_price_table() {
     settings.price = Price {
         input_per_mtok: 3.0,
         output_per_mtok: 15.0,
+        ..Price::default()
     };
     let client = LlmClient::new(reqwest::Client::new(), settings);
     let cost_before = metrics().llm_cost.get();

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod agent;
 mod amqp;
 mod cli;
 mod fleet;

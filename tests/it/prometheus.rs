@@ -159,6 +159,12 @@ async fn the_endpoint_serves_metrics_health_and_readiness() {
         "{text}"
     );
     assert!(text.contains("fleet_webhook_deliveries_total{outcome=\"failed\"} 0"));
+    for kind in ["cache_read", "cache_write"] {
+        assert!(
+            text.contains(&format!("fleet_llm_tokens_total{{kind=\"{kind}\"}}")),
+            "{kind}: {text}"
+        );
+    }
 
     assert_eq!(
         c.get(format!("{base}/healthz"))
@@ -291,6 +297,7 @@ async fn drive_traffic(stop: CancellationToken) {
     let settings = WebhookSettings {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
+        allow_private: true,
         ..WebhookSettings::new(None, "FLEET_TEST_PROM_UNSET")
     };
     let notifier = Notifier::new(webhook::http_client().unwrap(), store.clone(), settings);
@@ -372,6 +379,7 @@ fn result(spec: &job::JobSpec) -> JobResult {
         tokens: Tokens {
             prompt: 10,
             completion: 2,
+            ..Tokens::default()
         },
         duration_secs: 1.0,
         stuck_pattern: None,

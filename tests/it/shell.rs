@@ -50,6 +50,9 @@ fn spec(job_id: &str) -> WorkspaceSpec {
         cpus: 1.0,
         pids: 128,
         network: "none".into(),
+        user: None,
+        read_only_root: false,
+        disk_mb: None,
     }
 }
 

@@ -159,6 +159,7 @@ fn result(spec: &JobSpec, outcome: Outcome, final_message: &str) -> JobResult {
         tokens: Tokens {
             prompt: 1200,
             completion: 80,
+            ..Tokens::default()
         },
         duration_secs: 12.5,
         stuck_pattern: None,
@@ -194,6 +195,8 @@ fn fast() -> WebhookSettings {
         attempt_timeout: Duration::from_secs(5),
         max_elapsed: Duration::from_secs(20),
         store_timeout: Duration::from_secs(5),
+        // The receivers listen on loopback.
+        allow_private: true,
         ..WebhookSettings::new(None, "FLEET_TEST_WEBHOOK_UNSET")
     }
 }

@@ -6,6 +6,7 @@
 //! stops the run, as an `Err`.
 
 pub mod file_editor;
+pub mod normalize;
 pub mod task_tracker;
 pub mod terminal;
 
@@ -18,6 +19,14 @@ use crate::workspace::{Workspace, WorkspaceError};
 
 /// Every tool, in the order the model is shown them.
 pub const NAMES: [&str; 5] = ["terminal", "file_editor", "task_tracker", "think", "finish"];
+
+/// The line an error observation starts with when the model reads it, so an
+/// error is told apart from output that merely mentions one (upstream heads
+/// its error observations the same way, in its own words).
+pub const ERROR_MARKER: &str = "[The tool call failed; the error follows.]";
+
+/// Tools that change the workspace: their schemas also offer `security_risk`.
+const MUTATING: [&str; 2] = ["terminal", "file_editor"];
 
 /// Invalid arguments are quoted in the error up to this many characters.
 const QUOTED_ARGS_CHARS: usize = 2_000;
@@ -173,8 +182,32 @@ fn parse_args<T: DeserializeOwned>(tool: &str, raw: &str, args: &Value) -> Resul
     serde_json::from_value(args.clone()).map_err(|e| invalid_args(tool, raw, &e.to_string()))
 }
 
-/// The tool schemas sent with every request (OpenAI `tools` format).
+/// The tool schemas sent with every request (OpenAI `tools` format): each
+/// tool's own, plus the `summary` (and, on the mutating tools,
+/// `security_risk`) that models tuned on OpenHands send with every call.
 pub fn schemas() -> Vec<Value> {
+    let mut all = tool_schemas();
+    for s in &mut all {
+        let mutating = MUTATING.iter().any(|t| s["function"]["name"] == *t);
+        let Some(props) = s["function"]["parameters"]["properties"].as_object_mut() else {
+            continue;
+        };
+        props.insert(
+            "summary".into(),
+            json!({"type": "string", "description": "Optional. A few words on what this call does (logged with it)."}),
+        );
+        if mutating {
+            props.insert(
+                "security_risk".into(),
+                json!({"type": "string", "enum": ["LOW", "MEDIUM", "HIGH"],
+                       "description": "Optional. How risky this call is for the workspace (logged with it)."}),
+            );
+        }
+    }
+    all
+}
+
+fn tool_schemas() -> Vec<Value> {
     let tool = |name: &str, description: &str, parameters: Value| json!({"type": "function", "function": {"name": name, "description": description, "parameters": parameters}});
     vec![
         terminal::schema(),

@@ -109,6 +109,7 @@ mod tests {
                 arguments: args.clone(),
                 thought: String::new(),
                 step: 1,
+                meta: Default::default(),
             },
         );
         let parsed: Args = serde_json::from_value(args).unwrap();

@@ -17,6 +17,9 @@ pub(crate) async fn local_workspace(root: &std::path::Path) -> Workspace {
         cpus: 1.0,
         pids: 64,
         network: "none".into(),
+        user: None,
+        read_only_root: false,
+        disk_mb: None,
     };
     Backend::Local(LocalBackend::new(root.to_path_buf()))
         .start(&spec)

@@ -75,6 +75,10 @@ pub struct WebhookSettings {
     pub max_elapsed: Duration,
     /// Deadline for recording a delivery in status.json.
     pub store_timeout: Duration,
+    /// Job webhooks may reach loopback, private and link-local addresses
+    /// (`FLEET_WEBHOOK_ALLOW_PRIVATE`); off, they are refused by the resolved
+    /// address. The worker-wide URL is the operator's own and never restricted.
+    pub allow_private: bool,
 }
 
 impl WebhookSettings {
@@ -94,6 +98,7 @@ impl WebhookSettings {
             max_retry_after: Duration::from_secs(300),
             max_elapsed: Duration::from_secs(900),
             store_timeout: Duration::from_secs(30),
+            allow_private: false,
         }
     }
 
@@ -117,6 +122,18 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// [`http_client`] that connects to public addresses only, through no proxy (a
+/// proxy would resolve the name itself): for job URLs.
+fn guarded_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .no_proxy()
+        .dns_resolver(std::sync::Arc::new(crate::policy::PublicOnly))
+        .build()
+}
+
 /// Sends job events to webhooks in the background. Cheap to clone: every clone
 /// shares the same pending slots, senders and tasks. Must be created inside a
 /// Tokio runtime.
@@ -127,6 +144,8 @@ pub struct Notifier {
 
 struct Inner {
     client: reqwest::Client,
+    /// For job URLs unless `allow_private`: connects to public addresses only.
+    job_client: reqwest::Client,
     store: Store,
     settings: WebhookSettings,
     /// One permit per pending delivery: the memory bound.
@@ -141,6 +160,8 @@ struct Inner {
 /// Where one event goes and how it is signed.
 struct Target {
     url: String,
+    /// A job's URL (the policy's address rule applies), not the worker's.
+    from_job: bool,
     /// `Err` when the job names a secret variable the worker does not have.
     secret: Result<Option<String>, String>,
 }
@@ -152,8 +173,14 @@ impl Notifier {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn new(client: reqwest::Client, store: Store, settings: WebhookSettings) -> Notifier {
+        let job_client = if settings.allow_private {
+            client.clone()
+        } else {
+            guarded_client().expect("the webhook client was built once already")
+        };
         let inner = Inner {
             client,
+            job_client,
             store,
             pending: Arc::new(Semaphore::new(settings.queue_size.max(1))),
             senders: Semaphore::new(settings.senders.max(1)),
@@ -231,6 +258,7 @@ impl Notifier {
             };
             out.push(Target {
                 url: w.url.clone(),
+                from_job: true,
                 secret,
             });
         }
@@ -238,6 +266,7 @@ impl Notifier {
             if !out.iter().any(|t| &t.url == url) {
                 out.push(Target {
                     url: url.clone(),
+                    from_job: false,
                     secret: Ok(config::env(&self.inner.settings.secret_env)),
                 });
             }
@@ -272,7 +301,14 @@ impl Notifier {
         body: Vec<u8>,
     ) {
         let inner = &self.inner;
-        let secret = target.secret;
+        let guarded = target.from_job && !inner.settings.allow_private;
+        let mut secret = target.secret;
+        if let Some(v) = guarded
+            .then(|| crate::policy::literal_webhook_refusal(&target.url))
+            .flatten()
+        {
+            secret = Err(v.to_string());
+        }
         let p = Pending {
             job_id: spec.id.clone(),
             event,
@@ -319,14 +355,13 @@ impl Notifier {
         debug!(job_id = %p.job_id, delivery_id = %p.delivery_id, url = %p.url, event, "webhook queued");
         let inner = self.inner.clone();
         self.spawn(async move {
-            let rec = deliver::deliver(
-                &inner.client,
-                &inner.settings,
-                &inner.senders,
-                &inner.cancel,
-                &p,
-            )
-            .await;
+            let client = if guarded {
+                &inner.job_client
+            } else {
+                &inner.client
+            };
+            let rec =
+                deliver::deliver(client, &inner.settings, &inner.senders, &inner.cancel, &p).await;
             drop(slot);
             record(&inner, &p.job_id, rec).await;
         });

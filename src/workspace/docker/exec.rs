@@ -12,9 +12,8 @@
 //! them while walking so nothing forks away, then SIGKILLs them and their process
 //! groups. A command that used up the pids limit leaves the kill no room to fork:
 //! if the command still runs, the container is lent a few pids (`docker update`)
-//! and the kill runs again; if even that fails, `kill -9 -1` ends every process
-//! but PID 1 (the keep-alive, which the kernel shields from signals it does not
-//! handle). Background processes of *earlier* commands survive all but that last
+//! and the kill runs again; if even that fails, every process is killed
+//! but PID 1 (docker-init) and the keep-alive shell, init's first child. Background processes of *earlier* commands survive all but that last
 //! resort.
 //!
 //! Dropping the `exec` future does not kill the command (there is no async drop);
@@ -77,6 +76,10 @@ exit 0
 /// Extra pids a container gets while a timed-out command that exhausted its
 /// limit is killed (the kill script forks a few helpers).
 const PIDS_LENT: i64 = 16;
+/// The last resort: every process but PID 1 (docker-init), the keep-alive shell
+/// (init's first child) and this shell. Builtins only, so it runs with no pid left.
+const KILL_ALL: &str = r#"read -r keep rest < /proc/1/task/1/children; for p in /proc/[0-9]*; do p=${p#/proc/}; [ "$p" = 1 ] || [ "$p" = "$keep" ] || [ "$p" = "$$" ] || kill -9 "$p" 2>/dev/null; done"#;
+
 /// How long the kill exec may take.
 const KILL_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a finished stream may wait for the engine to report the exit code,
@@ -221,8 +224,8 @@ pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
     }
     if still_running_after(ws, exec_id, SETTLE).await {
         tracing::warn!(container = %ws.name, "timed-out command survived the targeted kill; killing all processes");
-        if let Err(e) = run_as_root(ws, vec!["sh", "-c", "kill -9 -1"]).await {
-            tracing::warn!(container = %ws.name, error = %e, "kill -9 -1 failed");
+        if let Err(e) = run_as_root(ws, vec!["sh", "-c", KILL_ALL]).await {
+            tracing::warn!(container = %ws.name, error = %e, "killing all processes failed");
         }
     }
     if let Some(limit) = lent {
@@ -276,7 +279,10 @@ async fn still_running_after(ws: &DockerWorkspace, exec_id: &str, wait: Duration
 }
 
 /// Runs a helper command as root and waits for it, discarding its output.
-pub(super) async fn run_as_root(ws: &DockerWorkspace, cmd: Vec<&str>) -> Result<(), WorkspaceError> {
+pub(super) async fn run_as_root(
+    ws: &DockerWorkspace,
+    cmd: Vec<&str>,
+) -> Result<(), WorkspaceError> {
     let config = CreateExecOptions {
         attach_stdout: Some(true),
         attach_stderr: Some(true),

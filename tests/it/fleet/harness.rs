@@ -211,6 +211,11 @@ impl Fleet {
         f
     }
 
+    /// Adds a variable to the environment of every `fleet` child started later.
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.extra_env.push((k.to_string(), v.to_string()));
+    }
+
     pub fn scripts_dir(&self) -> PathBuf {
         self.dir.path().join("scripts")
     }

@@ -1,0 +1,228 @@
+//! What a workspace container may touch beyond its limits: an init process that
+//! reaps orphans, an optional non-root user, an optional read-only root filesystem
+//! (the workdir and `/tmp` stay writable), and the disk limit.
+//!
+//! Whatever the job says, a container gets no bind mount, no device and no Docker
+//! socket: the only mounts are the ones made here (a volume at the workdir, a tmpfs
+//! at `/tmp`), and [`harden`] clears every other way in.
+//!
+//! # The disk limit
+//!
+//! Docker's `storage-opt size` bounds the container's writable layer, but only on
+//! some storage drivers (btrfs, zfs, devicemapper, windowsfilter, and overlay2 on
+//! xfs mounted with `pquota`). Elsewhere (fuse-overlayfs, overlay2 on ext4, vfs) the
+//! workdir becomes a size-limited tmpfs volume instead: a local-driver volume, so
+//! the archive API that uploads the input and collects the results sees it (a plain
+//! tmpfs mount lives in the container's mount namespace only), removed with the
+//! container (anonymous, `remove -v`).
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig,
+};
+
+use crate::workspace::WorkspaceSpec;
+
+/// How this engine bounds a workspace's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskLimit {
+    /// `storage-opt size` on the container's writable layer.
+    StorageOpt,
+    /// A size-limited tmpfs volume at the workdir.
+    TmpfsVolume,
+}
+
+impl DiskLimit {
+    /// From the engine's storage driver and its status rows (`docker info`).
+    pub fn for_driver(driver: &str, status: &[Vec<String>]) -> DiskLimit {
+        let backing_xfs = status.iter().any(|row| {
+            row.first().is_some_and(|k| k == "Backing Filesystem")
+                && row.get(1).is_some_and(|v| v == "xfs")
+        });
+        match driver {
+            "btrfs" | "zfs" | "devicemapper" | "windowsfilter" => DiskLimit::StorageOpt,
+            "overlay2" if backing_xfs => DiskLimit::StorageOpt,
+            _ => DiskLimit::TmpfsVolume,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskLimit::StorageOpt => "storage-opt",
+            DiskLimit::TmpfsVolume => "tmpfs-volume",
+        }
+    }
+}
+
+/// `/tmp` of a read-only container: writable, executable (builds run tools from
+/// there), bounded.
+const TMP_MAX_MB: u64 = 1024;
+
+/// Applies the hardening to a container configuration built from `spec`.
+pub fn harden(body: &mut ContainerCreateBody, spec: &WorkspaceSpec, disk: DiskLimit) {
+    body.user = spec.user.clone();
+    body.volumes = None;
+    let hc = body.host_config.get_or_insert_with(HostConfig::default);
+    // An init (docker-init) as PID 1 reaps whatever the agent's commands orphan.
+    hc.init = Some(true);
+    hc.privileged = Some(false);
+    hc.binds = None;
+    hc.devices = None;
+    hc.device_requests = None;
+    hc.device_cgroup_rules = None;
+    hc.volumes_from = None;
+    hc.readonly_rootfs = Some(spec.read_only_root);
+    let mut mounts = Vec::new();
+    let workdir_volume = match (spec.disk_mb, disk) {
+        (Some(mb), DiskLimit::StorageOpt) if !spec.read_only_root => {
+            hc.storage_opt = Some(HashMap::from([("size".to_string(), format!("{mb}M"))]));
+            None
+        }
+        (Some(mb), _) => Some(Some(mb)),
+        (None, _) if spec.read_only_root => Some(None),
+        (None, _) => None,
+    };
+    if let Some(size) = workdir_volume {
+        mounts.push(workdir_mount(&spec.workdir, size));
+    }
+    // A workdir at /tmp is already the writable volume there.
+    if spec.read_only_root && spec.workdir.trim_end_matches('/') != "/tmp" {
+        let mb = spec.disk_mb.unwrap_or(TMP_MAX_MB).min(TMP_MAX_MB);
+        hc.tmpfs = Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,exec,nosuid,nodev,size={mb}m,mode=1777"),
+        )]));
+    } else {
+        hc.tmpfs = None;
+    }
+    hc.mounts = (!mounts.is_empty()).then_some(mounts);
+}
+
+/// An anonymous volume at the workdir: a tmpfs of `size_mb` when given (the disk
+/// limit), a plain local volume otherwise (a read-only root's writable workdir).
+fn workdir_mount(workdir: &str, size_mb: Option<u64>) -> Mount {
+    let driver_config = size_mb.map(|mb| MountVolumeOptionsDriverConfig {
+        name: Some("local".into()),
+        options: Some(HashMap::from([
+            ("type".to_string(), "tmpfs".to_string()),
+            ("device".to_string(), "tmpfs".to_string()),
+            ("o".to_string(), format!("size={mb}m,mode=1777")),
+        ])),
+    });
+    Mount {
+        target: Some(workdir.to_string()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(false),
+        volume_options: Some(MountVolumeOptions {
+            driver_config,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec() -> WorkspaceSpec {
+        WorkspaceSpec {
+            job_id: "j".into(),
+            attempt: 1,
+            worker_id: "w".into(),
+            image: "img".into(),
+            workdir: "/workspace".into(),
+            env: BTreeMap::new(),
+            memory_mb: 256,
+            cpus: 1.0,
+            pids: 64,
+            network: "none".into(),
+            user: None,
+            read_only_root: false,
+            disk_mb: None,
+        }
+    }
+
+    fn hardened(s: &WorkspaceSpec, disk: DiskLimit) -> ContainerCreateBody {
+        let mut body = ContainerCreateBody {
+            host_config: Some(HostConfig {
+                binds: Some(vec!["/var/run/docker.sock:/var/run/docker.sock".into()]),
+                privileged: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        harden(&mut body, s, disk);
+        body
+    }
+
+    #[test]
+    fn never_a_bind_a_device_or_privileges() {
+        for disk in [DiskLimit::StorageOpt, DiskLimit::TmpfsVolume] {
+            let hc = hardened(&spec(), disk).host_config.unwrap();
+            assert_eq!(hc.binds, None);
+            assert_eq!(hc.devices, None);
+            assert_eq!(hc.privileged, Some(false));
+            assert_eq!(hc.init, Some(true));
+            assert_eq!(hc.mounts, None);
+        }
+    }
+
+    #[test]
+    fn disk_limit_by_driver() {
+        assert_eq!(
+            DiskLimit::for_driver("fuse-overlayfs", &[]),
+            DiskLimit::TmpfsVolume
+        );
+        let xfs = vec![vec!["Backing Filesystem".to_string(), "xfs".to_string()]];
+        assert_eq!(
+            DiskLimit::for_driver("overlay2", &xfs),
+            DiskLimit::StorageOpt
+        );
+        assert_eq!(
+            DiskLimit::for_driver("overlay2", &[]),
+            DiskLimit::TmpfsVolume
+        );
+        let mut s = spec();
+        s.disk_mb = Some(100);
+        let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
+        assert_eq!(hc.storage_opt.unwrap()["size"], "100M");
+        assert_eq!(hc.mounts, None);
+        let hc = hardened(&s, DiskLimit::TmpfsVolume).host_config.unwrap();
+        assert_eq!(hc.storage_opt, None);
+        let m = &hc.mounts.unwrap()[0];
+        assert_eq!(m.target.as_deref(), Some("/workspace"));
+        assert_eq!(m.typ, Some(MountType::VOLUME));
+        assert_eq!(m.source, None);
+        let opts = m
+            .volume_options
+            .clone()
+            .unwrap()
+            .driver_config
+            .unwrap()
+            .options
+            .unwrap();
+        assert_eq!(opts["o"], "size=100m,mode=1777");
+    }
+
+    #[test]
+    fn read_only_root_keeps_workdir_and_tmp_writable() {
+        let mut s = spec();
+        s.read_only_root = true;
+        s.user = Some("1000:1000".into());
+        let body = hardened(&s, DiskLimit::StorageOpt);
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert!(hc.tmpfs.unwrap()["/tmp"].contains("exec"));
+        assert_eq!(hc.mounts.unwrap()[0].target.as_deref(), Some("/workspace"));
+        // A workdir at /tmp: one mount there, the volume.
+        s.workdir = "/tmp".into();
+        let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
+        assert_eq!(hc.tmpfs, None);
+        assert_eq!(hc.mounts.unwrap()[0].target.as_deref(), Some("/tmp"));
+    }
+}
