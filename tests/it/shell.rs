@@ -331,6 +331,45 @@ async fn check_hostile(ws: &Workspace, secs: u32) {
     );
 }
 
+/// Typed input reaches the running command; `C-d` ends its input, and the next
+/// command runs in a new shell.
+async fn check_input_and_end_of_input(ws: &Workspace) {
+    let l = limits(1);
+    let mut t = Terminal::new(ws);
+    let o = t
+        .call(ws, &l, cmd("read -r name; echo \"hello $name\""))
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, Some(-1), "{}", o.content);
+    let o = t.call(ws, &l, input("world")).await.unwrap();
+    assert!(o.content.starts_with("hello world\n"), "{}", o.content);
+    let o = t
+        .call(ws, &l, cmd("cat > typed.txt; echo cat-ended"))
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, Some(-1), "{}", o.content);
+    t.call(ws, &l, input("line one")).await.unwrap();
+    let o = t
+        .call(
+            ws,
+            &l,
+            Args {
+                timeout: Some(10.0),
+                ..input("C-d")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(o.content.contains("cat-ended"), "{}", o.content);
+    assert_eq!(outside(ws, "cat typed.txt"), "line one\n");
+    let o = t.call(ws, &l, cmd("echo again")).await.unwrap();
+    assert!(
+        o.content.contains("new shell") && o.content.contains("again\n"),
+        "{}",
+        o.content
+    );
+}
+
 // ---- Docker (busybox `sh`) ----
 
 #[tokio::test]
@@ -358,6 +397,13 @@ async fn docker_ctrl_c_stops_a_running_command() {
 async fn docker_hostile_commands_keep_the_session_in_step() {
     let w = docker("hostile").await;
     check_hostile(&w.ws, 347).await;
+    w.ws.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn docker_input_and_end_of_input_reach_the_command() {
+    let w = docker("input").await;
+    check_input_and_end_of_input(&w.ws).await;
     w.ws.destroy().await.unwrap();
 }
 
@@ -418,6 +464,13 @@ async fn local_hostile_commands_keep_the_session_in_step() {
     // Another number than the Docker test's: the host sees container processes.
     let w = local("hostile").await;
     check_hostile(&w.ws, 353).await;
+    w.ws.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn local_input_and_end_of_input_reach_the_command() {
+    let w = local("input").await;
+    check_input_and_end_of_input(&w.ws).await;
     w.ws.destroy().await.unwrap();
 }
 
