@@ -10,6 +10,14 @@
 #   - the worker still serves: it runs one more normal job afterwards (unless the
 #     drill ends it on purpose, and then another worker does).
 #
+# The ownership drills (pause-worker, poison, garbage-dup, submit-broker-down,
+# stale-delivery, two-local-workers) also count runs with an observer the
+# workers do not write: the scripted LLM's own request log (`fleet mock-llm
+# --request-log`, one line per request, naming the conversation's task), and for
+# two-local-workers a ledger file outside the workspaces that each run appends to.
+# A broker disconnect is one connection closed with `rabbitmqctl
+# close_connection`, never a broker restart.
+#
 # Each drill prints one line, `PASS name` or `FAIL name: why`; the last line is
 # `N passed, N failed`, and the exit status is 1 if any failed. Progress goes to
 # stderr.
@@ -35,10 +43,11 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
 
-ALL=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down
-     docker-down broker-restart s3-down output-flood)
-QUICK=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down
-       docker-down)
+ALL=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down docker-down
+     broker-restart s3-down output-flood
+     pause-worker poison garbage-dup submit-broker-down stale-delivery two-local-workers)
+QUICK=(kill-9 sigterm oom fork-storm hostile-messages hostile-valid-jobs webhook-down docker-down
+       pause-worker poison garbage-dup submit-broker-down stale-delivery two-local-workers)
 IMAGE=agent-fleet/workspace:test
 PIKA_VERSION=1.3.2
 S3_PORT=${FLEET_CHAOS_S3_PORT:-9107}
@@ -46,7 +55,7 @@ S3_BUCKET=fleet-test
 
 say() { echo "chaos: $*" >&2; }
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 selected=()
 keep=0
@@ -212,7 +221,8 @@ fi
 [ -x "$FLEET" ] || setup_fail "no fleet binary at $FLEET"
 PIKA_PY=$(pika_python) || setup_fail "could not install pika (PyPI)"
 
-"$FLEET" mock-llm --scripts "$REPO/chaos/llm" --addr 127.0.0.1:0 >"$WORK/mock-llm.out" 2>"$WORK/mock-llm.log" &
+LLM_LOG="$WORK/llm-requests.jsonl"
+"$FLEET" mock-llm --scripts "$REPO/chaos/llm" --addr 127.0.0.1:0 --request-log "$LLM_LOG" >"$WORK/mock-llm.out" 2>"$WORK/mock-llm.log" &
 GLOBAL_PIDS+=($!)
 for _ in $(seq 100); do
     LLM_URL=$(grep -m1 -o 'http://[^ ]*' "$WORK/mock-llm.out" 2>/dev/null)
@@ -250,12 +260,18 @@ job() {
         "$1" "$1" "$2" "${3:+, $3}"
 }
 
-# submit FILE JOB_JSON...: writes a job file and submits it.
-submit() {
+# write_jobs FILE JOB_JSON...: writes a job file.
+write_jobs() {
     local file=$1; shift
     local IFS=,
     printf '{"defaults": {"image": "%s", "limits": {"timeout_secs": 600, "command_timeout_secs": 60, "memory_mb": 256, "max_iterations": 40}},\n "jobs": [%s]}\n' \
         "$IMAGE" "$*" >"$file"
+}
+
+# submit FILE JOB_JSON...: writes a job file and submits it.
+submit() {
+    local file=$1; shift
+    write_jobs "$file" "$@"
     fleet submit "$file" >"$file.ids" 2>>"$D/submit.log" || fail "fleet submit $file failed: $(tail -n1 "$D/submit.log")"
 }
 
@@ -554,6 +570,10 @@ pids_of() {
 # A fork storm: limits.pids 64 and a shell fork bomb. The pids limit holds (the
 # container never has more than its limit, and the host is untouched), the
 # command is killed at its timeout, the agent goes on, the workspace is removed.
+# The bomb runs in the background (`f & exec sleep 1000`): the command's own
+# shell forks once, before the storm. Had it called `f` itself, its next fork
+# could meet the full limit, and ash exits on "can't fork" (status 2): the
+# command would end in a second instead of timing out.
 drill_fork_storm() {
     drill_env fork-storm
     local j="c$RUN-fs-1" limit=64
@@ -935,6 +955,236 @@ drill_s3_down() {
     no_panic
     FLEET_TEST_S3_PORT=$S3_PORT bash scripts/services/s3.sh down >/dev/null 2>&1
     S3_STARTED=0
+}
+
+# ---------------------------------------------------------------------------
+# Ownership drills: one run, one result, under partial failure.
+
+# llm_ok RUNS [--step K=N] ID...: the scripted LLM's own log agrees.
+llm_ok() {
+    local out
+    out=$(check llm "$LLM_LOG" "$@") || { fail "$out"; return 1; }
+    say "  $out"
+}
+
+# cut_consumers QUEUE: closes the broker connection(s) consuming from QUEUE, one
+# by one with `rabbitmqctl close_connection` (the broker and its other clients
+# are untouched), as a lost connection or the broker's consumer_timeout does.
+cut_consumers() {
+    local queue=$1 chans conns c i
+    for i in $(seq 60); do
+        chans=$(rabbitmqctl -q list_consumers -p / queue_name channel_pid --no-table-headers 2>/dev/null |
+            awk -F'\t' -v q="$queue" '$1 == q { print $2 }')
+        [ -n "$chans" ] && break
+        sleep 0.5
+    done
+    [ -n "$chans" ] || { fail "no consumer on $queue to cut"; return 1; }
+    conns=$(rabbitmqctl -q list_channels pid connection --no-table-headers 2>/dev/null |
+        awk -F'\t' -v chans="$chans" 'BEGIN { n = split(chans, a, "\n"); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+            ($1 in want) { print $2 }' | sort -u)
+    for c in $conns; do
+        rabbitmqctl -q close_connection "$c" "chaos drill: connection cut" >/dev/null 2>&1 ||
+            { fail "rabbitmqctl close_connection $c failed"; return 1; }
+    done
+    say "  cut the broker connection of $queue's consumer"
+}
+
+# store_files ID: the job's files in the drill's local store with their
+# modification times and sizes, as the file system sees them.
+store_files() {
+    find "$S/jobs/$1" -type f ! -name .lock -printf '%P %T@ %s\n' 2>/dev/null | sort
+}
+
+# worker_of ID: the name of the drill worker the job's status names.
+worker_of() {
+    local w id
+    view "$1"
+    id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"].get("worker",""))' "$D/views/$1.json")
+    for w in "${!WID[@]}"; do [ "${WID[$w]}" = "$id" ] && echo "$w"; done
+}
+
+# SIGSTOP the worker running a job past its lease and cut its broker connection:
+# another worker takes the job over and finishes it; then SIGCONT. The woken
+# worker removes its container at once and writes nothing (file times in the
+# store), the LLM saw two runs start and one finish, the receiver one delivery.
+drill_pause_worker() {
+    HOOK_PORT=$(free_port)
+    drill_env pause-worker FLEET_LEASE_SECS=3 FLEET_RETRY_TIERS_SECS=1,3 \
+        FLEET_WEBHOOK_URL="http://127.0.0.1:$HOOK_PORT/fleet"
+    : >"$D/received.jsonl"
+    start_receiver || return
+    local j="c$RUN-pw-1"
+    start_worker a || return
+    submit "$D/jobs.json" "$(job "$j" chaos-pause)" || return
+    wait_for 60 "$j running in a container" running_with_container "$j" || return
+    wait_for 30 "$j's first command" eval '[ "$(check llm "$LLM_LOG" 1 "$j" >/dev/null && echo y)" = y ]' || return
+    local cont
+    cont=$(containers_of "$j")
+    say "  SIGSTOP worker a (pid ${WPID[a]}) while $j runs in $cont"
+    kill -STOP "${WPID[a]}"
+    cut_consumers "${P}fleet.jobs" || return
+    start_worker b || return
+    wait_terminal 120 "$j" || return
+    wait_for 30 "the completion webhook" eval '[ -s "$D/received.jsonl" ]' || return
+    sleep 1
+    store_files "$j" >"$D/files-before"
+    gone "$cont" && { fail "a's container went while a was stopped"; return 1; }
+    kill -CONT "${WPID[a]}"
+    local t=$SECONDS
+    wait_for 10 "a's container $cont to be removed after waking" gone "$cont" || return
+    say "  a's container removed $((SECONDS - t))s after SIGCONT"
+    wait_for 30 "a to notice it lost the job" grep -q "lost its job" "$D/worker-a.log" || return
+    sleep 3
+    store_files "$j" >"$D/files-after"
+    cmp -s "$D/files-before" "$D/files-after" ||
+        { fail "a wrote after waking: $(diff "$D/files-before" "$D/files-after" | head -n3 | tr '\n' ' ')"; return 1; }
+    jobs_ok --outcome succeeded --running 2 --attempt 2 "$j" || return
+    llm_ok 2 --step 1=1 "$j" || return
+    local ran
+    ran=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["result"].get("worker",""))' "$D/views/$j.json")
+    [ "$ran" = "${WID[b]}" ] || { fail "the result is from $ran, not worker b"; return 1; }
+    local ids
+    ids=$(python3 -c 'import json,sys
+ids=[json.loads(l)["headers"].get("X-Fleet-Delivery") for l in open(sys.argv[1]) if l.strip()]
+print(len(ids), len(set(ids)))' "$D/received.jsonl")
+    [ "$ids" = "1 1" ] || { fail "the receiver got deliveries (total, distinct ids): $ids"; return 1; }
+    say "  one webhook delivery, one delivery id; nothing written by a after waking"
+    still_serving pw a b || return
+    no_panic
+}
+
+# A job whose worker is killed every time it runs: FLEET_MAX_ATTEMPTS runs (by
+# the LLM's count), then failed/worker_lost with its message in fleet.dead; the
+# other jobs of the batch finish.
+drill_poison() {
+    drill_env poison FLEET_LEASE_SECS=3 FLEET_RETRY_TIERS_SECS=1,3 FLEET_MAX_ATTEMPTS=2
+    local j="c$RUN-po-1" ok1="c$RUN-po-ok1" ok2="c$RUN-po-ok2" n=0 attempt w
+    start_worker w0 || return
+    start_worker w1 || return
+    submit "$D/jobs.json" "$(job "$j" chaos-poison)" "$(job "$ok1" chaos-quick)" "$(job "$ok2" chaos-quick)" || return
+    for attempt in 1 2; do
+        wait_for 90 "attempt $attempt of $j" eval \
+            '[ "$(check llm "$LLM_LOG" '"$attempt"' "$j" >/dev/null && echo y)" = y ] && running_with_container "$j"' || return
+        w=$(worker_of "$j")
+        [ -n "$w" ] || { fail "no drill worker runs $j"; return 1; }
+        say "  kill -9 worker $w, which runs attempt $attempt of $j"
+        kill -KILL "${WPID[$w]}"
+        wait "${WPID[$w]}" 2>/dev/null
+        n=$((n + 1))
+        start_worker "r$n" || return
+    done
+    wait_terminal 120 "$j" "$ok1" "$ok2" || return
+    jobs_ok --outcome failed --error-kind worker_lost --running 2 --attempt 2 "$j" || return
+    llm_ok 2 "$j" || return
+    jobs_ok --outcome succeeded --running-min 1 --running-max 2 "$ok1" "$ok2" || return
+    wait_for 30 "$j's message in ${P}fleet.dead" dead_count_is 1 || return
+    no_containers "$j" "$ok1" "$ok2" || return
+    no_panic
+}
+
+# A garbage message with a queued job's id, published next to its real message:
+# dead-lettered, the job's records untouched; the job runs once and succeeds.
+drill_garbage_dup() {
+    drill_env garbage-dup FLEET_RETRY_TIERS_SECS=1,3
+    local j="c$RUN-gd-1"
+    submit "$D/jobs.json" "$(job "$j" chaos-quick)" || return
+    "$PIKA_PY" "$REPO/chaos/lib/amqp.py" raw "$P" "$j" '{"id": "'"$j"'", "task": 42' 2>>"$D/publish.log" ||
+        { fail "publishing the garbage failed: $(tail -n1 "$D/publish.log")"; return 1; }
+    start_worker a || return
+    wait_terminal 60 "$j" || return
+    jobs_ok --outcome succeeded --running 1 "$j" || return
+    python3 -c 'import json,sys
+h=[t["state"] for t in json.load(open(sys.argv[1]))["status"]["history"]]
+sys.exit("rejected" in h)' "$D/views/$j.json" || { fail "rejected in $j's history"; return 1; }
+    llm_ok 1 "$j" || return
+    wait_for 30 "the garbage in ${P}fleet.dead" dead_count_is 1 || return
+    still_serving gd a || return
+    no_panic
+}
+
+# `fleet submit` with the broker unreachable: exit 1 naming every job not
+# published; the same command again publishes them and each runs once.
+drill_submit_broker_down() {
+    drill_env submit-broker-down FLEET_RETRY_TIERS_SECS=1,3
+    local j1="c$RUN-sb-1" j2="c$RUN-sb-2" j3="c$RUN-sb-3" id rc
+    write_jobs "$D/jobs.json" "$(job "$j1" chaos-quick)" "$(job "$j2" chaos-quick)" "$(job "$j3" chaos-quick)"
+    local down="amqp://guest:guest@127.0.0.1:$(free_port)/%2f"
+    env "${FE[@]}" FLEET_QUEUE="$down" "$FLEET" submit "$D/jobs.json" >"$D/down.out" 2>"$D/down.err"
+    rc=$?
+    [ "$rc" = 1 ] || { fail "fleet submit with the broker down exited $rc"; return 1; }
+    for id in "$j1" "$j2" "$j3"; do
+        grep -q "$id" "$D/down.err" || { fail "$id not named: $(tail -n2 "$D/down.err")"; return 1; }
+    done
+    say "  $(grep -m1 'not confirmed' "$D/down.err")"
+    start_worker a -- --concurrency 3 || return
+    sleep 3
+    llm_ok 0 "$j1" "$j2" "$j3" || return
+    fleet submit "$D/jobs.json" >"$D/again.out" 2>"$D/again.err" || { fail "the second submit failed: $(tail -n1 "$D/again.err")"; return 1; }
+    wait_terminal 90 "$j1" "$j2" "$j3" || return
+    jobs_ok --outcome succeeded --running 1 "$j1" "$j2" "$j3" || return
+    llm_ok 1 "$j1" "$j2" "$j3" || return
+    no_panic
+}
+
+# A job longer than the broker's delivery timeout: its delivery is taken back
+# and delivered again while it runs (RabbitMQ ≥ 3.12: a `consumer-timeout`
+# policy on this drill's own queue; older brokers: its consumer's connection is
+# cut, which is what the timeout does to it). The redelivery starts no second
+# run; an LLM outage afterwards still counts attempts (the record keeps them):
+# failed after FLEET_MAX_ATTEMPTS, message in fleet.dead.
+drill_stale_delivery() {
+    drill_env stale-delivery FLEET_LEASE_SECS=3 FLEET_RETRY_TIERS_SECS=1,3 FLEET_MAX_ATTEMPTS=2
+    local j="c$RUN-sd-1" policy=""
+    local v
+    v=$(rabbitmqctl -q version 2>/dev/null)
+    if [ "$(printf '%s\n3.12.0\n' "$v" | sort -V | head -n1)" = 3.12.0 ]; then
+        policy="chaos-$RUN-ct"
+        rabbitmqctl -q set_policy -p / --apply-to queues "$policy" "^$(printf '%s' "$P" | sed 's/\./\\./g')fleet\\.jobs\$" '{"consumer-timeout": 4000}' >/dev/null ||
+            { fail "setting the consumer-timeout policy failed"; return 1; }
+    fi
+    start_worker a || return
+    submit "$D/jobs.json" "$(job "$j" chaos-stale)" || return
+    wait_for 60 "$j's first command" eval '[ "$(check llm "$LLM_LOG" 1 "$j" >/dev/null && echo y)" = y ]' || return
+    if [ -z "$policy" ]; then
+        say "  RabbitMQ $v has no per-queue consumer timeout: cutting the consumer's connection instead"
+        cut_consumers "${P}fleet.jobs" || return
+    fi
+    wait_terminal 120 "$j" || { [ -n "$policy" ] && rabbitmqctl -q clear_policy -p / "$policy"; return 1; }
+    [ -n "$policy" ] && rabbitmqctl -q clear_policy -p / "$policy" >/dev/null
+    jobs_ok --outcome failed --error-kind llm_unavailable --running 2 --attempt 2 "$j" || return
+    llm_ok 2 "$j" || return
+    wait_for 30 "$j's message in ${P}fleet.dead" dead_count_is 1 || return
+    no_containers "$j" || return
+    no_panic
+}
+
+# Two workers on one local store directory (local workspaces), 100 jobs each
+# published twice: each job runs once, by a ledger each run appends to outside
+# its workspace and by the LLM's log.
+drill_two_local_workers() {
+    local ledger
+    drill_env two-local-workers FLEET_RETRY_TIERS_SECS=1,3
+    ledger="$D/ledger.txt"
+    : >"$ledger"
+    local ids=() jobs=() i id
+    for i in $(seq 100); do
+        id="c$RUN-tl-$i"
+        ids+=("$id")
+        jobs+=("$(job "$id" chaos-ledger "\"env\": {\"MARK\": \"$id\", \"LEDGER\": \"$ledger\"}")")
+    done
+    write_jobs "$D/jobs.json" "${jobs[@]}"
+    # Twice: every job has two messages, so the workers race for each claim.
+    fleet submit "$D/jobs.json" >/dev/null 2>>"$D/submit.log" || { fail "submit failed: $(tail -n1 "$D/submit.log")"; return 1; }
+    fleet submit "$D/jobs.json" >/dev/null 2>>"$D/submit.log" || { fail "submit failed: $(tail -n1 "$D/submit.log")"; return 1; }
+    start_worker a -- --concurrency 4 --workspace local || return
+    start_worker b -- --concurrency 4 --workspace local || return
+    wait_terminal 300 "${ids[@]}" || return
+    jobs_ok --outcome succeeded --running 1 "${ids[@]}" || return
+    local out
+    out=$(check ledger "$ledger" "${ids[@]}") || { fail "$out"; return 1; }
+    say "  $out"
+    llm_ok 1 "${ids[@]}" || return
+    no_panic
 }
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,14 @@ pub const ENV_RETRY_TIERS_SECS: &str = "FLEET_RETRY_TIERS_SECS";
 pub const ENV_QUEUE_PREFIX: &str = "FLEET_QUEUE_PREFIX";
 /// Attempts a job gets for infrastructure faults before it is failed.
 pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
+/// MiB of workspace files one snapshot reads for the patch (default 256); a job
+/// holds at most two snapshots at once, so this bounds a job's memory.
+pub const ENV_SNAPSHOT_MAX_MB: &str = "FLEET_SNAPSHOT_MAX_MB";
+/// Seconds between a worker's sweeps for stranded jobs (default 300; 0 = off).
+pub const ENV_SWEEP_SECS: &str = "FLEET_SWEEP_SECS";
+/// Seconds a job may sit `queued` with no message, or `running` with a silent
+/// owner, before a sweep moves it (default 600).
+pub const ENV_SWEEP_GRACE_SECS: &str = "FLEET_SWEEP_GRACE_SECS";
 
 // The worker policy (`crate::policy`, DESIGN.md "Worker policy").
 /// Worker variables jobs may name in `secrets`, `llm.api_key_env`, `webhook.secret_env`.
@@ -86,6 +94,8 @@ pub struct RunSettings {
     /// Worker-wide webhook (in addition to each job's).
     pub webhook_url: Option<String>,
     pub webhook_secret_env: String,
+    /// Bytes of files one workspace snapshot reads (`FLEET_SNAPSHOT_MAX_MB`).
+    pub snapshot_max_bytes: u64,
 }
 
 impl RunSettings {
@@ -113,6 +123,11 @@ impl RunSettings {
             llm_min_backoff: Duration::from_secs_f64(min_backoff.max(0.0)),
             webhook_url: env(ENV_WEBHOOK_URL),
             webhook_secret_env: ENV_WEBHOOK_SECRET.to_string(),
+            snapshot_max_bytes: env(ENV_SNAPSHOT_MAX_MB)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(256)
+                .max(1)
+                << 20,
         }
     }
 
@@ -182,5 +197,20 @@ pub fn amqp_options() -> crate::queue::AmqpOptions {
         prefix: env(ENV_QUEUE_PREFIX).unwrap_or_default(),
         retry_tiers: retry_tiers(),
         ..Default::default()
+    }
+}
+
+/// A number of seconds from the environment: `default` when unset, an error that
+/// names the variable when it does not parse.
+pub fn env_secs(name: &str, default: f64) -> Result<std::time::Duration, String> {
+    match env(name) {
+        None => Ok(Duration::from_secs_f64(default)),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{name}={v:?}: expected a number of seconds")),
     }
 }

@@ -11,6 +11,9 @@ plugin, which rabbitmqadmin needs, stays off).
                                    {"published": N, "valid_message_ids": [...]}
     amqp.py delete PREFIX NAME...  delete the named queues (PREFIX + NAME) and the
                                    PREFIXfleet.control exchange, if they exist
+    amqp.py raw PREFIX MESSAGE_ID BODY
+                                   publish BODY as it is to PREFIXfleet.jobs with
+                                   that message id (confirmed)
 
 Environment: FLEET_QUEUE (default amqp://guest:guest@127.0.0.1:5672/%2f).
 """
@@ -199,8 +202,24 @@ def delete(prefix, names):
     conn.close()
 
 
+def raw(prefix, message_id, body):
+    conn = connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish(
+        exchange="",
+        routing_key=prefix + "fleet.jobs",
+        body=body.encode(),
+        properties=pika.BasicProperties(delivery_mode=2, message_id=message_id),
+        mandatory=True,
+    )
+    conn.close()
+
+
 def main(argv):
-    if len(argv) >= 3 and argv[0] == "hostile":
+    if len(argv) == 4 and argv[0] == "raw":
+        raw(argv[1], argv[2], argv[3])
+    elif len(argv) >= 3 and argv[0] == "hostile":
         hostile(argv[1], argv[2])
     elif len(argv) >= 2 and argv[0] == "delete":
         delete(argv[1], argv[2:])

@@ -20,6 +20,13 @@ summary on success (exit 0), or the first problem found (exit 1).
     check.py dead FLEET_STATUS_JSON PREFIX N
         `fleet status --fleet --json` shows N messages in PREFIXfleet.dead and none
         waiting in PREFIXfleet.jobs.
+    check.py llm LLM_LOG RUNS [--step K=N] ID...
+        The scripted LLM's own request log (`fleet mock-llm --request-log`) shows RUNS
+        conversations started (requests for step 0) for each job (its task is
+        "chaos drill job ID"), and N requests for step K when given.
+    check.py ledger FILE ID...
+        Each ID is on exactly one line of FILE (a side effect each run appends to,
+        outside the workspace), and nothing else is.
 """
 
 import hashlib
@@ -204,9 +211,57 @@ def cmd_dead(args):
     return f"{dead} in {prefix}fleet.dead, fleet.jobs empty"
 
 
+def llm_steps(log):
+    """job id -> list of steps requested, from the scripted LLM's log."""
+    pat = re.compile(r"chaos drill job ([A-Za-z0-9._-]+)")
+    steps = {}
+    with open(log) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            m = pat.search(r.get("user") or "")
+            if m:
+                steps.setdefault(m.group(1), []).append(r.get("step"))
+    return steps
+
+
+def cmd_llm(args):
+    log, runs = args.pop(0), int(args.pop(0))
+    step = take(args, "--step")
+    steps = llm_steps(log)
+    for job_id in args:
+        got = steps.get(job_id, [])
+        if got.count(0) != runs:
+            raise Fail(f"{job_id}: the LLM saw {got.count(0)} runs start, expected {runs} (steps {got})")
+        if step:
+            k, n = (int(x) for x in step.split("="))
+            if got.count(k) != n:
+                raise Fail(f"{job_id}: the LLM got {got.count(k)} requests for step {k}, expected {n} (steps {got})")
+    return f"{len(args)} jobs: {runs} run(s) each by the LLM's log" + (f", step {step}" if step else "")
+
+
+def cmd_ledger(args):
+    path, ids = args[0], args[1:]
+    with open(path) as f:
+        lines = [l.strip() for l in f if l.strip()]
+    counts = {}
+    for l in lines:
+        counts[l] = counts.get(l, 0) + 1
+    for job_id in ids:
+        if counts.get(job_id) != 1:
+            raise Fail(f"{job_id}: {counts.get(job_id, 0)} runs in the ledger, expected 1")
+    extra = set(counts) - set(ids)
+    if extra:
+        raise Fail(f"unexpected ledger lines: {sorted(extra)[:5]}")
+    return f"{len(ids)} jobs, each run once by the ledger"
+
+
 def main(argv):
     cmds = {"jobs": cmd_jobs, "webhooks": cmd_webhooks, "tree": cmd_tree,
-            "observations": cmd_observations, "dead": cmd_dead}
+            "observations": cmd_observations, "dead": cmd_dead, "llm": cmd_llm,
+            "ledger": cmd_ledger}
     if not argv or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod logs;
 pub mod mock_llm;
 pub mod progress;
+pub mod reconcile;
 pub mod run;
 pub mod status;
 pub mod submit;
@@ -45,6 +46,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Cancel a queued or running job.
     Cancel(cancel::CancelArgs),
+    /// Sweep the store once for stranded jobs: republish jobs queued with no
+    /// message, fail running jobs whose worker is gone (what every worker's
+    /// sweeper does now and then).
+    Reconcile(reconcile::ReconcileArgs),
     /// Print a job's events, human-readable.
     Logs(logs::LogsArgs),
     /// Serve scripted OpenAI-compatible chat completions (tests, benchmarks, the
@@ -105,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(a) => submit::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Cancel(a) => cancel::run(a).await,
+        Command::Reconcile(a) => reconcile::run(a).await,
         Command::Logs(a) => logs::run(a).await,
         Command::MockLlm(a) => mock_llm::run(a).await,
     }

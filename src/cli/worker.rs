@@ -22,7 +22,7 @@ use crate::queue::{AmqpOptions, ControlMsg, Queue};
 use crate::results::webhook;
 use crate::store::Store;
 use crate::telemetry::metrics;
-use crate::worker::{Services, Shutdown, Worker};
+use crate::worker::{Services, Shutdown, Worker, sweep};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -64,6 +64,17 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let n = concurrency(a.concurrency)?;
+    let sweep_every = config::env_secs(config::ENV_SWEEP_SECS, 300.0).map_err(UsageError)?;
+    let sweep_grace = config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(UsageError)?;
+    if let Some(v) = config::env(config::ENV_SNAPSHOT_MAX_MB) {
+        if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+            return Err(UsageError(format!(
+                "{}={v:?}: expected a whole number of MiB",
+                config::ENV_SNAPSHOT_MAX_MB
+            ))
+            .into());
+        }
+    }
     let metrics_addr: SocketAddr = config::resolve(
         a.metrics_addr.clone(),
         config::ENV_METRICS_ADDR,
@@ -148,6 +159,18 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     });
     let stats = spawn_queue_stats(queue.clone());
     let sweep = spawn_stale_sweep(svc.backend.clone());
+    let rules = sweep::SweepRules {
+        grace: sweep_grace,
+        silence: sweep_grace,
+        worker_id: worker_id.clone(),
+    };
+    let job_sweep = spawn_job_sweep(
+        svc.clone(),
+        queue.clone(),
+        worker.watch.clone(),
+        rules,
+        sweep_every,
+    );
     let grace = Duration::from_secs(a.grace_secs);
     let drain = async {
         wait_for_signal().await;
@@ -173,6 +196,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     watch.abort();
     stats.abort();
     sweep.abort();
+    job_sweep.abort();
     shutdown.abort.cancel();
     queue.close().await;
     server_stop.cancel();
@@ -233,6 +257,32 @@ fn spawn_stale_sweep(backend: crate::workspace::Backend) -> tokio::task::JoinHan
                 Ok(0) => {}
                 Ok(n) => info!(removed = n, "removed containers of dead workers"),
                 Err(e) => warn!(error = %e, "sweeping containers of dead workers"),
+            }
+        }
+    })
+}
+
+/// Sweeps the store for stranded jobs every `every` (±50 % jitter, so a fleet's
+/// workers spread out; 0 turns it off). Each sweep is bounded by `every`.
+fn spawn_job_sweep(
+    svc: Arc<Services>,
+    queue: Queue,
+    watch: Arc<crate::worker::lease::LeaseWatch>,
+    rules: sweep::SweepRules,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            let pause = every.mul_f64(0.5 + rand::random::<f64>());
+            tokio::time::sleep(pause).await;
+            let run = sweep::sweep_once(&svc.store, &queue, &watch, &rules);
+            match tokio::time::timeout(every, run).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "sweeping for stranded jobs failed"),
+                Err(_) => warn!("a sweep for stranded jobs took longer than its period"),
             }
         }
     })

@@ -7,4 +7,6 @@ pub mod status;
 
 pub use parse::{JobFileError, ParseOptions, job_from_value, parse_job_file, parse_jobs};
 pub use spec::{Input, JobSpec, Limits, LlmSpec, Price, StuckThresholds, WebhookSpec};
-pub use status::{ErrorInfo, JobResult, Outcome, Phase, State, StatusRecord, Tokens, Transition};
+pub use status::{
+    ErrorInfo, JobResult, Outcome, Owner, Phase, State, StatusRecord, Tokens, Transition,
+};

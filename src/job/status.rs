@@ -1,5 +1,10 @@
 //! Job states, outcomes, the status record (status.json) and the result record
 //! (result.json). These are store contracts (DESIGN.md "Job states", "Store layout").
+//!
+//! The status record also carries the run's ownership: a claim writes an [`Owner`]
+//! token (worker, attempt, nonce) and every later write of that run is made only
+//! while the stored record still carries it ([`StatusRecord::owned_by`]; the store
+//! enforces it with a conditional write, see `Store::update_owned`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -168,16 +173,53 @@ pub struct WebhookDelivery {
     pub last_error: Option<String>,
 }
 
+/// Who holds a run: written by the claim, checked by every later write of the run.
+/// The nonce tells two claims of one worker and attempt apart (a redelivery that
+/// found its own stale record).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub worker: String,
+    pub attempt: u32,
+    pub nonce: String,
+}
+
+impl Owner {
+    pub fn new(worker: &str, attempt: u32) -> Owner {
+        Owner {
+            worker: worker.to_string(),
+            attempt,
+            nonce: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.worker, self.attempt, self.nonce)
+    }
+}
+
 /// status.json: the job's state record. Written on every transition and heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusRecord {
     pub job_id: String,
     pub state: State,
+    /// Attempts started so far (a takeover of a dead worker's run included). The
+    /// record, not the message, is the authority: a stale delivery cannot reset it.
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The run that holds the job (set by a claim, kept on the terminal record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// For people; liveness is judged from `heartbeat_seq` on the observer's clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<DateTime<Utc>>,
+    /// Bumped by every heartbeat of the owning run. Another worker takes the run
+    /// for dead only when it saw the same (owner, sequence) stay unchanged for a
+    /// lease on its own clock, so clock skew between hosts cannot matter.
+    #[serde(default)]
+    pub heartbeat_seq: u64,
     /// A run whose heartbeat is older than this many seconds is taken to be dead.
     #[serde(default)]
     pub lease_secs: u64,
@@ -211,7 +253,9 @@ impl StatusRecord {
             state: State::Queued,
             attempt: 0,
             worker: None,
+            owner: None,
             heartbeat: None,
+            heartbeat_seq: 0,
             lease_secs: 0,
             created_at: now,
             updated_at: now,
@@ -257,12 +301,18 @@ impl StatusRecord {
         });
     }
 
-    /// True while a live run holds the job: running with a fresh heartbeat.
-    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.state == State::Running
-            && self
-                .heartbeat
-                .is_some_and(|h| (now - h).num_milliseconds() < (self.lease_secs as i64) * 1000)
+    /// True when the record still names `owner` as the holder of the run.
+    pub fn owned_by(&self, owner: &Owner) -> bool {
+        self.owner.as_ref() == Some(owner)
+    }
+
+    /// What an observer watches to judge whether a running job's owner is alive:
+    /// the owner and its heartbeat sequence. `None` unless the job is running.
+    pub fn liveness_mark(&self) -> Option<(Owner, u64)> {
+        match (&self.owner, self.state) {
+            (Some(o), State::Running) => Some((o.clone(), self.heartbeat_seq)),
+            _ => None,
+        }
     }
 }
 
@@ -303,6 +353,14 @@ pub struct JobResult {
     pub finished_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// False when patch.diff covers only part of the workspace (a snapshot limit
+    /// was hit); its first line then says so.
+    #[serde(default = "yes")]
+    pub patch_complete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl JobResult {
@@ -329,6 +387,35 @@ impl JobResult {
             started_at: now,
             finished_at: now,
             worker: worker.map(str::to_string),
+            patch_complete: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_record_reads_without_owner_or_sequence() {
+        let mut v = serde_json::to_value(StatusRecord::queued("j", None)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("heartbeat_seq");
+        let rec: StatusRecord = serde_json::from_value(v).unwrap();
+        assert_eq!((rec.owner, rec.heartbeat_seq), (None, 0));
+    }
+
+    #[test]
+    fn ownership_is_the_whole_token() {
+        let a = Owner::new("w1", 1);
+        let mut rec = StatusRecord::queued("j", None);
+        rec.owner = Some(a.clone());
+        rec.transition(State::Running, Some("w1"), None);
+        assert!(rec.owned_by(&a));
+        // Same worker and attempt, another claim: not the same run.
+        assert!(!rec.owned_by(&Owner::new("w1", 1)));
+        assert_eq!(rec.liveness_mark(), Some((a, 0)));
+        rec.transition(State::Succeeded, Some("w1"), None);
+        assert_eq!(rec.liveness_mark(), None);
     }
 }

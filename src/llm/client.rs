@@ -19,9 +19,9 @@ use super::{text_tools, wire};
 use crate::job::Price;
 use crate::telemetry::metrics;
 
-/// The largest reply body read (a completion is kilobytes; 32 MiB leaves room
-/// for a model writing a very large file in one call).
-const MAX_REPLY_BYTES: usize = 32 << 20;
+/// The largest reply body read from an LLM endpoint (a real completion is far
+/// smaller); past it the request fails with `llm_reply_too_large`.
+pub const MAX_REPLY_BYTES: usize = 32 << 20;
 
 pub struct LlmClient {
     settings: LlmSettings,
@@ -199,21 +199,28 @@ impl LlmClient {
         let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        // Read in chunks under a cap: a runaway (or hostile) endpoint must not
-        // make one reply cost the worker gigabytes.
-        let mut body = Vec::new();
+        let too_large = |n: u64| AttemptError {
+            failure: Failure::TooLarge,
+            status: Some(status),
+            retry_after: None,
+            message: format!("the reply is {n} bytes or more; at most {MAX_REPLY_BYTES} are read"),
+        };
+        if let Some(n) = resp
+            .content_length()
+            .filter(|n| *n > MAX_REPLY_BYTES as u64)
+        {
+            return Err(too_large(n));
+        }
+        // Read chunk by chunk so a reply without (or lying about) its length
+        // cannot grow past the cap.
+        let mut body = bytes::BytesMut::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
             if body.len() + chunk.len() > MAX_REPLY_BYTES {
-                return Err(AttemptError {
-                    failure: Failure::Protocol,
-                    status: Some(status),
-                    retry_after: None,
-                    message: format!("reply body is over the {} MiB limit", MAX_REPLY_BYTES >> 20),
-                });
+                return Err(too_large((body.len() + chunk.len()) as u64));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((status, headers, Bytes::from(body)))
+        Ok((status, headers, body.freeze()))
     }
 
     fn read_completion(

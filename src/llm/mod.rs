@@ -123,6 +123,10 @@ pub enum LlmError {
     },
     #[error("LLM reply could not be read: {0}")]
     Protocol(String),
+    /// The reply was larger than the client reads (`MAX_REPLY_BYTES`): the
+    /// worker's memory stays bounded whatever the endpoint sends.
+    #[error("LLM reply too large: {0}")]
+    ReplyTooLarge(String),
 }
 
 impl LlmError {
@@ -137,6 +141,7 @@ impl LlmError {
             } => "llm_rate_limited",
             LlmError::Unavailable { .. } => "llm_unavailable",
             LlmError::Protocol(_) => "llm_protocol",
+            LlmError::ReplyTooLarge(_) => "llm_reply_too_large",
         }
     }
 

@@ -31,6 +31,8 @@ pub(crate) enum Failure {
     ServerFault,
     /// A 2xx body we could not read, or a status we do not expect.
     Protocol,
+    /// A reply body over the client's cap: the same request would get it again.
+    TooLarge,
 }
 
 /// One failed attempt, as the retry loop sees it.
@@ -76,6 +78,7 @@ impl AttemptError {
                 message,
             },
             Failure::Protocol => LlmError::Protocol(message),
+            Failure::TooLarge => LlmError::ReplyTooLarge(message),
         }
     }
 }

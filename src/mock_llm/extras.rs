@@ -21,11 +21,16 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    /// Creates (or truncates) the log at `path`.
+    /// Opens the log at `path` for appending (created when missing), so a
+    /// server restarted on the same file keeps the earlier lines.
     pub fn create(path: &Path) -> std::io::Result<RequestLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(RequestLog {
             path: path.to_path_buf(),
-            file: Mutex::new(std::fs::File::create(path)?),
+            file: Mutex::new(file),
         })
     }
 
@@ -34,11 +39,16 @@ impl RequestLog {
     }
 
     /// Records a request: the model, how it was answered (`step`, `summary`,
-    /// `failure`, `error`), the step, the HTTP status, and the request body.
+    /// `failure`, `error`), the step, the HTTP status, the conversation's first
+    /// user message (its first 300 characters: which job it is), the time, and
+    /// the request body.
     pub fn record(&self, model: &str, kind: &str, step: Option<usize>, status: u16, body: &[u8]) {
         let request: Value = serde_json::from_slice(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
-        let line = json!({"model": model, "kind": kind, "step": step, "status": status, "request": request});
+        let user: String = first_user_text(&request).chars().take(300).collect();
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        let line = json!({"model": model, "kind": kind, "step": step, "status": status,
+                          "user": user, "at_ms": at_ms, "request": request});
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
         // A log write failing must not fail the reply: the test reading the log
@@ -47,6 +57,21 @@ impl RequestLog {
         if let Err(e) = f.write_all(&bytes).and_then(|_| f.flush()) {
             tracing::warn!(error = %e, path = %self.path.display(), "scripted LLM cannot write its request log");
         }
+    }
+}
+
+/// The text of the first user message of a request body (plain or in parts).
+fn first_user_text(request: &Value) -> String {
+    let Some(m) = request["messages"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
     }
 }
 

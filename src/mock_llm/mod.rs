@@ -48,6 +48,12 @@
 //!   `message`.
 //! - `fail.status: 200`: a 200 reply with an empty `choices` list.
 //!
+//! With a request log (`fleet mock-llm --log FILE`) every request for a script
+//! appends one JSON line `{"model", "step", "user", "at_ms"}` (`user`: the
+//! start of the conversation's first user message, which names its task) before it is
+//! answered: an observer outside the fleet that counts how often each
+//! conversation was run (the fault drills use it; workspaces have no network).
+//!
 //! A script that does not parse or check (unknown fields included) is answered
 //! with 500 and a message naming the file and the place. Scripts are cached and
 //! re-read when their modification time or size changes. The server never fails on

@@ -2,6 +2,7 @@
 //! input), artifacts collected by glob, and everything uploaded to the store
 //! (DESIGN.md "Store layout"). The webhook is sent after all of that is stored.
 
+pub mod base;
 pub mod diff;
 pub mod input;
 pub mod webhook;

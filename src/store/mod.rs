@@ -1,6 +1,14 @@
 //! The store: where jobs, their status records and their results live (DESIGN.md
 //! "Store layout"). A local directory is the embedded default; S3 is the fleet's.
 //! Both take the same keys ([`keys`]) and are reached through the [`Store`] enum.
+//!
+//! A run's writes go through the `*_owned` methods: each is made only while the
+//! job's status record still names the run's [`Owner`] token, so a run that lost
+//! its job (a paused worker whose lease ran out) cannot write over its successor.
+//! Status writes are airtight on both backends (S3: `If-Match` on the record read;
+//! local: the job's `flock`). Other files of a run are airtight locally (check and
+//! write under the lock); on S3 the record is checked just before the write, so
+//! only a request already on the wire when its worker froze can still land.
 
 pub mod keys;
 pub mod local;
@@ -12,7 +20,7 @@ use bytes::Bytes;
 
 pub use keys::JobKeys;
 
-use crate::job::StatusRecord;
+use crate::job::{Owner, StatusRecord};
 
 /// Store failures. Unavailability is an infrastructure fault (retried); a corrupt
 /// record is not.
@@ -28,6 +36,10 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("{key}: changed by someone else")]
     Conflict { key: String },
+    /// The run's owner token is no longer in the job's status record: another
+    /// run holds the job (or it ended). The run must stop and write nothing.
+    #[error("job {job_id}: this run lost ownership (the record names {holder})")]
+    Lost { job_id: String, holder: String },
 }
 
 impl StoreError {
@@ -44,6 +56,7 @@ impl StoreError {
             StoreError::BadKey { .. } => "store_bad_key",
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::Conflict { .. } => "store_conflict",
+            StoreError::Lost { .. } => "ownership_lost",
         }
     }
 }
@@ -106,6 +119,16 @@ impl Store {
         }
     }
 
+    /// Downloads `key` to the file `dest`, streamed (never whole in memory);
+    /// false when nothing is stored there.
+    pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        check(key)?;
+        match self {
+            Store::Local(s) => s.get_to_file(key, dest).await,
+            Store::S3(s) => s.get_to_file(key, dest).await,
+        }
+    }
+
     /// Keys under `prefix` (recursive), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self {
@@ -154,7 +177,7 @@ impl Store {
         let key = JobKeys(job_id).status();
         match self {
             Store::Local(s) => {
-                let _guard = s.lock_key(&key).await;
+                let _guard = s.lock_key(&key).await?;
                 let Some(mut rec) = self.get_json::<StatusRecord>(&key).await? else {
                     return Ok(None);
                 };
@@ -173,6 +196,89 @@ impl Store {
         }
     }
 
+    /// Like [`Store::update_status`], but only while the record names `owner`:
+    /// `Err(StoreError::Lost)` (nothing written) once it does not. `f` returns
+    /// false to leave the record unchanged. Returns the record as stored.
+    pub async fn update_owned(
+        &self,
+        job_id: &str,
+        owner: &Owner,
+        f: impl Fn(&mut StatusRecord) -> bool,
+    ) -> Result<StatusRecord, StoreError> {
+        let holder = std::sync::Mutex::new(None::<String>);
+        let rec = self
+            .update_status(job_id, |r| {
+                if !r.owned_by(owner) {
+                    *holder.lock().expect("holder") = Some(holder_of(r));
+                    return false;
+                }
+                *holder.lock().expect("holder") = None;
+                f(r)
+            })
+            .await?;
+        let lost = holder.lock().expect("holder").take();
+        match (rec, lost) {
+            (Some(rec), None) => Ok(rec),
+            (None, _) => Err(StoreError::Lost {
+                job_id: job_id.to_string(),
+                holder: "nothing (no status record)".into(),
+            }),
+            (Some(_), Some(holder)) => Err(StoreError::Lost {
+                job_id: job_id.to_string(),
+                holder,
+            }),
+        }
+    }
+
+    /// Writes one file of a run while the job's record names `owner`; else
+    /// `Err(StoreError::Lost)`, writing nothing.
+    pub async fn put_owned(
+        &self,
+        job_id: &str,
+        owner: &Owner,
+        key: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let _guard = self.owned_guard(job_id, owner).await?;
+        self.put(key, body).await
+    }
+
+    /// [`Store::put_file`] under the same condition as [`Store::put_owned`].
+    pub async fn put_file_owned(
+        &self,
+        job_id: &str,
+        owner: &Owner,
+        key: &str,
+        path: &Path,
+    ) -> Result<u64, StoreError> {
+        let _guard = self.owned_guard(job_id, owner).await?;
+        self.put_file(key, path).await
+    }
+
+    /// Checks that the record names `owner`, holding the job's lock (local store)
+    /// until the guard is dropped.
+    async fn owned_guard(
+        &self,
+        job_id: &str,
+        owner: &Owner,
+    ) -> Result<Option<local::KeyLock>, StoreError> {
+        let key = JobKeys(job_id).status();
+        let guard = match self {
+            Store::Local(s) => Some(s.lock_key(&key).await?),
+            Store::S3(_) => None,
+        };
+        let rec = self.get_json::<StatusRecord>(&key).await?;
+        match rec {
+            Some(r) if r.owned_by(owner) => Ok(guard),
+            r => Err(StoreError::Lost {
+                job_id: job_id.to_string(),
+                holder: r
+                    .as_ref()
+                    .map_or("nothing (no status record)".into(), holder_of),
+            }),
+        }
+    }
+
     /// Writes `body` only when nothing is stored at `key` yet (S3: `If-None-Match: *`).
     /// Returns false, writing nothing, when something is.
     pub async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
@@ -180,7 +286,7 @@ impl Store {
         let n = body.len() as u64;
         let written = match self {
             Store::Local(s) => {
-                let _guard = s.lock_key(key).await;
+                let _guard = s.lock_key(key).await?;
                 if s.get(key).await?.is_some() {
                     false
                 } else {
@@ -213,6 +319,14 @@ impl Store {
             },
             Store::S3(s) => s.ping().await,
         }
+    }
+}
+
+/// Who a record says holds the job, for the `Lost` error.
+fn holder_of(r: &StatusRecord) -> String {
+    match &r.owner {
+        Some(o) => format!("{o} ({})", r.state),
+        None => format!("no owner ({})", r.state),
     }
 }
 

@@ -3,6 +3,10 @@
 //! patch and artifacts, tear the workspace down (on every path, panics included),
 //! and upload events, patch and metrics. The caller writes result.json and the
 //! terminal status (it alone knows whether an infrastructure fault is retried).
+//!
+//! Every upload goes through the run's [`Fence`]: once the run lost its job it
+//! stops at once (the workspace is torn down as on every path) and uploads
+//! nothing more ([`AttemptEnd::Lost`]).
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -16,19 +20,24 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::fence::Fence;
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
 use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
+use crate::results::base::Base;
 use crate::results::{diff, input, match_artifacts};
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
 
-/// Snapshot limits: files over this are listed but not diffed or collected.
+/// Artifacts over this are not collected.
 const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Snapshot limits: files over this are listed but not read (nor diffed), and a
+/// snapshot stops reading at the total — the worker holds at most two snapshots'
+/// worth of a job's files at once, whatever the workspace holds.
+/// (The total is `FLEET_SNAPSHOT_MAX_MB`, 256 MiB by default.)
 const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
-const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 /// Inputs may inflate to at most this.
 const MAX_INPUT_BYTES: u64 = 1 << 30;
 
@@ -57,6 +66,8 @@ pub enum AttemptEnd {
     Retry(JobResult),
     /// Stopped by worker shutdown before it could finish: requeue it.
     Aborted,
+    /// Another run holds the job now: this one stopped and wrote nothing more.
+    Lost,
 }
 
 /// Per-phase wall times in seconds (metrics.json).
@@ -101,6 +112,7 @@ enum Stop {
     TimedOut,
     Cancelled,
     Aborted,
+    Lost,
 }
 
 fn err(kind: &str, phase: Phase, retryable: bool, message: impl Into<String>) -> ErrorInfo {
@@ -220,6 +232,7 @@ pub async fn run_attempt(
     attempt: u32,
     ctl: &JobControl,
     events: &EventLog,
+    fence: &Fence,
 ) -> AttemptEnd {
     let t0 = Instant::now();
     let started_at = Utc::now();
@@ -239,6 +252,7 @@ pub async fn run_attempt(
         started_at,
         finished_at: started_at,
         worker: Some(svc.settings.worker_id.clone()),
+        patch_complete: true,
     };
     let mut retry = false;
     let mut patch = String::new();
@@ -299,6 +313,12 @@ pub async fn run_attempt(
             metrics().workspace_start.observe(phases.workspace_start);
             match started {
                 None => return AttemptEnd::Aborted,
+                Some(Ok(ws)) if fence.is_lost() => {
+                    if let Err(e) = ws.destroy().await {
+                        warn!(error = %e, "workspace teardown failed");
+                    }
+                    return AttemptEnd::Lost;
+                }
                 Some(Err(e)) => {
                     retry = e.retryable();
                     result.error = Some(ws_err(&e, Phase::Workspace));
@@ -313,6 +333,7 @@ pub async fn run_attempt(
                         &masker,
                         events,
                         ctl,
+                        fence,
                         &mut phases,
                     ))
                     .catch_unwind()
@@ -333,13 +354,16 @@ pub async fn run_attempt(
                             result.error = Some(err("internal_panic", Phase::Agent, false, msg));
                         }
                         Ok(InWorkspace::Aborted) => return AttemptEnd::Aborted,
+                        Ok(InWorkspace::Lost) => return AttemptEnd::Lost,
                         Ok(InWorkspace::Done {
                             stop,
                             patch: p,
+                            patch_complete,
                             artifacts: n,
                             error,
                         }) => {
                             patch = p;
+                            result.patch_complete = patch_complete;
                             artifacts = n;
                             if let Some(e) = error {
                                 retry = e.retryable;
@@ -368,18 +392,21 @@ pub async fn run_attempt(
         }
     }
 
+    if fence.is_lost() {
+        return AttemptEnd::Lost;
+    }
     // Upload events, patch, metrics. A store failure here is an infrastructure fault.
     let t = Instant::now();
     let events_path = events_path(svc, &spec.id, attempt);
+    let patch_bytes = patch.len();
+    let patch = Bytes::from(patch);
     let upload = async {
         if events_path.exists() {
-            svc.store.put_file(&keys.events(), &events_path).await?;
+            fence.put_file(&keys.events(), &events_path).await?;
         } else {
-            svc.store.put(&keys.events(), Bytes::new()).await?;
+            fence.put(&keys.events(), Bytes::new()).await?;
         }
-        svc.store
-            .put(&keys.patch(), Bytes::from(patch.clone()))
-            .await?;
+        fence.put(&keys.patch(), patch.clone()).await?;
         Ok::<(), StoreError>(())
     };
     let upload_err = upload.await.err();
@@ -398,12 +425,18 @@ pub async fn run_attempt(
         tools: &tools,
         events: events.len(),
         events_bytes: events.bytes_written(),
-        patch_bytes: patch.len(),
+        patch_bytes,
         artifacts,
         duration_secs: result.duration_secs,
     };
-    let metrics_err = svc.store.put_json(&keys.metrics(), &m).await.err();
+    let metrics_err = match upload_err {
+        Some(_) => None,
+        None => fence.put_json(&keys.metrics(), &m).await.err(),
+    };
     if let Some(e) = upload_err.or(metrics_err) {
+        if matches!(e, StoreError::Lost { .. }) {
+            return AttemptEnd::Lost;
+        }
         warn!(error = %e, "uploading results failed");
         result.outcome = Outcome::Failed;
         result.error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
@@ -481,7 +514,7 @@ fn apply_stop(
         Stop::Cancelled => {
             result.outcome = Outcome::Cancelled;
         }
-        Stop::Aborted => {}
+        Stop::Aborted | Stop::Lost => {}
     }
 }
 
@@ -489,11 +522,28 @@ enum InWorkspace {
     Done {
         stop: Option<Stop>,
         patch: String,
+        patch_complete: bool,
         artifacts: usize,
         error: Option<ErrorInfo>,
     },
     Aborted,
+    Lost,
 }
+
+impl InWorkspace {
+    fn early(stop: Option<Stop>, error: Option<ErrorInfo>) -> InWorkspace {
+        InWorkspace::Done {
+            stop,
+            patch: String::new(),
+            patch_complete: true,
+            artifacts: 0,
+            error,
+        }
+    }
+}
+
+/// The longest the patch computation may take (it runs on a blocking thread).
+const DIFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Everything that needs the live workspace. Never destroys it (the caller does).
 #[allow(clippy::too_many_arguments)]
@@ -505,6 +555,7 @@ async fn in_workspace(
     masker: &Masker,
     events: &EventLog,
     ctl: &JobControl,
+    fence: &Fence,
     phases: &mut Phases,
 ) -> InWorkspace {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.limits.timeout_secs);
@@ -516,64 +567,66 @@ async fn in_workspace(
         r = place_input(svc, spec, ws) => Some(r),
         _ = tokio::time::sleep_until(deadline) => None,
         _ = ctl.abort.cancelled() => return InWorkspace::Aborted,
+        _ = fence.lost().cancelled() => return InWorkspace::Lost,
     };
     let base = match placed {
-        None => {
-            return InWorkspace::Done {
-                stop: Some(Stop::TimedOut),
-                patch: String::new(),
-                artifacts: 0,
-                error: None,
-            };
-        }
-        Some(Err(e)) => {
-            return InWorkspace::Done {
-                stop: None,
-                patch: String::new(),
-                artifacts: 0,
-                error: Some(e),
-            };
-        }
+        None => return InWorkspace::early(Some(Stop::TimedOut), None),
+        Some(Err(e)) => return InWorkspace::early(None, Some(e)),
         Some(Ok(())) => match ws
-            .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+            .snapshot(
+                &workdir,
+                MAX_DIFF_FILE_BYTES as u64,
+                svc.settings.snapshot_max_bytes,
+            )
             .await
         {
-            Ok(s) => s.files,
-            Err(e) => {
-                return InWorkspace::Done {
-                    stop: None,
-                    patch: String::new(),
-                    artifacts: 0,
-                    error: Some(ws_err(&e, Phase::Input)),
-                };
+            Ok(s) => {
+                // On disk while the job runs: a running job holds none of its files.
+                let path = svc.scratch.join(format!(
+                    "{}-{}.base",
+                    spec.id,
+                    uuid::Uuid::new_v4().simple()
+                ));
+                match tokio::task::spawn_blocking(move || Base::spill(s, &path)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        return InWorkspace::early(
+                            None,
+                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
+                        );
+                    }
+                    Err(e) => {
+                        return InWorkspace::early(
+                            None,
+                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
+                        );
+                    }
+                }
             }
+            Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
     if let Some(user) = &spec.limits.user {
         if let Err(e) = ws.chown_workdir(user).await {
-            return InWorkspace::Done {
-                stop: None,
-                patch: String::new(),
-                artifacts: 0,
-                error: Some(ws_err(&e, Phase::Input)),
-            };
+            return InWorkspace::early(None, Some(ws_err(&e, Phase::Input)));
         }
     }
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let run = agent::run(agent::AgentRun {
+    let run = fence.gate(agent::run(agent::AgentRun {
         job: spec,
         workspace: ws,
         llm,
         masker,
         events,
-    });
+    }));
     let stop = tokio::select! {
         r = run => Stop::Report(r),
         _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,
         _ = ctl.cancel.cancelled() => Stop::Cancelled,
         _ = ctl.abort.cancelled() => Stop::Aborted,
+        _ = fence.lost().cancelled() => Stop::Lost,
     };
     phases.agent = t.elapsed().as_secs_f64();
     match &stop {
@@ -596,102 +649,176 @@ async fn in_workspace(
             );
         }
         Stop::Aborted => return InWorkspace::Aborted,
+        Stop::Lost => return InWorkspace::Lost,
         Stop::Report(_) => {}
     }
 
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
-    let (patch, artifacts, error) = match ws
-        .snapshot(&workdir, MAX_FILE_BYTES, MAX_SNAPSHOT_BYTES)
+    let (patch, patch_complete, artifacts, error) = match ws
+        .snapshot(
+            &workdir,
+            MAX_DIFF_FILE_BYTES as u64,
+            svc.settings.snapshot_max_bytes,
+        )
         .await
     {
-        Err(e) => (String::new(), 0, Some(ws_err(&e, Phase::Collect))),
+        Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
         Ok(after) => {
-            let clip = |f: &BTreeMap<String, Option<Vec<u8>>>| -> diff::Files {
-                f.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.clone().filter(|b| b.len() <= MAX_DIFF_FILE_BYTES),
-                        )
-                    })
-                    .collect()
-            };
-            let patch = masker.mask(&diff::unified(&clip(&base), &clip(&after.files)));
+            // Artifacts first, one file at a time (read from the workspace, up to
+            // MAX_FILE_BYTES each); then both snapshots move into the diff (no
+            // copy of a workspace is made).
             let mut n = 0;
             let mut error = None;
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
-                if let Some(Some(body)) = after.files.get(path) {
+                if fence.is_lost() {
+                    break;
+                }
+                let body = match after.files.get(path) {
+                    Some(Some(body)) => Some(body.clone()),
+                    Some(None) => collect_large(ws, &workdir, path).await,
+                    None => None,
+                };
+                if let Some(body) = body {
                     let key = JobKeys(&spec.id).artifact(path);
-                    let body = Bytes::from(masker.mask_bytes(body));
-                    if let Err(e) = svc.store.put(&key, body).await {
+                    let body = Bytes::from(masker.mask_bytes(&body));
+                    if let Err(e) = fence.put(&key, body).await {
                         error = Some(err(e.kind(), Phase::Store, e.retryable(), e.to_string()));
                         break;
                     }
                     n += 1;
                 }
             }
-            (patch, n, error)
+            let (patch, complete, diff_error) = match make_patch(base, after, masker).await {
+                Ok((p, c)) => (p, c, None),
+                Err(e) => (String::new(), false, Some(e)),
+            };
+            (patch, complete, n, error.or(diff_error))
         }
     };
+    if fence.is_lost() {
+        return InWorkspace::Lost;
+    }
     phases.collect = t.elapsed().as_secs_f64();
     InWorkspace::Done {
         stop: Some(stop),
         patch,
+        patch_complete,
         artifacts,
         error,
     }
 }
 
+/// An artifact the snapshot listed without reading it: read on its own when it
+/// is a regular file of at most [`MAX_FILE_BYTES`].
+async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<u8>> {
+    let full = format!("{}/{path}", workdir.trim_end_matches('/'));
+    match ws.stat(&full).await {
+        Ok(Some(workspace::PathKind::File { size })) if size <= MAX_FILE_BYTES => {
+            ws.read_file(&full).await.ok().flatten()
+        }
+        _ => None,
+    }
+}
+
+/// The masked patch of `after` against `base` and whether it is complete, computed
+/// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
+/// their runtime threads however large the workspace).
+async fn make_patch(
+    base: Base,
+    after: workspace::Snapshot,
+    masker: &Masker,
+) -> Result<(String, bool), ErrorInfo> {
+    let masker = masker.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        // Only changed files' base contents are read back from disk.
+        let (before, now) = base.sides(after, MAX_DIFF_FILE_BYTES)?;
+        let d = diff::patch(&before, &now);
+        Ok::<_, std::io::Error>((masker.mask(&d.text), d.complete))
+    });
+    match tokio::time::timeout(DIFF_DEADLINE, job).await {
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(e))) => Err(err("scratch_io", Phase::Collect, true, e.to_string())),
+        Ok(Err(e)) => Err(err("diff_failed", Phase::Collect, false, e.to_string())),
+        Err(_) => Err(err(
+            "diff_deadline",
+            Phase::Collect,
+            false,
+            format!("computing the patch took longer than {DIFF_DEADLINE:?}"),
+        )),
+    }
+}
+
 async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(), ErrorInfo> {
     let workdir = ws.workdir().to_string();
+    // Inputs pass through scratch files, never whole in memory: a 1 GiB input
+    // costs the worker a buffer, not a gigabyte.
+    let scratch = |ext: &str| {
+        svc.scratch.join(format!(
+            "{}-{}.{ext}",
+            spec.id,
+            uuid::Uuid::new_v4().simple()
+        ))
+    };
+    let unreadable = |what: &str, e: String| {
+        err(
+            "input_unreadable",
+            Phase::Input,
+            false,
+            format!("{what}: {e}"),
+        )
+    };
     match &spec.input {
         None => Ok(()),
         Some(Input::Path { path }) => {
-            let dir = PathBuf::from(path);
-            let tar = tokio::task::spawn_blocking(move || input::tar_dir(&dir))
+            let (dir, tar) = (PathBuf::from(path), scratch("tar"));
+            let dest = tar.clone();
+            let packed = tokio::task::spawn_blocking(move || input::tar_dir_to_file(&dir, &dest))
                 .await
-                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
-                .map_err(|e| {
-                    err(
-                        "input_unreadable",
-                        Phase::Input,
-                        false,
-                        format!("{path}: {e}"),
-                    )
-                })?;
-            ws.put_tar(&workdir, tar)
-                .await
-                .map_err(|e| ws_err(&e, Phase::Input))
+                .map_err(|e| unreadable(path, e.to_string()))
+                .and_then(|r| r.map_err(|e| unreadable(path, e.to_string())));
+            let placed = match packed {
+                Ok(()) => ws
+                    .put_tar_file(&workdir, &tar)
+                    .await
+                    .map_err(|e| ws_err(&e, Phase::Input)),
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&tar);
+            placed
         }
         Some(Input::StoreKey { store_key }) => {
-            let gz = svc
-                .store
-                .get(store_key)
-                .await
-                .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?
-                .ok_or_else(|| {
-                    err(
+            let (gz, tar) = (scratch("tar.gz"), scratch("tar"));
+            let placed = async {
+                let found = svc
+                    .store
+                    .get_to_file(store_key, &gz)
+                    .await
+                    .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?;
+                if !found {
+                    return Err(err(
                         "input_missing",
                         Phase::Input,
                         false,
                         format!("{store_key} is not in the store"),
-                    )
-                })?;
-            let tar = tokio::task::spawn_blocking(move || input::gunzip(&gz, MAX_INPUT_BYTES))
+                    ));
+                }
+                let (src, dest) = (gz.clone(), tar.clone());
+                tokio::task::spawn_blocking(move || {
+                    input::gunzip_file(&src, &dest, MAX_INPUT_BYTES)
+                })
                 .await
-                .map_err(|e| err("input_unreadable", Phase::Input, false, e.to_string()))?
-                .map_err(|e| {
-                    err(
-                        "input_unreadable",
-                        Phase::Input,
-                        false,
-                        format!("{store_key}: {e}"),
-                    )
-                })?;
-            ws.put_tar(&workdir, tar)
-                .await
-                .map_err(|e| ws_err(&e, Phase::Input))
+                .map_err(|e| unreadable(store_key, e.to_string()))?
+                .map_err(|e| unreadable(store_key, e.to_string()))?;
+                let _ = std::fs::remove_file(&gz);
+                ws.put_tar_file(&workdir, &tar)
+                    .await
+                    .map_err(|e| ws_err(&e, Phase::Input))
+            }
+            .await;
+            let _ = std::fs::remove_file(&gz);
+            let _ = std::fs::remove_file(&tar);
+            placed
         }
         Some(Input::Git { git }) => {
             let mut script = format!("git clone --quiet {} . 2>&1", input::sh_quote(&git.url));

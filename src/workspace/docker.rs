@@ -4,7 +4,9 @@
 //! the engines we meet speak older APIs than bollard's default), creating and starting
 //! the container with its limits and labels, removing it, and removing what dead runs
 //! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
-//! (API calls) and `docker/tarball.rs` (the archives themselves).
+//! (API calls) and `docker/tarball.rs` (the archives themselves), what a container
+//! may touch in `docker/hardening.rs`, and the copy of an image's files into a
+//! tmpfs workdir in `docker/seed.rs`.
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.
@@ -12,7 +14,9 @@
 mod archive;
 mod exec;
 mod hardening;
+mod meter;
 mod paths;
+mod seed;
 pub(crate) mod session;
 mod tarball;
 
@@ -69,6 +73,8 @@ pub struct DockerBackend {
     host_prefix: String,
     /// How this engine's storage driver bounds a workspace's disk.
     disk: DiskLimit,
+    /// Images with nothing at a workdir, so no seed is needed (`docker/seed.rs`).
+    empty_seeds: seed::EmptySeeds,
 }
 
 impl DockerBackend {
@@ -93,21 +99,22 @@ impl DockerBackend {
             docker,
             host_prefix: host_prefix.to_string(),
             disk,
+            empty_seeds: seed::EmptySeeds::default(),
         })
     }
 
     pub async fn start(&self, spec: &WorkspaceSpec) -> Result<DockerWorkspace, WorkspaceError> {
         // Checked first so a missing image is its own, non-retryable error rather
         // than a 404 from create that could also mean a missing network.
-        match within(API_DEADLINE, self.docker.inspect_image(&spec.image)).await? {
-            Ok(_) => {}
+        let image_id = match within(API_DEADLINE, self.docker.inspect_image(&spec.image)).await? {
+            Ok(image) => image.id.unwrap_or_else(|| spec.image.clone()),
             Err(e) if status_of(&e) == Some(404) => {
                 return Err(WorkspaceError::ImageNotFound {
                     image: spec.image.clone(),
                 });
             }
             Err(e) => return Err(from_bollard(e)),
-        }
+        };
 
         let name = container_name(&spec.job_id, spec.attempt, rand::random::<u32>());
         let mut body = create_body(
@@ -116,7 +123,12 @@ impl DockerBackend {
             std::process::id(),
             own_start_time(),
         );
-        hardening::harden(&mut body, spec, self.disk);
+        let seed = hardening::harden(&mut body, spec, self.disk).map(|limit_mb| seed::Seed {
+            image_id,
+            body: seed::seed_body(body.clone()),
+            limit_mb,
+            empty: self.empty_seeds.clone(),
+        });
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = within(
             API_DEADLINE,
@@ -137,11 +149,12 @@ impl DockerBackend {
             docker: self.docker.clone(),
             name,
             workdir: spec.workdir.clone(),
+            user: spec.user.clone(),
             removed: false,
         };
         // From here on `ws` owns the container: on error it is removed explicitly
         // (and by Drop, should that removal fail too).
-        match ws.boot().await {
+        match ws.boot(seed).await {
             Ok(()) => Ok(ws),
             Err(e) => {
                 if let Err(rm) = ws.destroy().await {
@@ -205,6 +218,8 @@ pub struct DockerWorkspace {
     /// Container name (unique per start), used for every call.
     name: String,
     workdir: String,
+    /// The job's own user (`limits.user`), when it names one.
+    user: Option<String>,
     /// Set once the container is known to be gone, so Drop has nothing to do.
     removed: bool,
 }
@@ -245,6 +260,14 @@ impl DockerWorkspace {
         archive::put_tar(self, dest, tar).await
     }
 
+    pub async fn put_tar_file(
+        &self,
+        dest: &str,
+        tar: &std::path::Path,
+    ) -> Result<(), WorkspaceError> {
+        archive::put_tar_file(self, dest, tar).await
+    }
+
     pub async fn snapshot(
         &self,
         dir: &str,
@@ -269,11 +292,16 @@ impl DockerWorkspace {
         exec::run_as_root(self, vec!["chown", "-R", user, &self.workdir]).await
     }
 
-    /// Starts the created container and makes sure the workdir exists.
-    async fn boot(&self) -> Result<(), WorkspaceError> {
+    /// Starts the created container, copies the image's files into a tmpfs
+    /// workdir (`seed`), and makes sure the workdir exists.
+    async fn boot(&self, seed: Option<seed::Seed>) -> Result<(), WorkspaceError> {
         within(API_DEADLINE, self.docker.start_container(&self.name, None))
             .await?
             .map_err(from_bollard)?;
+        // After the start, not before: the tmpfs holds files only while mounted.
+        if let Some(seed) = seed {
+            seed::seed_workdir(self, seed).await?;
+        }
         // Docker makes the WorkingDir itself; this also catches a workdir that
         // exists in the image as a file.
         archive::ensure_dir(self, &self.workdir).await

@@ -243,6 +243,21 @@ impl LocalWorkspace {
         Ok(())
     }
 
+    /// [`LocalWorkspace::put_tar`] of a tar file, unpacked as it is read.
+    pub async fn put_tar_file(&self, dest: &str, tar: &Path) -> Result<(), WorkspaceError> {
+        let p = self.inside(dest)?;
+        tokio::fs::create_dir_all(&p)
+            .await
+            .map_err(|e| path_err(dest, &e.to_string()))?;
+        let file = std::fs::File::open(tar)?;
+        tokio::task::spawn_blocking(move || {
+            tar::Archive::new(std::io::BufReader::new(file)).unpack(&p)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(())
+    }
+
     /// The files below `dir` (see [`Snapshot`]); symlinks appear as files holding
     /// their target, as in the Docker backend. A missing `dir` gives an empty snapshot.
     pub async fn snapshot(
@@ -434,14 +449,25 @@ impl Walk {
                 self.dir(&e.path(), &rel)?;
                 continue;
             } else if kind.is_symlink() {
+                self.snap.modes.insert(rel.clone(), super::MODE_LINK);
                 std::fs::read_link(e.path())?
                     .as_os_str()
                     .as_encoded_bytes()
                     .to_vec()
             } else if kind.is_file() {
-                if e.metadata()?.len() > self.max_file {
+                let meta = e.metadata()?;
+                if meta.len() > self.max_file {
+                    let mtime = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    self.snap.stats.insert(rel.clone(), (meta.len(), mtime));
                     self.snap.files.insert(rel, None);
                     continue;
+                }
+                if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 {
+                    self.snap.modes.insert(rel.clone(), super::MODE_EXEC);
                 }
                 std::fs::read(e.path())?
             } else {

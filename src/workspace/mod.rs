@@ -77,6 +77,10 @@ pub enum WorkspaceError {
     Io(#[from] std::io::Error),
     #[error("workspace operation timed out after {0:?}")]
     Deadline(Duration),
+    #[error(
+        "{path}: the image's files there need more than the workspace disk limit of {limit_mb} MiB (limits.disk_mb, at most FLEET_MAX_DISK_MB)"
+    )]
+    DiskLimit { path: String, limit_mb: u64 },
 }
 
 impl WorkspaceError {
@@ -89,6 +93,7 @@ impl WorkspaceError {
             WorkspaceError::Path { .. } => "workspace_path",
             WorkspaceError::Io(_) => "workspace_io",
             WorkspaceError::Deadline(_) => "workspace_deadline",
+            WorkspaceError::DiskLimit { .. } => "disk_limit",
         }
     }
 
@@ -203,6 +208,16 @@ impl Workspace {
         dispatch!(self, w => w.put_tar(dest, tar).await)
     }
 
+    /// Unpacks the tar file `tar` (on the worker's host) into `dest`, streaming it:
+    /// the worker holds a chunk at a time, however large the archive.
+    pub async fn put_tar_file(
+        &self,
+        dest: &str,
+        tar: &std::path::Path,
+    ) -> Result<(), WorkspaceError> {
+        dispatch!(self, w => w.put_tar_file(dest, tar).await)
+    }
+
     /// The files below `dir` as a map of relative path → content, skipping files over
     /// `max_file_bytes`, stopping at `max_total_bytes` in all. Used for the patch,
     /// artifacts and the editor's directory view.
@@ -237,4 +252,15 @@ pub struct Snapshot {
     pub dirs: Vec<String>,
     /// True when `max_total_bytes` cut the snapshot short.
     pub truncated: bool,
+    /// Git modes of the files that are not plain `100644` files: `0o100755` for an
+    /// executable, `0o120000` for a symlink (whose content is its target).
+    pub modes: BTreeMap<String, u32>,
+    /// Size and modification time (seconds) of each file listed without its
+    /// content (over the file limit), so a change to it can still be noticed.
+    pub stats: BTreeMap<String, (u64, u64)>,
 }
+
+/// The git mode of an executable file.
+pub const MODE_EXEC: u32 = 0o100755;
+/// The git mode of a symlink.
+pub const MODE_LINK: u32 = 0o120000;

@@ -360,6 +360,33 @@ async fn quorum_queues_retry_and_dead_letter() {
     assert_eq!((d.msg.job_id.as_str(), d.msg.attempt), ("job-qq", 1));
     w.dead_letter(d, "gave up").await.unwrap();
     assert_eq!(fx.depth("fleet.dead").await, 1);
+    // Every queue that dead-letters does it at least once, as the broker sees it.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "arguments",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl (the broker runs on this host)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<&str> = listing.lines().filter(|l| l.starts_with(&prefix)).collect();
+    let dead_lettering: Vec<&&str> = ours
+        .iter()
+        .filter(|l| l.contains("x-dead-letter-exchange"))
+        .collect();
+    assert!(
+        dead_lettering.len() >= 2,
+        "fleet.jobs and the tiers: {ours:?}"
+    );
+    for l in dead_lettering {
+        assert!(
+            l.contains("at-least-once") && l.contains("reject-publish"),
+            "not at-least-once: {l}"
+        );
+    }
     fx.teardown(&[&w]).await;
 }
 

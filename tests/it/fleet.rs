@@ -14,4 +14,5 @@ mod faults;
 mod hardening;
 mod messages;
 mod policy;
+mod ownership;
 mod signals;

@@ -280,17 +280,6 @@ async fn context_length_is_recognised_in_every_providers_words() {
 }
 
 #[tokio::test]
-async fn a_reply_over_the_size_limit_is_refused_not_buffered() {
-    let huge = "x".repeat(33 << 20);
-    let script = serde_json::json!({"steps": [{"text": huge}]}).to_string();
-    let f = Fixture::new(&[("huge", &script)]).await;
-    let e = f.client("huge").complete(&conversation("t"), &[]).await.unwrap_err();
-    assert_eq!(e.kind(), "llm_protocol", "{e:?}");
-    assert!(e.to_string().contains("32 MiB limit"), "{e}");
-    assert!(!e.to_string().contains('\n'));
-}
-
-#[tokio::test]
 async fn invalid_json_arguments_pass_through() {
     let f = Fixture::new(&[(
         "bad",
@@ -457,4 +446,66 @@ async fn edited_scripts_are_picked_up_and_stop_stops() {
         .await
         .unwrap_err();
     assert!(matches!(e, LlmError::Unavailable { .. }), "{e:?}");
+}
+
+/// A server that answers every request 200 with an endless body: chunked (no
+/// length) or with a huge `Content-Length`.
+async fn endless_server(chunked: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let head = if chunked {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n".to_string()
+                };
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b' '; 64 * 1024];
+                loop {
+                    let r = if chunked {
+                        let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                        c.extend_from_slice(&piece);
+                        c.extend_from_slice(b"\r\n");
+                        sock.write_all(&c).await
+                    } else {
+                        sock.write_all(&piece).await
+                    };
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1/")
+}
+
+#[tokio::test]
+async fn a_reply_past_the_cap_is_llm_reply_too_large_and_not_retried() {
+    for chunked in [true, false] {
+        let mut settings = LlmSettings::new("m", endless_server(chunked).await);
+        settings.max_attempts = 3;
+        settings.min_backoff = Duration::from_millis(10);
+        settings.max_backoff = Duration::from_millis(20);
+        settings.request_timeout = Duration::from_secs(60);
+        let client = LlmClient::new(reqwest::Client::new(), settings);
+        let e = client.complete(&conversation("t"), &[]).await.unwrap_err();
+        assert!(
+            matches!(e, LlmError::ReplyTooLarge(_)),
+            "chunked={chunked}: {e:?}"
+        );
+        assert_eq!(e.kind(), "llm_reply_too_large");
+        assert!(!e.retryable());
+        assert_eq!(client.stats().requests, 1, "chunked={chunked}: not retried");
+    }
 }

@@ -8,6 +8,7 @@ mod agent;
 mod amqp;
 mod cli;
 mod fleet;
+mod image_workdir;
 mod llm;
 mod prometheus;
 mod run;

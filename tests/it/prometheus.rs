@@ -387,6 +387,7 @@ fn result(spec: &job::JobSpec) -> JobResult {
         started_at: now,
         finished_at: now,
         worker: None,
+        patch_complete: true,
     }
 }
 

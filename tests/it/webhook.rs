@@ -167,6 +167,7 @@ fn result(spec: &JobSpec, outcome: Outcome, final_message: &str) -> JobResult {
         started_at: now,
         finished_at: now,
         worker: Some("w1".into()),
+        patch_complete: true,
     }
 }
 

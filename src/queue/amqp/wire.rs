@@ -102,6 +102,17 @@ fn kind_args(kind: QueueKind) -> FieldTable {
     t
 }
 
+/// Quorum queues that dead-letter (fleet.jobs, the retry tiers) do it
+/// at-least-once: the broker keeps a message until the dead-letter target
+/// confirmed it, so a tier's expired message is never dropped on its way back to
+/// fleet.jobs. That strategy needs `reject-publish` overflow (RabbitMQ ≥ 3.10).
+fn at_least_once(t: &mut FieldTable, kind: QueueKind) {
+    if kind == QueueKind::Quorum {
+        t.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        t.insert("x-overflow".into(), string("reject-publish"));
+    }
+}
+
 /// fleet.jobs: priorities (classic) or a delivery limit (quorum); dead-letters to fleet.dead.
 pub fn jobs_args(names: &Names, kind: QueueKind, delivery_limit: u32) -> FieldTable {
     let mut t = kind_args(kind);
@@ -111,6 +122,7 @@ pub fn jobs_args(names: &Names, kind: QueueKind, delivery_limit: u32) -> FieldTa
     };
     t.insert("x-dead-letter-exchange".into(), string(""));
     t.insert("x-dead-letter-routing-key".into(), string(&names.dead));
+    at_least_once(&mut t, kind);
     t
 }
 
@@ -123,6 +135,7 @@ pub fn tier_args(names: &Names, kind: QueueKind, ttl: Duration) -> FieldTable {
     );
     t.insert("x-dead-letter-exchange".into(), string(""));
     t.insert("x-dead-letter-routing-key".into(), string(&names.jobs));
+    at_least_once(&mut t, kind);
     t
 }
 

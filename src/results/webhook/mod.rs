@@ -203,7 +203,7 @@ impl Notifier {
     pub fn job_finished(&self, spec: &JobSpec, result: &JobResult) {
         let masker = self.masker(spec);
         for target in self.targets(spec) {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = payload::delivery_id(&spec.id, result.attempt, EVENT_COMPLETED, &target.url);
             let body = payload::completed(spec, result, &id, &self.inner.store, &masker);
             self.enqueue(spec, EVENT_COMPLETED, target, id, body);
         }
@@ -217,7 +217,7 @@ impl Notifier {
         }
         let masker = self.masker(spec);
         for target in self.targets(spec) {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = payload::delivery_id(&spec.id, attempt, EVENT_STARTED, &target.url);
             let body = payload::started(spec, attempt, worker, &id, &self.inner.store, &masker);
             self.enqueue(spec, EVENT_STARTED, target, id, body);
         }

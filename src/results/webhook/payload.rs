@@ -184,9 +184,47 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
+/// The delivery id of one event of one attempt of a job to one URL, derived
+/// from those alone (SHA-256, shown as a UUID): a completion sent again carries
+/// the same id, so receivers dedupe by it.
+pub fn delivery_id(job_id: &str, attempt: u32, event: &str, url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [job_id, &attempt.to_string(), event, url] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = hex::encode(&h.finalize()[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &d[..8],
+        &d[8..12],
+        &d[12..16],
+        &d[16..20],
+        &d[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_id_is_a_function_of_job_attempt_event_and_url() {
+        let id = delivery_id("j1", 2, EVENT_COMPLETED, "http://r/");
+        assert_eq!(id, delivery_id("j1", 2, EVENT_COMPLETED, "http://r/"));
+        assert_eq!(id.len(), 36);
+        for other in [
+            delivery_id("j2", 2, EVENT_COMPLETED, "http://r/"),
+            delivery_id("j1", 3, EVENT_COMPLETED, "http://r/"),
+            delivery_id("j1", 2, EVENT_STARTED, "http://r/"),
+            delivery_id("j1", 2, EVENT_COMPLETED, "http://s/"),
+            // No ambiguity from where one part ends.
+            delivery_id("j12", 2, EVENT_COMPLETED, "http://r/"),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
 
     #[test]
     fn signature_matches_a_known_vector() {

@@ -277,6 +277,46 @@ impl S3Store {
         .await
     }
 
+    /// Downloads the object to the file `dest` (replaced), streamed chunk by
+    /// chunk; false (and no file) when there is no object.
+    pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        let object = &self.object_key(key);
+        self.run("GetObject", key, || async move {
+            let out = match self
+                .client
+                .get_object()
+                .bucket(self.bucket())
+                .key(object)
+                .customize()
+                .config_override(self.transfer_config())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    return match Failure::from_sdk(e) {
+                        f if f.class == Class::NotFound => Ok(false),
+                        f => Err(f),
+                    };
+                }
+            };
+            let local =
+                |e: std::io::Error| Failure::fatal(format!("writing {}: {e}", dest.display()));
+            let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+            let mut body = out.body;
+            while let Some(chunk) = body.try_next().await.map_err(Failure::body)? {
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                    .await
+                    .map_err(local)?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(local)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Store keys under `prefix` (recursive), without the store's own prefix, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let strip = if self.settings.prefix.is_empty() {

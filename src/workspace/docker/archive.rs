@@ -24,7 +24,7 @@ use super::{API_DEADLINE, DockerWorkspace, from_bollard, status_of, within};
 use crate::workspace::{PathKind, Snapshot, WorkspaceError};
 
 /// Deadline of one upload or download (a snapshot of a large tree takes a while).
-const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
+pub(super) const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
 /// Symlinks followed before giving up (a loop, or a silly chain).
 const MAX_LINK_HOPS: usize = 8;
 /// Go's `os.FileMode` bits, as Docker reports them in a path stat.
@@ -202,6 +202,25 @@ pub(super) async fn put_tar(
     upload(ws, &dest, tar).await
 }
 
+/// [`put_tar`] of a tar file on the host, streamed from disk in chunks (an input
+/// of any size costs the worker a chunk of memory, not its size).
+pub(super) async fn put_tar_file(
+    ws: &DockerWorkspace,
+    dest: &str,
+    tar: &std::path::Path,
+) -> Result<(), WorkspaceError> {
+    let dest = clean_abs(dest)?;
+    ensure_dir(ws, &dest).await?;
+    let file = tokio::fs::File::open(tar).await?;
+    upload_body(ws, &dest, Body::File(file)).await
+}
+
+/// What an upload sends: bytes in memory, or a file read as it goes.
+enum Body {
+    Full(Vec<u8>),
+    File(tokio::fs::File),
+}
+
 pub(super) async fn read_file(
     ws: &DockerWorkspace,
     path: &str,
@@ -255,15 +274,36 @@ pub(super) async fn snapshot(
 }
 
 async fn upload(ws: &DockerWorkspace, dir: &str, tar: Vec<u8>) -> Result<(), WorkspaceError> {
+    upload_body(ws, dir, Body::Full(tar)).await
+}
+
+async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), WorkspaceError> {
+    let body = match body {
+        Body::Full(tar) => bollard::body_full(Bytes::from(tar)),
+        Body::File(file) => {
+            bollard::body_try_stream(futures_util::stream::try_unfold(file, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some((Bytes::from(buf), f)))
+            }))
+        }
+    };
     let options = UploadToContainerOptionsBuilder::new()
         .path(dir)
         // Never let an archive entry replace a directory by a file (Docker would
         // delete the directory) or the other way round.
         .no_overwrite_dir_non_dir("true")
-        // Files belong to the container's user, so a non-root image can edit them.
-        .copy_uidgid("true")
+        // Files belong to the image's user, so a non-root image can edit them. Not
+        // for a job's own `limits.user`: Docker looks that up in the image's
+        // passwd (a numeric `1000:1000` is not there, and the upload fails); the
+        // workdir is handed to it by `chown_workdir` instead.
+        .copy_uidgid(if ws.user.is_some() { "false" } else { "true" })
         .build();
-    let body = bollard::body_full(Bytes::from(tar));
     match within(
         TRANSFER_DEADLINE,
         ws.docker.upload_to_container(&ws.name, Some(options), body),

@@ -12,8 +12,9 @@
 //! them while walking so nothing forks away, then SIGKILLs them and their process
 //! groups. A command that used up the pids limit leaves the kill no room to fork:
 //! if the command still runs, the container is lent a few pids (`docker update`)
-//! and the kill runs again; if even that fails, every process is killed
-//! but PID 1 (docker-init) and the keep-alive shell, init's first child. Background processes of *earlier* commands survive all but that last
+//! and the kill runs again; if even that fails, every process is stopped at once
+//! and killed but PID 1 (docker-init) and the keep-alive shell, init's first
+//! child. Background processes of *earlier* commands survive all but that last
 //! resort.
 //!
 //! Dropping the `exec` future does not kill the command (there is no async drop);
@@ -78,7 +79,18 @@ exit 0
 const PIDS_LENT: i64 = 16;
 /// The last resort: every process but PID 1 (docker-init), the keep-alive shell
 /// (init's first child) and this shell. Builtins only, so it runs with no pid left.
-const KILL_ALL: &str = r#"read -r keep rest < /proc/1/task/1/children; for p in /proc/[0-9]*; do p=${p#/proc/}; [ "$p" = 1 ] || [ "$p" = "$keep" ] || [ "$p" = "$$" ] || kill -9 "$p" 2>/dev/null; done"#;
+/// `kill -STOP -1` first: one signal to every process at once (the kernel also
+/// stops a child forked meanwhile), so a storm cannot fork new processes behind
+/// the walk, which sees `/proc` once; the keep-alive is let go again afterwards.
+const KILL_ALL: &str = r#"read -r keep rest < /proc/1/task/1/children
+[ -n "$keep" ] || exit 1
+kill -s STOP -1 2>/dev/null
+for p in /proc/[0-9]*; do
+    p=${p#/proc/}
+    case "$p" in 1|"$keep"|"$$") ;; *) kill -9 "$p" 2>/dev/null ;; esac
+done
+kill -s CONT "$keep"
+"#;
 
 /// How long the kill exec may take.
 const KILL_DEADLINE: Duration = Duration::from_secs(20);

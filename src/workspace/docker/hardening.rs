@@ -14,7 +14,9 @@
 //! workdir becomes a size-limited tmpfs volume instead: a local-driver volume, so
 //! the archive API that uploads the input and collects the results sees it (a plain
 //! tmpfs mount lives in the container's mount namespace only), removed with the
-//! container (anonymous, `remove -v`).
+//! container (anonymous, `remove -v`). Docker leaves that volume empty, so the
+//! image's files at the workdir are copied in by `seed.rs`; a plain local volume
+//! (a read-only root without a disk limit) gets them from Docker's own copy.
 
 use std::collections::HashMap;
 
@@ -60,8 +62,15 @@ impl DiskLimit {
 /// there), bounded.
 const TMP_MAX_MB: u64 = 1024;
 
-/// Applies the hardening to a container configuration built from `spec`.
-pub fn harden(body: &mut ContainerCreateBody, spec: &WorkspaceSpec, disk: DiskLimit) {
+/// Applies the hardening to a container configuration built from `spec`. Returns
+/// the size (MiB) of the tmpfs volume at the workdir when there is one: Docker
+/// leaves that volume empty, so the image's files there are the caller's to copy
+/// (`seed.rs`).
+pub fn harden(
+    body: &mut ContainerCreateBody,
+    spec: &WorkspaceSpec,
+    disk: DiskLimit,
+) -> Option<u64> {
     body.user = spec.user.clone();
     body.volumes = None;
     let hc = body.host_config.get_or_insert_with(HostConfig::default);
@@ -87,6 +96,7 @@ pub fn harden(body: &mut ContainerCreateBody, spec: &WorkspaceSpec, disk: DiskLi
     if let Some(size) = workdir_volume {
         mounts.push(workdir_mount(&spec.workdir, size));
     }
+    let tmpfs_workdir = workdir_volume.flatten();
     // A workdir at /tmp is already the writable volume there.
     if spec.read_only_root && spec.workdir.trim_end_matches('/') != "/tmp" {
         let mb = spec.disk_mb.unwrap_or(TMP_MAX_MB).min(TMP_MAX_MB);
@@ -98,6 +108,7 @@ pub fn harden(body: &mut ContainerCreateBody, spec: &WorkspaceSpec, disk: DiskLi
         hc.tmpfs = None;
     }
     hc.mounts = (!mounts.is_empty()).then_some(mounts);
+    tmpfs_workdir
 }
 
 /// An anonymous volume at the workdir: a tmpfs of `size_mb` when given (the disk
@@ -116,6 +127,10 @@ fn workdir_mount(workdir: &str, size_mb: Option<u64>) -> Mount {
         typ: Some(MountType::VOLUME),
         read_only: Some(false),
         volume_options: Some(MountVolumeOptions {
+            // Docker copies the image's files into a tmpfs volume at create and
+            // then unmounts it, losing them (`seed.rs` copies them for real); the
+            // copy would only cost time, and fail the create when over the size.
+            no_copy: Some(size_mb.is_some()),
             driver_config,
             ..Default::default()
         }),
@@ -206,6 +221,17 @@ mod tests {
             .options
             .unwrap();
         assert_eq!(opts["o"], "size=100m,mode=1777");
+        // Docker's copy into a tmpfs volume is lost; the caller is told to seed it.
+        assert_eq!(m.volume_options.as_ref().unwrap().no_copy, Some(true));
+        let mut body = ContainerCreateBody::default();
+        assert_eq!(harden(&mut body, &s, DiskLimit::TmpfsVolume), Some(100));
+        assert_eq!(harden(&mut body, &s, DiskLimit::StorageOpt), None);
+        // A read-only root without a disk limit: a plain volume, which Docker fills.
+        s.disk_mb = None;
+        s.read_only_root = true;
+        assert_eq!(harden(&mut body, &s, DiskLimit::TmpfsVolume), None);
+        let m = &body.host_config.unwrap().mounts.unwrap()[0];
+        assert_eq!(m.volume_options.as_ref().unwrap().no_copy, Some(false));
     }
 
     #[test]

@@ -120,17 +120,25 @@ pub(super) fn read_tree(
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if entry.size() > max_file {
+                    let mtime = entry.header().mtime().unwrap_or(0);
+                    snap.stats.insert(rel.clone(), (entry.size(), mtime));
                     snap.files.insert(rel, None);
                     continue;
+                }
+                if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
+                    snap.modes.insert(rel.clone(), crate::workspace::MODE_EXEC);
                 }
                 let mut data = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut data)?;
                 data
             }
-            tar::EntryType::Symlink => entry
-                .link_name_bytes()
-                .map(|b| b.into_owned())
-                .unwrap_or_default(),
+            tar::EntryType::Symlink => {
+                snap.modes.insert(rel.clone(), crate::workspace::MODE_LINK);
+                entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default()
+            }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()

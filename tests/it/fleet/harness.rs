@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -150,6 +150,102 @@ impl Fleet {
         Fleet::with_endpoint(&s3_endpoint())
     }
 
+    /// A fleet whose store is a local directory (shared by its workers, which
+    /// lock it with flock), with the same broker and scripted LLM.
+    pub fn with_local_store() -> Fleet {
+        let mut f = Fleet::with_endpoint(&s3_endpoint());
+        let dir = f.dir.path().join("store");
+        f.store_spec = dir.display().to_string();
+        f.store =
+            f.rt.block_on(Store::open(&f.store_spec))
+                .expect("a local store");
+        f
+    }
+
+    /// Extra environment for every child started from now on.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.push((name.to_string(), value.to_string()));
+    }
+
+    /// The scripted LLM's own request log for one model (= one job of this
+    /// harness): the step of each request, in order. An observer the workers do
+    /// not write.
+    pub fn llm_requests(&self, model: &str) -> Vec<u64> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("llm-requests.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["model"] == model)
+            .filter_map(|v| v["step"].as_u64())
+            .collect()
+    }
+
+    /// Runs of a job as the scripted LLM saw them: requests for its first step.
+    pub fn llm_runs(&self, model: &str) -> usize {
+        self.llm_requests(model).iter().filter(|s| **s == 0).count()
+    }
+
+    /// Closes every broker connection that consumes from this fleet's `name`
+    /// queue (a lost connection, as the broker's `consumer_timeout` or a network
+    /// cut makes it), with `rabbitmqctl close_connection` on that one connection:
+    /// the broker and its other clients are untouched. Returns how many.
+    pub fn close_consumer_connections(&self, name: &str) -> usize {
+        let queue = format!("{}{name}", self.prefix);
+        let ctl = |args: &[&str]| -> String {
+            let out = Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .expect("rabbitmqctl (the broker runs on this host)");
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let channels: Vec<String> = ctl(&[
+                "-q",
+                "list_consumers",
+                "-p",
+                "/",
+                "queue_name",
+                "channel_pid",
+                "--no-table-headers",
+            ])
+            .lines()
+            .filter_map(|l| {
+                let (q, ch) = l.split_once('\t')?;
+                (q.trim() == queue).then(|| ch.trim().to_string())
+            })
+            .collect();
+            if !channels.is_empty() {
+                let conns: BTreeSet<String> = ctl(&[
+                    "-q",
+                    "list_channels",
+                    "pid",
+                    "connection",
+                    "--no-table-headers",
+                ])
+                .lines()
+                .filter_map(|l| {
+                    let (ch, conn) = l.split_once('\t')?;
+                    channels
+                        .contains(&ch.trim().to_string())
+                        .then(|| conn.trim().to_string())
+                })
+                .collect();
+                for c in &conns {
+                    ctl(&["close_connection", c, "fleet test: connection cut"]);
+                }
+                return conns.len();
+            }
+            assert!(Instant::now() < deadline, "no consumer on {queue} to cut");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// A fleet whose store is on `endpoint` (an S3 API with the bucket fleet-test).
     pub fn with_endpoint(endpoint: &str) -> Fleet {
         check_docker();
@@ -209,11 +305,6 @@ impl Fleet {
         };
         f.llm_url = f.start_mock_llm();
         f
-    }
-
-    /// Adds a variable to the environment of every `fleet` child started later.
-    pub fn set_env(&mut self, k: &str, v: &str) {
-        self.extra_env.push((k.to_string(), v.to_string()));
     }
 
     pub fn scripts_dir(&self) -> PathBuf {
@@ -287,6 +378,8 @@ impl Fleet {
         let mut child = Command::new(fleet())
             .args(["mock-llm", "--addr", "127.0.0.1:0", "--scripts"])
             .arg(self.scripts_dir())
+            .arg("--request-log")
+            .arg(self.dir.path().join("llm-requests.jsonl"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&err).unwrap())
@@ -482,11 +575,19 @@ impl Fleet {
 
     /// Runs a `fleet` command to its end (killed after `within`).
     pub fn cli(&self, args: &[&str], within: Duration) -> CliOutput {
+        self.cli_env(args, &[], within)
+    }
+
+    /// [`Fleet::cli`] with extra environment for this command only.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)], within: Duration) -> CliOutput {
         let n = self.procs.lock().unwrap().len();
         let name = format!("{}{n}", args[0]);
         let (out, err) = self.log_files(&name);
-        let child = self
-            .command(args)
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap())
             .spawn()
@@ -548,6 +649,43 @@ impl Fleet {
                 .map(|v| v.as_str().unwrap().to_string())
                 .collect(),
         }
+    }
+
+    /// Every object of the job in the S3 store with its ETag and modification
+    /// time, as the S3 server reports them (not as a worker wrote them down).
+    pub fn object_versions(&self, id: &str) -> Vec<(String, String, String)> {
+        let Store::S3(s3) = &self.store else {
+            panic!("object_versions needs the S3 store")
+        };
+        let prefix = format!(
+            "{}/{}",
+            self.store_spec
+                .trim_start_matches(&format!("s3://{BUCKET}/")),
+            JobKeys(id).dir()
+        );
+        self.rt.block_on(async {
+            let out = s3
+                .client()
+                .list_objects_v2()
+                .bucket(BUCKET)
+                .prefix(&prefix)
+                .send()
+                .await
+                .expect("listing the job's objects");
+            let mut v: Vec<(String, String, String)> = out
+                .contents()
+                .iter()
+                .map(|o| {
+                    (
+                        o.key().unwrap_or_default().to_string(),
+                        o.e_tag().unwrap_or_default().to_string(),
+                        o.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        })
     }
 
     /// Runs an async block on the fleet's runtime.
@@ -759,6 +897,48 @@ impl Drop for Fleet {
             })
             .await;
         });
+    }
+}
+
+/// Records the webhook deliveries it receives (the `X-Fleet-Delivery` header of
+/// each POST), answering 200: an observer outside the fleet.
+pub struct HookReceiver {
+    pub url: String,
+    pub received: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl HookReceiver {
+    pub fn start(f: &Fleet) -> HookReceiver {
+        use axum::routing::post;
+        let received: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
+        let got = received.clone();
+        let listener =
+            f.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap| {
+                let got = got.clone();
+                async move {
+                    let id = headers
+                        .get("x-fleet-delivery")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    got.lock().unwrap().push(id);
+                    "ok"
+                }
+            }),
+        );
+        f.rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HookReceiver { url, received }
+    }
+
+    pub fn deliveries(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
     }
 }
 
