@@ -56,8 +56,9 @@ pub enum EventKind {
         exit_code: Option<i64>,
         #[serde(default)]
         is_error: bool,
-        /// The command was still running when its timeout stopped it. Stuck
-        /// detection never counts such an observation as a repeat.
+        /// The terminal call returned while its command was still running (or
+        /// the job's ceiling stopped it). Stuck detection never counts such an
+        /// observation as a repeat.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         timed_out: bool,
     },

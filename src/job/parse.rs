@@ -364,6 +364,9 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
     if l.command_timeout_secs == 0 {
         return bad("limits.command_timeout_secs", "must be at least 1".into());
     }
+    if l.no_output_timeout_secs == 0 {
+        return bad("limits.no_output_timeout_secs", "must be at least 1".into());
+    }
     if l.memory_mb < 6 {
         return bad(
             "limits.memory_mb",

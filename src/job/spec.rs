@@ -138,7 +138,12 @@ pub struct Limits {
     pub max_iterations: u32,
     pub timeout_secs: u64,
     pub max_cost_usd: Option<f64>,
+    /// Ceiling on one terminal command's run time (the model's `timeout` is
+    /// honoured up to it); at it the command is killed with its shell session.
     pub command_timeout_secs: u64,
+    /// A terminal call with no `timeout` returns once its command printed nothing
+    /// new for this long; the command goes on running.
+    pub no_output_timeout_secs: u64,
     pub memory_mb: u64,
     pub cpus: f64,
     pub pids: i64,
@@ -161,7 +166,9 @@ impl Default for Limits {
             max_iterations: 50,
             timeout_secs: 1800,
             max_cost_usd: None,
-            command_timeout_secs: 120,
+            // A 10-minute test suite runs to completion.
+            command_timeout_secs: 900,
+            no_output_timeout_secs: 30,
             memory_mb: 2048,
             cpus: 1.0,
             pids: 512,

@@ -21,6 +21,7 @@ mod meter;
 mod paths;
 mod seed;
 pub mod pull;
+pub(crate) mod session;
 mod tarball;
 
 pub use pull::{PullPolicy, PullSettings};

@@ -21,6 +21,8 @@ use tokio::io::AsyncReadExt;
 
 use super::{ExecOutput, HeadTail, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 
+pub(crate) mod session;
+
 /// Same contract as the Docker backend: `cd` into `$1`, run `$2` as its own `sh`.
 const WRAPPER: &str = r#"cd "$1" || exit 1; exec sh -c "$2""#;
 /// How long output is still read after the command exits: a background process

@@ -10,6 +10,7 @@
 pub mod docker;
 pub mod local;
 pub mod output;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

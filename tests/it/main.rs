@@ -19,5 +19,6 @@ mod llm;
 mod prometheus;
 mod run;
 mod s3;
+mod shell;
 mod webhook;
 mod workspace;

@@ -104,7 +104,7 @@ async fn view_numbers_lines_like_cat_n() {
     assert!(!o.is_error);
     assert_eq!(
         o.content,
-        "Here's the result of running `cat -n` on /w/a.txt:\n     1\tone\n     2\ttwo\n     3\t\n"
+        "Here's the result of running `cat -n` on /w/a.txt:\n     1\tone\n     2\ttwo\n"
     );
 }
 
@@ -356,7 +356,7 @@ async fn str_replace_rules() {
     assert_eq!(
         o.content,
         "The file /w/a.py has been edited. Here's the result of running `cat -n` on a snippet of /w/a.py:\n\
-         \x20    1\tdef f():\n     2\t    return 1\n     3\t\n     4\tdef h():\n     5\t    return 1\n     6\t\n\
+         \x20    1\tdef f():\n     2\t    return 1\n     3\t\n     4\tdef h():\n     5\t    return 1\n\
          Review the changes and make sure they are as expected. Edit the file again if necessary."
     );
 }

@@ -132,15 +132,16 @@ pub(super) fn make_output(content: &str, description: &str, start_line: usize) -
         MAX_RESPONSE_LEN_CHAR,
         TEXT_FILE_CONTENT_TRUNCATED_NOTICE,
     );
-    let numbered: Vec<String> = content
-        .split('\n')
-        .enumerate()
-        .map(|(i, line)| format!("{:6}\t{line}", i + start_line))
-        .collect();
-    format!(
-        "Here's the result of running `cat -n` on {description}:\n{}\n",
-        numbered.join("\n")
-    )
+    // A final newline ends the last line; it adds no empty one (upstream 1.58).
+    let mut lines: Vec<&str> = content.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    let mut out = format!("Here's the result of running `cat -n` on {description}:\n");
+    for (i, line) in lines.iter().enumerate() {
+        out.push_str(&format!("{:6}\t{line}\n", i + start_line));
+    }
+    out
 }
 
 /// Upstream's `maybe_truncate`: at most `limit` characters, the notice in the

@@ -37,7 +37,8 @@ pub struct Observation {
     pub content: String,
     pub exit_code: Option<i64>,
     pub is_error: bool,
-    /// The command was stopped by its timeout while still running.
+    /// The call returned while the command was still running (or the job's
+    /// ceiling stopped it).
     pub timed_out: bool,
 }
 
@@ -213,25 +214,7 @@ pub fn schemas() -> Vec<Value> {
 fn tool_schemas() -> Vec<Value> {
     let tool = |name: &str, description: &str, parameters: Value| json!({"type": "function", "function": {"name": name, "description": description, "parameters": parameters}});
     vec![
-        tool(
-            "terminal",
-            "Run a shell command (`sh -c`) in the workspace and get its output, exit code and working directory.\n\
-             * The working directory and exported variables carry over to the next call; each call is a new shell \
-             otherwise (no functions or aliases carried over).\n\
-             * Commands must not wait for input: use flags such as `-y`, or pipe the input in.\n\
-             * A command that runs past its timeout is stopped and its output so far returned; start long jobs in \
-             the background with output to a file (`cmd > /tmp/log 2>&1 &`) and check on them later.\n\
-             * Output longer than 30,000 characters is cut in the middle.",
-            json!({
-                "type": "object",
-                "properties": {
-                    "command": {"type": "string", "description": "The shell command to run. Can be several commands joined with `&&` or `;`."},
-                    "timeout": {"type": "number", "description": "Optional. Seconds to wait for the command (capped by the job's command timeout)."},
-                    "is_input": {"type": "boolean", "description": "Interactive input to a running process. Not supported here; leave it false."}
-                },
-                "required": ["command"]
-            }),
-        ),
+        terminal::schema(),
         tool(
             "file_editor",
             "View, create and edit files.\n\

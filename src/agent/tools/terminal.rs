@@ -1,73 +1,107 @@
-//! `terminal`: runs a command in the workspace with `sh -c`.
+//! `terminal`: the model's shell, one persistent session per conversation (the
+//! workspace's [`Shell`]): the working directory, variables, functions and
+//! aliases carry from one call to the next.
 //!
-//! Each call is a fresh shell, so the state a model expects to carry over is kept
-//! in files of the workspace: the exported variables (`export -p`, written at the
-//! end of each command and sourced at the start of the next) and the working
-//! directory (printed after a unique marker line at the end of the output, parsed
-//! off and remembered). Shell functions, aliases and unexported variables do not
-//! carry over. The script uses shell builtins only, and its state file lies
-//! outside the workdir (so it never shows in the patch) and goes with the
-//! workspace.
+//! A call waits for its command to end, but not forever: without a `timeout`,
+//! it returns once the command printed nothing new for the job's
+//! `no_output_timeout_secs`; with one, after it. Either way a command still
+//! running keeps running (exit code -1 in the observation, which says how to go
+//! on): the next call with `is_input` and an empty command waits for more, with
+//! text types it in, with `C-c` interrupts it, with `C-d` ends its input. Only at
+//! the job's `command_timeout_secs` (counted from the command's start, across
+//! calls) is it killed, with its shell. `reset` starts a new shell; a shell that
+//! exited (the model ran `exit`) is replaced and the model told.
 //!
-//! Output is cut in the middle to [`MAX_OUTPUT_CHARS`] by the workspace. A command
-//! that outlives its timeout is killed (upstream leaves it running) and the
-//! observation says so, with what it printed.
+//! Output is cut in the middle to [`MAX_OUTPUT_CHARS`] per call; secrets are
+//! masked by the agent on every observation.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::{Observation, fatal};
 use crate::job::Limits;
+use crate::workspace::session::{End, Reply, Shell, Wait};
 use crate::workspace::{Workspace, WorkspaceError};
 
-/// Output kept per command (head and tail), as upstream.
+/// Output kept per call (head and tail), as upstream.
 pub const MAX_OUTPUT_CHARS: usize = 30_000;
+
+/// How the model may go on with a command that is still running.
+const HOW_TO_GO_ON: &str = "To wait for more output, call again with `is_input: true` and an empty `command`; \
+to type into the process, send the text with `is_input: true`; to interrupt it, send `C-c` with `is_input: true`; \
+for a long command, give a larger `timeout` next time.";
+
+/// Shown before output that continues a command of an earlier call.
+const CONTINUED: &str = "[Below is the output of the previous command.]\n";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Args {
+    #[serde(default)]
     pub command: String,
-    /// Seconds; capped by the job's `command_timeout_secs`.
+    /// Seconds to wait; capped by the job's `command_timeout_secs`.
     #[serde(default)]
     pub timeout: Option<f64>,
     #[serde(default)]
     pub is_input: Option<bool>,
+    #[serde(default)]
+    pub reset: Option<bool>,
+}
+
+/// The terminal's schema (OpenAI `tools` format).
+pub fn schema() -> Value {
+    json!({"type": "function", "function": {
+        "name": "terminal",
+        "description": "Run a command in a persistent shell session in the workspace and get its output, exit code \
+    and working directory.\n\
+    * One shell for the whole task: the working directory, variables, functions and aliases carry over between calls.\n\
+    * A call without `timeout` returns when the command prints nothing new for 30 seconds (the job may set another \
+    value); with `timeout`, after that many seconds. A command that is still running keeps running: its observation \
+    says so (exit code -1). Then call with `is_input: true` and an empty `command` to wait for more output, with text to \
+    type it into the process, or with `C-c` / `C-d` to interrupt it / end its input.\n\
+    * Only one command runs at a time. Run servers in the background (`cmd > /tmp/log 2>&1 &`).\n\
+    * Output longer than 30,000 characters is cut in the middle.\n\
+    * `reset: true` starts a new shell (everything set in the old one is lost).",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "description": "The shell command to run; several commands may be joined with `&&` or `;`. With `is_input: true`: the text to send to the running command, empty to wait for more of its output, or `C-c` (interrupt), `C-d` (end of input)."},
+                "is_input": {"type": "boolean", "description": "If true, `command` goes to the command that is still running instead of the shell. Default false."},
+                "timeout": {"type": "number", "description": "Optional. Seconds to wait for the command before the call returns (the command keeps running). Give one for long commands such as installs or test suites. Capped by the job's limit for one command."},
+                "reset": {"type": "boolean", "description": "If true, kill the shell (and what runs in it) and start a new one. Use only when the terminal is unusable. Cannot be combined with `is_input`."}
+            },
+            "required": ["command"]
+        }
+    }})
 }
 
 /// The terminal of one conversation.
 pub struct Terminal {
+    shell: Option<Shell>,
     workdir: String,
-    /// The file the exported variables are saved to between commands.
-    env_file: String,
+    /// The working directory last reported by the shell.
     cwd: String,
-    /// Starts the line that reports exit code and directory; unique per run so a
-    /// command's own output cannot fake it.
-    marker: String,
+    /// Said with the next observation (the shell was replaced).
+    notice: Option<String>,
+}
+
+/// What the call asked the running command for.
+enum Continue<'a> {
+    Wait,
+    Text(&'a str),
+    Interrupt,
+    EndInput,
 }
 
 impl Terminal {
     pub fn new(workspace: &Workspace) -> Terminal {
         let workdir = workspace.workdir().to_string();
-        // A plain file in an existing directory: saving it needs no `mkdir`, so
-        // an image with nothing but `sh` keeps its variables too.
-        let env_file = match workspace {
-            // A container is the job's own: its /tmp is private and goes with it.
-            Workspace::Docker(_) => "/tmp/.fleet-terminal-env".to_string(),
-            // A local workdir sits in the job directory, deleted on destroy.
-            Workspace::Local(_) => match std::path::Path::new(&workdir)
-                .parent()
-                .and_then(|p| p.to_str())
-            {
-                Some(parent) if parent != "/" => format!("{parent}/.fleet-terminal-env"),
-                _ => format!("/tmp/.fleet-terminal-env-{}", uuid::Uuid::new_v4().simple()),
-            },
-        };
-        let marker = format!("__FLEET_CMD_END_{}__", uuid::Uuid::new_v4().simple());
         Terminal {
+            shell: None,
             cwd: workdir.clone(),
             workdir,
-            env_file,
-            marker,
+            notice: None,
         }
     }
 
@@ -83,110 +117,257 @@ impl Terminal {
         limits: &Limits,
         args: Args,
     ) -> Result<Observation, WorkspaceError> {
-        if args.is_input == Some(true) {
-            return Ok(Observation::error(
-                "Interactive input (`is_input: true`) is not supported: every command runs to completion (or \
-                 until its timeout) in a fresh shell, and no process is left waiting for input. Run commands \
-                 non-interactively instead: pass flags such as `-y`, or pipe the input in (e.g. `printf 'y\\n' | cmd`).",
-            ));
+        match self.call_inner(ws, limits, args).await {
+            Err(e) if !fatal(&e) => Ok(Observation::error(format!(
+                "ERROR: the command could not be run: {e}"
+            ))),
+            other => other,
         }
-        if args.command.trim().is_empty() {
+    }
+
+    async fn call_inner(
+        &mut self,
+        ws: &Workspace,
+        limits: &Limits,
+        args: Args,
+    ) -> Result<Observation, WorkspaceError> {
+        let is_input = args.is_input == Some(true);
+        let command = args.command.trim();
+        if args.reset == Some(true) {
+            if is_input {
+                return Ok(Observation::error(
+                    "ERROR: `reset` cannot be combined with `is_input`: a reset ends the running command with its shell.",
+                ));
+            }
+            self.end_shell(ws).await?;
+            let note = format!(
+                "[The terminal was reset: a new shell runs in {}; variables, functions and background processes of \
+                 the old one are gone.]",
+                self.workdir
+            );
+            if command.is_empty() {
+                self.notice = None;
+                return Ok(Observation::ok(note));
+            }
+            self.notice = Some(note);
+        }
+        let wait = wait_for(args.timeout, limits);
+        let running = self.shell.as_ref().is_some_and(Shell::running);
+
+        if is_input || (running && command.is_empty()) {
+            if !running {
+                return Ok(Observation::error(if command.is_empty() {
+                    "ERROR: No command is running, so there is no more output to wait for."
+                } else {
+                    "ERROR: No command is running to send input to. Run it as a command (without `is_input`)."
+                }));
+            }
+            let how = match key(command) {
+                Some(Ok(k)) => k,
+                Some(Err(msg)) => return Ok(Observation::error(msg)),
+                None if command.is_empty() => Continue::Wait,
+                None => Continue::Text(command),
+            };
+            let shell = self.shell.as_mut().expect("a running command has a shell");
+            let reply = match how {
+                Continue::Wait => shell.more(ws, wait, MAX_OUTPUT_CHARS).await?,
+                Continue::Text(t) => shell.input(ws, t, wait, MAX_OUTPUT_CHARS).await?,
+                Continue::Interrupt => shell.interrupt(ws, wait, MAX_OUTPUT_CHARS).await?,
+                Continue::EndInput => shell.end_input(ws, wait, MAX_OUTPUT_CHARS).await?,
+            };
+            let sent = match how {
+                Continue::Interrupt => " CTRL+C was sent.",
+                Continue::EndInput => " CTRL+D was sent.",
+                _ => "",
+            };
+            return self.observe(ws, reply, CONTINUED, sent).await;
+        }
+        if command.is_empty() {
             return Ok(Observation::error(
                 "ERROR: No command was given. Pass the shell command to run in `command`.",
             ));
         }
-        let secs = timeout_secs(args.timeout, limits.command_timeout_secs);
-        let script = self.script(&args.command);
-        let out = match ws
-            .exec(
-                &script,
-                &self.workdir,
-                Duration::from_secs_f64(secs),
-                MAX_OUTPUT_CHARS,
-            )
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if fatal(&e) => return Err(e),
-            Err(e) => {
-                return Ok(Observation::error(format!(
-                    "ERROR: the command could not be run: {e}"
-                )));
-            }
-        };
-        let (output, trailer) = split_trailer(&out.output, &self.marker);
-        let exit_code = match trailer {
-            Some((code, cwd)) => {
-                if !cwd.is_empty() {
-                    self.cwd = cwd;
+        if running {
+            let shell = self.shell.as_mut().expect("a running command has a shell");
+            let drained = shell.drain(ws, MAX_OUTPUT_CHARS).await?;
+            match &drained.end {
+                // It ended just now: say so with the new command's observation.
+                End::Done { exit_code } => {
+                    let mut note = with_output(CONTINUED, &drained.output);
+                    note.push_str(&format!(
+                        "[The previous command completed with exit code {exit_code}; then this command ran.]"
+                    ));
+                    self.notice = Some(note);
                 }
-                Some(code)
+                end if end.session_over() => return self.observe(ws, drained, CONTINUED, "").await,
+                _ => {
+                    let mut content = with_output(CONTINUED, &drained.output);
+                    content.push_str(&format!(
+                        "[The command {command:?} was NOT run: the previous command is still running, and only \
+                         one runs at a time. {HOW_TO_GO_ON}]"
+                    ));
+                    return Ok(Observation {
+                        content,
+                        exit_code: Some(-1),
+                        is_error: true,
+                        timed_out: false,
+                    });
+                }
             }
-            None => out.exit_code,
-        };
-        let mut content = output.trim_end_matches('\n').to_string();
-        if !content.is_empty() {
-            content.push('\n');
         }
-        if out.timed_out {
-            let printed = if content.is_empty() {
-                " before printing anything"
-            } else {
-                "; the output above is what it printed until then"
-            };
-            content.push_str(&format!(
-                "[The command timed out after {} seconds and was stopped{printed}. For a longer task, start it \
-                 in the background with its output sent to a file, and check on it with later commands.]",
-                show_secs(secs),
+        // A shell whose input was ended (C-d) takes no more commands.
+        if self.shell.as_ref().is_some_and(Shell::input_closed) {
+            self.end_shell(ws).await?;
+            self.notice = Some(format!(
+                "[The shell's input was ended with C-d earlier, so this command runs in a new shell in {}.]",
+                self.workdir
             ));
-        } else {
-            match exit_code {
-                Some(code) => {
-                    content.push_str(&format!("[The command completed with exit code {code}.]"))
-                }
-                None => content.push_str("[The command completed; its exit code is unknown.]"),
-            }
         }
-        content.push_str(&format!("\n[Current working directory: {}]", self.cwd));
+        if self.shell.is_none() {
+            let ceiling = Duration::from_secs(limits.command_timeout_secs.max(1));
+            self.cwd = self.workdir.clone();
+            self.shell = Some(Shell::open(ws, ceiling).await?);
+        }
+        let shell = self.shell.as_mut().expect("opened above");
+        let reply = shell.run(ws, command, wait, MAX_OUTPUT_CHARS).await?;
+        self.observe(ws, reply, "", "").await
+    }
+
+    /// Turns a reply into the observation (upstream's layout), and drops a shell
+    /// that is over.
+    async fn observe(
+        &mut self,
+        ws: &Workspace,
+        reply: Reply,
+        prefix: &str,
+        sent: &str,
+    ) -> Result<Observation, WorkspaceError> {
+        let mut content = self.notice.take().map(|n| n + "\n").unwrap_or_default();
+        // As upstream: only output that continues a command still running is
+        // marked as such.
+        let prefix = if reply.end.still_running() {
+            prefix
+        } else {
+            ""
+        };
+        content.push_str(&with_output(prefix, &reply.output));
+        let (exit_code, still_running) = match reply.end {
+            End::Done { exit_code } => {
+                if let Some(s) = &self.shell {
+                    self.cwd = s.cwd().to_string();
+                }
+                content.push_str(&format!(
+                    "[The command completed with exit code {exit_code}.{sent}]"
+                ));
+                (Some(exit_code), false)
+            }
+            End::Quiet(d) => {
+                content.push_str(&format!(
+                    "[The command has printed nothing new for {} seconds and is still running.{sent} {HOW_TO_GO_ON}]",
+                    show_secs(d)
+                ));
+                (Some(-1), true)
+            }
+            End::Waited(d) => {
+                content.push_str(&format!(
+                    "[The command is still running after the {} seconds waited for it.{sent} {HOW_TO_GO_ON}]",
+                    show_secs(d)
+                ));
+                (Some(-1), true)
+            }
+            End::Ceiling(d) => {
+                content.push_str(&format!(
+                    "[The command ran for {} seconds, the job's limit for one command, and was stopped together \
+                     with its shell. The next command starts in a new shell in {}: variables and functions set \
+                     earlier are gone.]",
+                    show_secs(d),
+                    self.workdir
+                ));
+                (None, true)
+            }
+            End::Exited { exit_code } => {
+                let code = exit_code.map_or("unknown".to_string(), |c| c.to_string());
+                content.push_str(&format!(
+                    "[The shell exited (exit code {code}). The next command starts in a new shell in {}: \
+                     variables and functions set earlier are gone.]",
+                    self.workdir
+                ));
+                (exit_code, false)
+            }
+        };
+        if reply.end.session_over() {
+            self.end_shell(ws).await?;
+        } else if let (Some(code), false) = (exit_code, still_running) {
+            content.push_str(&format!("\n[Current working directory: {}]", self.cwd));
+            if let Some(python) = self.shell.as_ref().and_then(Shell::python) {
+                content.push_str(&format!("\n[Python interpreter: {python}]"));
+            }
+            content.push_str(&format!("\n[Command finished with exit code {code}]"));
+        }
         Ok(Observation {
             content,
-            exit_code: if out.timed_out { None } else { exit_code },
+            exit_code,
             is_error: false,
-            timed_out: out.timed_out,
+            timed_out: still_running,
         })
     }
 
-    /// The script run for `command`: restore state, run it in this shell (so `cd`
-    /// and `export` take effect), save state, report exit code and directory.
-    fn script(&self, command: &str) -> String {
-        format!(
-            "__fleet_env={env}\n\
-             if [ -r \"$__fleet_env\" ]; then . \"$__fleet_env\" >/dev/null 2>&1; fi\n\
-             cd {cwd} 2>/dev/null || cd {workdir} 2>/dev/null\n\
-             eval {command}\n\
-             __fleet_ec=$?\n\
-             (umask 077 && export -p > \"$__fleet_env\") 2>/dev/null\n\
-             printf '\\n%s %s %s\\n' {marker} \"$__fleet_ec\" \"$(pwd)\"\n\
-             exit \"$__fleet_ec\"\n",
-            env = sh_quote(&self.env_file),
-            cwd = sh_quote(&self.cwd),
-            workdir = sh_quote(&self.workdir),
-            command = sh_quote(command),
-            marker = sh_quote(&self.marker),
-        )
+    async fn end_shell(&mut self, ws: &Workspace) -> Result<(), WorkspaceError> {
+        if let Some(mut s) = self.shell.take() {
+            s.kill(ws).await?;
+        }
+        self.cwd = self.workdir.clone();
+        Ok(())
     }
 }
 
-/// The command's timeout: the model's, capped by the job's; the job's when the
-/// model gives none (or nonsense).
-fn timeout_secs(asked: Option<f64>, job_secs: u64) -> f64 {
-    let cap = job_secs.max(1) as f64;
-    asked
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .map_or(cap, |t| t.min(cap))
+/// `prefix` and the output, ending in a newline when there is any.
+fn with_output(prefix: &str, output: &str) -> String {
+    let output = output.trim_end_matches(['\n', '\r']);
+    if output.is_empty() {
+        return String::new();
+    }
+    format!("{prefix}{output}\n")
 }
 
-fn show_secs(secs: f64) -> String {
+/// How long the call waits: the model's `timeout` (capped by the job's
+/// ceiling), or until the command goes quiet.
+fn wait_for(asked: Option<f64>, limits: &Limits) -> Wait {
+    let cap = limits.command_timeout_secs.max(1) as f64;
+    match asked.filter(|t| t.is_finite() && *t > 0.0) {
+        Some(t) => Wait {
+            quiet: None,
+            limit: Duration::from_secs_f64(t.min(cap)),
+        },
+        None => Wait {
+            quiet: Some(Duration::from_secs(limits.no_output_timeout_secs.max(1))),
+            limit: Duration::from_secs_f64(cap),
+        },
+    }
+}
+
+/// A key (`C-c`, …) sent with `is_input`: `None` when `command` is no key.
+fn key(command: &str) -> Option<Result<Continue<'static>, String>> {
+    let k = command
+        .strip_prefix("C-")
+        .or_else(|| command.strip_prefix("c-"))?;
+    if k.chars().count() != 1 {
+        return None;
+    }
+    Some(match k.to_ascii_lowercase().as_str() {
+        "c" => Ok(Continue::Interrupt),
+        "d" => Ok(Continue::EndInput),
+        "z" => Err("ERROR: C-z is not available: this shell has no job control, so a command cannot be suspended. \
+                    Interrupt it with C-c, or start long commands in the background with `&`."
+            .to_string()),
+        _ => Err(format!(
+            "ERROR: {command} is not a key this terminal can send; it sends C-c (interrupt) and C-d (end of input)."
+        )),
+    })
+}
+
+fn show_secs(d: Duration) -> String {
+    let secs = d.as_secs_f64();
     if secs.fract() == 0.0 {
         format!("{secs:.0}")
     } else {
@@ -194,216 +375,6 @@ fn show_secs(secs: f64) -> String {
     }
 }
 
-/// Single-quotes `s` for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Splits the marker line off the output: (output without it, (exit code, cwd)).
-/// Anything printed after the marker line (a background process) stays in the
-/// output. Without a marker line (the shell exited early, or was killed), the
-/// output is returned whole.
-fn split_trailer(output: &str, marker: &str) -> (String, Option<(i64, String)>) {
-    let needle = format!("\n{marker} ");
-    let Some(at) = output.rfind(&needle) else {
-        return (output.to_string(), None);
-    };
-    let rest = &output[at + needle.len()..];
-    let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
-    let Some((code, cwd)) = line.split_once(' ') else {
-        return (output.to_string(), None);
-    };
-    let Ok(code) = code.trim().parse::<i64>() else {
-        return (output.to_string(), None);
-    };
-    (
-        format!("{}{after}", &output[..at]),
-        Some((code, cwd.to_string())),
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::workspace::local::LocalBackend;
-    use crate::workspace::{Backend, WorkspaceSpec};
-
-    pub(crate) async fn local_workspace(root: &std::path::Path) -> Workspace {
-        let spec = WorkspaceSpec {
-            job_id: "t".into(),
-            attempt: 1,
-            worker_id: "w".into(),
-            image: "none".into(),
-            workdir: "/workspace".into(),
-            env: [("FLEET_TEST_VAR".to_string(), "from-env".to_string())].into(),
-            memory_mb: 512,
-            cpus: 1.0,
-            pids: 64,
-            network: "none".into(),
-            user: None,
-            read_only_root: false,
-            disk_mb: None,
-        };
-        Backend::Local(LocalBackend::new(root.to_path_buf()))
-            .start(&spec)
-            .await
-            .expect("local workspace")
-    }
-
-    fn args(command: &str) -> Args {
-        Args {
-            command: command.into(),
-            timeout: None,
-            is_input: None,
-        }
-    }
-
-    #[test]
-    fn trailer_is_parsed_off() {
-        let m = "__M__";
-        assert_eq!(
-            split_trailer("hi\n__M__ 3 /w/x\n", m),
-            ("hi".to_string(), Some((3, "/w/x".to_string())))
-        );
-        assert_eq!(
-            split_trailer("\n__M__ 0 /w\n", m),
-            (String::new(), Some((0, "/w".to_string())))
-        );
-        assert_eq!(
-            split_trailer("a\n\n__M__ 0 /w\nlate\n", m),
-            ("a\nlate\n".to_string(), Some((0, "/w".to_string())))
-        );
-        assert_eq!(
-            split_trailer("no marker", m),
-            ("no marker".to_string(), None)
-        );
-        assert_eq!(timeout_secs(Some(5.0), 120), 5.0);
-        assert_eq!(timeout_secs(Some(500.0), 120), 120.0);
-        assert_eq!(timeout_secs(Some(f64::NAN), 120), 120.0);
-        assert_eq!(timeout_secs(None, 7), 7.0);
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-    }
-
-    #[tokio::test]
-    async fn cwd_and_exports_persist() {
-        let root = tempfile::tempdir().unwrap();
-        let ws = local_workspace(root.path()).await;
-        let limits = Limits::default();
-        let mut t = Terminal::new(&ws);
-        let wd = ws.workdir().to_string();
-
-        let o = t
-            .call(
-                &ws,
-                &limits,
-                args("mkdir -p sub && cd sub && export GREETING='it'\"'\"'s me'"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(o.exit_code, Some(0), "{}", o.content);
-        assert_eq!(
-            o.content,
-            format!(
-                "[The command completed with exit code 0.]\n[Current working directory: {wd}/sub]"
-            )
-        );
-        let o = t
-            .call(
-                &ws,
-                &limits,
-                args("pwd; echo \"$GREETING\"; echo $FLEET_TEST_VAR"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            o.content,
-            format!(
-                "{wd}/sub\nit's me\nfrom-env\n[The command completed with exit code 0.]\n[Current working directory: {wd}/sub]"
-            )
-        );
-        let o = t
-            .call(&ws, &limits, args("echo oops >&2; false"))
-            .await
-            .unwrap();
-        assert_eq!(o.exit_code, Some(1));
-        assert!(!o.is_error);
-        assert!(
-            o.content
-                .starts_with("oops\n[The command completed with exit code 1.]"),
-            "{}",
-            o.content
-        );
-        // `exit` ends the shell early: the code still comes through, the cwd stays.
-        let o = t.call(&ws, &limits, args("cd /; exit 3")).await.unwrap();
-        assert_eq!(o.exit_code, Some(3));
-        assert!(
-            o.content
-                .ends_with(&format!("[Current working directory: {wd}/sub]")),
-            "{}",
-            o.content
-        );
-        // Nothing leaks into the workdir.
-        let snap = ws.snapshot(&wd, 1024, 1 << 20).await.unwrap();
-        assert_eq!(
-            snap.files.len(),
-            0,
-            "{:?}",
-            snap.files.keys().collect::<Vec<_>>()
-        );
-        ws.destroy().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn timeout_stops_the_command_and_keeps_its_output() {
-        let root = tempfile::tempdir().unwrap();
-        let ws = local_workspace(root.path()).await;
-        let limits = Limits {
-            command_timeout_secs: 30,
-            ..Limits::default()
-        };
-        let mut t = Terminal::new(&ws);
-        let o = t
-            .call(
-                &ws,
-                &limits,
-                Args {
-                    command: "echo started; sleep 20".into(),
-                    timeout: Some(0.5),
-                    is_input: None,
-                },
-            )
-            .await
-            .unwrap();
-        assert!(o.timed_out);
-        assert_eq!(o.exit_code, None);
-        assert!(
-            o.content
-                .starts_with("started\n[The command timed out after 0.5 seconds"),
-            "{}",
-            o.content
-        );
-        ws.destroy().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn interactive_input_is_refused() {
-        let root = tempfile::tempdir().unwrap();
-        let ws = local_workspace(root.path()).await;
-        let mut t = Terminal::new(&ws);
-        let o = t
-            .call(
-                &ws,
-                &Limits::default(),
-                Args {
-                    command: "y".into(),
-                    timeout: None,
-                    is_input: Some(true),
-                },
-            )
-            .await
-            .unwrap();
-        assert!(o.is_error);
-        assert!(o.content.contains("not supported"));
-        ws.destroy().await.unwrap();
-    }
-}
+#[path = "terminal_tests.rs"]
+mod tests;

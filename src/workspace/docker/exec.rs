@@ -32,7 +32,7 @@ use super::{API_DEADLINE, DockerWorkspace, from_bollard, within};
 use crate::workspace::{ExecOutput, HeadTail, WorkspaceError};
 
 /// The environment variable that marks a command's processes.
-const MARKER_VAR: &str = "FLEET_EXEC";
+pub(super) const MARKER_VAR: &str = "FLEET_EXEC";
 
 /// Runs the script in `cwd` (`$1`) as its own `sh` (`$2`). A missing `cwd` fails
 /// the command the way a terminal would (sh's message, exit 1), not the call.
@@ -99,7 +99,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(3);
 /// Read buffer of the attached stream; larger than bollard's 8 KiB default so a
 /// flood of output is read in fewer, larger chunks.
-const READ_CAPACITY: usize = 64 * 1024;
+pub(super) const READ_CAPACITY: usize = 64 * 1024;
 
 pub(super) async fn run(
     ws: &DockerWorkspace,
@@ -201,7 +201,7 @@ async fn create(
 
 /// The exit code once the engine has it. The stream can end a moment before the
 /// engine marks the exec finished, hence the short poll.
-async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, WorkspaceError> {
+pub(super) async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, WorkspaceError> {
     let until = tokio::time::Instant::now() + SETTLE;
     loop {
         let info = within(API_DEADLINE, ws.docker.inspect_exec(exec_id))
@@ -220,7 +220,7 @@ async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, W
 
 /// Kills the marked command's processes; best effort (a failure is logged: the
 /// caller has its answer, and a broken container fails the next call anyway).
-async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
+pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
     let script = || vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker];
     if let Err(e) = run_as_root(ws, script()).await {
         tracing::debug!(container = %ws.name, error = %e, "kill exec failed");

@@ -1044,7 +1044,9 @@ pub fn slow(secs: u64) -> (Value, Value) {
     (
         json!({"task": "sleep", "limits": {"command_timeout_secs": 600}}),
         json!({"steps": [
-            {"tool": "terminal", "args": {"command": format!("sleep {secs} && echo slept > slept.txt")}},
+            // With a `timeout`, the call waits for the whole command (no early
+            // return after a quiet spell).
+            {"tool": "terminal", "args": {"command": format!("sleep {secs} && echo slept > slept.txt"), "timeout": secs + 60}},
             {"tool": "finish", "args": {"message": "slept"}}
         ]}),
     )
