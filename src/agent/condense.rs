@@ -441,6 +441,32 @@ mod tests {
     use crate::agent::events::EventLog;
     use serde_json::json;
 
+    /// One `echo {step}` terminal call (id `id`) and its observation.
+    fn echo_call(log: &EventLog, id: String, step: u32) {
+        log.append(
+            Source::Agent,
+            EventKind::ActionEvent {
+                tool_name: "terminal".into(),
+                tool_call_id: id.clone(),
+                arguments: json!({"command": format!("echo {step}")}),
+                thought: String::new(),
+                step,
+                meta: Default::default(),
+            },
+        );
+        log.append(
+            Source::Environment,
+            EventKind::ObservationEvent {
+                tool_name: "terminal".into(),
+                tool_call_id: id,
+                content: format!("{step}"),
+                exit_code: Some(0),
+                is_error: false,
+                timed_out: false,
+            },
+        );
+    }
+
     /// A log of: system prompt, task, then `steps` replies of `calls` tool calls each.
     fn log_with(steps: u32, calls: u32) -> EventLog {
         let log = EventLog::in_memory();
@@ -461,29 +487,7 @@ mod tests {
         );
         for s in 1..=steps {
             for c in 0..calls {
-                let id = format!("call_{s}_{c}");
-                log.append(
-                    Source::Agent,
-                    EventKind::ActionEvent {
-                        tool_name: "terminal".into(),
-                        tool_call_id: id.clone(),
-                        arguments: json!({"command": format!("echo {s}")}),
-                        thought: String::new(),
-                        step: s,
-                        meta: Default::default(),
-                    },
-                );
-                log.append(
-                    Source::Environment,
-                    EventKind::ObservationEvent {
-                        tool_name: "terminal".into(),
-                        tool_call_id: id,
-                        content: format!("{s}"),
-                        exit_code: Some(0),
-                        is_error: false,
-                        timed_out: false,
-                    },
-                );
+                echo_call(&log, format!("call_{s}_{c}"), s);
             }
         }
         log
@@ -659,29 +663,7 @@ mod tests {
             );
         }
         for s in 1..=3u32 {
-            let id = format!("c{s}");
-            log.append(
-                Source::Agent,
-                EventKind::ActionEvent {
-                    tool_name: "terminal".into(),
-                    tool_call_id: id.clone(),
-                    arguments: json!({"command": format!("echo {s}")}),
-                    thought: String::new(),
-                    step: s,
-                    meta: Default::default(),
-                },
-            );
-            log.append(
-                Source::Environment,
-                EventKind::ObservationEvent {
-                    tool_name: "terminal".into(),
-                    tool_call_id: id,
-                    content: format!("{s}"),
-                    exit_code: Some(0),
-                    is_error: false,
-                    timed_out: false,
-                },
-            );
+            echo_call(&log, format!("c{s}"), s);
         }
         let events = log.snapshot();
         let p = plan_with(&view(&events), Mode::LastResort).unwrap();
