@@ -534,16 +534,8 @@ async fn in_workspace(
             }
         },
     };
-    if let Some(user) = &spec.limits.user {
-        if let Err(e) = ws.chown_workdir(user).await {
-            return InWorkspace::Done {
-                stop: None,
-                patch: String::new(),
-                artifacts: 0,
-                error: Some(ws_err(&e, Phase::Input)),
-            };
-        }
-    }
+    // With `limits.user` the workdir and the input are already the user's: the
+    // workspace gives every file it places to that user (see workspace/docker.rs).
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

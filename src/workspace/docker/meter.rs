@@ -57,6 +57,11 @@ impl TarMeter {
         }
     }
 
+    /// The uid and gid entries are given, if any.
+    pub fn owned_by(&self) -> Option<(u64, u64)> {
+        self.owner
+    }
+
     /// Takes the next chunk of the stream (any size, any boundary).
     pub fn feed(&mut self, data: &[u8]) {
         self.run(data, None);
@@ -83,8 +88,7 @@ impl TarMeter {
                     if self.pax.len() + p <= MAX_PAX_BYTES {
                         self.pax.extend_from_slice(&data[..p]);
                     } else if rewrite && self.refused.is_none() {
-                        self.refused =
-                            Some(format!("a PAX header over {MAX_PAX_BYTES} bytes"));
+                        self.refused = Some(format!("a PAX header over {MAX_PAX_BYTES} bytes"));
                     }
                     self.pax_left -= p as u64;
                     if rewrite {
@@ -413,7 +417,11 @@ mod tests {
                 assert_eq!(after.len(), before.len());
                 for ((path, u, g, pax), was) in after.iter().zip(&before) {
                     assert_eq!(path, &was.0, "chunk {chunk}");
-                    assert_eq!((*u, *g, pax), (Some(uid), Some(gid), &None), "{path}, chunk {chunk}");
+                    assert_eq!(
+                        (*u, *g, pax),
+                        (Some(uid), Some(gid), &None),
+                        "{path}, chunk {chunk}"
+                    );
                 }
                 // Data is untouched.
                 let mut ar = tar::Archive::new(&out[..]);
