@@ -365,8 +365,10 @@ mod tests {
         assert!(m.ended);
     }
 
-    /// What a reader sees of each entry: path, uid, gid, PAX uid if any.
-    fn owners(tar: &[u8]) -> Vec<(String, Option<u64>, Option<u64>, Option<String>)> {
+    /// What a reader sees of an entry: path, uid, gid, PAX uid if any.
+    type Seen = (String, Option<u64>, Option<u64>, Option<String>);
+
+    fn owners(tar: &[u8]) -> Vec<Seen> {
         let mut ar = tar::Archive::new(tar);
         ar.entries()
             .unwrap()
