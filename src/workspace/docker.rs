@@ -5,8 +5,10 @@
 //! the container with its limits and labels, removing it, and removing what dead runs
 //! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
 //! (API calls) and `docker/tarball.rs` (the archives themselves), what a container
-//! may touch in `docker/hardening.rs`, and the copy of an image's files into a
-//! tmpfs workdir in `docker/seed.rs`.
+//! may touch in `docker/hardening.rs`, the copy of an image's files into a
+//! tmpfs workdir in `docker/seed.rs`, and the uid and gid a job's `limits.user`
+//! stands for in `docker/owner.rs` (its files are given to it through tar
+//! headers, `docker/meter.rs`).
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.

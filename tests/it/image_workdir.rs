@@ -43,9 +43,14 @@ fn build_image() {
     write("testbed/run.sh", b"#!/bin/sh\necho ran-from-image\n");
     write("big/blob", &vec![b'x'; 20 << 20]);
     write(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/testbed:/bin/sh\n",
+    );
+    write("etc/group", b"root:x:0:\napp:x:1001:\n");
+    write(
         "Dockerfile",
         format!(
-            "FROM {TEST_IMAGE}\nCOPY testbed/ /testbed/\nRUN chmod 755 /testbed/run.sh\nCOPY big/ /big/\nWORKDIR /testbed\n"
+            "FROM {TEST_IMAGE}\nCOPY testbed/ /testbed/\nRUN chmod 755 /testbed/run.sh\nCOPY big/ /big/\nCOPY etc/ /etc/\nWORKDIR /testbed\n"
         )
         .as_bytes(),
     );
@@ -204,13 +209,23 @@ fn a_job_user_owns_its_workdir_the_input_and_the_image_files() {
         json!({"task": "t", "input": {"path": input}, "limits": {"user": "1000"}}),
         script("/workspace", None),
     );
+    // A name, looked up in the image's passwd; its tmpfs workdir is given to it
+    // at boot (a directory entry uploaded to its parent).
+    let named = b.job(
+        "user-named",
+        json!({"task": "t", "image": IMAGE, "workdir": "/testbed", "input": {"path": input},
+               "limits": {"user": "app", "disk_mb": 64}}),
+        script("/testbed", Some("src/lib/deep.txt")),
+    );
     let out = b.run();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    for id in [&plain, &seeded, &read_only, &uid_only] {
+    for id in [&plain, &seeded, &read_only, &uid_only, &named] {
         let r = out.result(id);
         assert_eq!(r["outcome"], "succeeded", "{id}: {r}");
         let (ids, owner) = if id == &uid_only {
             ("1000\n0", "1000:0 ")
+        } else if id == &named {
+            ("1000\n1001", "1000:1001 ")
         } else {
             ("1000\n1000", "1000:1000 ")
         };
@@ -250,7 +265,7 @@ fn a_job_user_owns_its_workdir_the_input_and_the_image_files() {
         ] {
             assert!(patch.contains(want), "{id}: {want:?} not in {patch}");
         }
-        if id == &seeded || id == &read_only {
+        if id == &seeded || id == &read_only || id == &named {
             assert!(stat.contains(" README.md"), "{id}: {stat}");
             assert!(
                 patch.contains(" deep in the image\n+edited\n"),
