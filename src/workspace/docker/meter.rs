@@ -30,6 +30,9 @@ pub(super) struct TarMeter {
     /// Of `skip`, the leading bytes that are a PAX header's records.
     pax_left: u64,
     pax: Vec<u8>,
+    /// Whether the records being read are a global header's (no `size` for the
+    /// next entry there).
+    pax_global: bool,
     /// The size a PAX header gave the next entry.
     next_size: Option<u64>,
     ended: bool,
@@ -102,7 +105,9 @@ impl TarMeter {
                         }
                     }
                     if self.pax_left == 0 {
-                        self.next_size = pax_size(&self.pax);
+                        if !self.pax_global {
+                            self.next_size = pax_size(&self.pax);
+                        }
                         self.pax.clear();
                     }
                 }
@@ -142,14 +147,11 @@ impl TarMeter {
         let size = octal_or_binary(&h[124..136]);
         match h[156] {
             // PAX extended header for the next entry: its records are read.
-            b'x' => {
+            // A global PAX header too when entries are given to an owner, only for
+            // ids to rename.
+            b'x' | b'g' if h[156] == b'x' || self.owner.is_some() => {
                 self.pax_left = size;
-                self.pax.clear();
-                self.skip = padded(size);
-            }
-            // A global PAX header: read too, only for ids to rename.
-            b'g' if self.owner.is_some() => {
-                self.pax_left = size;
+                self.pax_global = h[156] == b'g';
                 self.pax.clear();
                 self.skip = padded(size);
             }
@@ -397,6 +399,17 @@ mod tests {
         // record (as for ids over 2^21), and end the archive again.
         let end = tar.len() - 1024;
         tar.truncate(end);
+        // A global PAX header naming a uid as well.
+        let rec = "12 uid=4242\n";
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XGlobalHeader);
+        h.set_size(rec.len() as u64);
+        h.set_path("GlobalHead").unwrap();
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        let mut data = rec.as_bytes().to_vec();
+        data.resize(512, 0);
+        tar.extend_from_slice(&data);
         let mut b = tar::Builder::new(tar);
         b.append_pax_extensions([("uid", &b"3000000"[..]), ("gid", b"3000001")])
             .unwrap();
@@ -413,6 +426,8 @@ mod tests {
                 let mut m = TarMeter::owned(uid, gid);
                 let out: Vec<u8> = tar.chunks(chunk).flat_map(|c| m.pass(c)).collect();
                 assert_eq!(out.len(), tar.len(), "chunk {chunk}");
+                let text = String::from_utf8_lossy(&out);
+                assert!(!text.contains("uid=") && text.contains("UID=4242"));
                 assert!(m.refused.is_none());
                 assert_eq!(m.charged, 6 * PAGE, "the meter still counts");
                 let after = owners(&out);
