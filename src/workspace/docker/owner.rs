@@ -89,6 +89,13 @@ fn from_files(u: &str, g: Option<&str>, passwd: &str, group: &str) -> Result<Own
                 })?,
         },
     };
+    // The policy refuses `root` and `0` by name; a name the image maps to uid 0
+    // is root all the same (the container is destroyed before anything runs).
+    if uid == 0 && u != "root" && u != "0" {
+        return Err(format!(
+            "user {u:?} is uid 0 (root) in the image's /etc/passwd; name a non-root user"
+        ));
+    }
     Ok(Owner { uid, gid })
 }
 
@@ -120,5 +127,7 @@ mod tests {
         let e = from_files("app", Some("wheel"), PASSWD, GROUP).unwrap_err();
         assert!(e.contains("wheel") && e.contains("/etc/group"), "{e}");
         assert!(from_files("app", None, "", "").is_err());
+        let e = from_files("toor", None, "toor:x:0:0::/:/bin/sh\n", "").unwrap_err();
+        assert!(e.contains("uid 0"), "{e}");
     }
 }
