@@ -420,6 +420,20 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
                 ),
             );
         }
+        // A read-only root's workdir is given to the user by mounting it so,
+        // before the image's passwd could be read.
+        let numeric = u
+            .split_once(':')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+        if l.read_only_root && !numeric {
+            return bad(
+                "limits.user",
+                format!(
+                    "{:?} must be a numeric UID:GID with limits.read_only_root",
+                    clip(u)
+                ),
+            );
+        }
     }
     let st = &s.stuck;
     for (name, v) in [
@@ -504,6 +518,24 @@ mod tests {
         assert_eq!(jobs[0].image.as_deref(), Some("busybox"));
         let jobs = parse(r#"[{"task": "t"}]"#).unwrap();
         assert!(valid_id(&jobs[0].id));
+    }
+
+    #[test]
+    fn a_read_only_root_needs_a_numeric_job_user() {
+        let job = |user: &str| {
+            parse(&format!(
+                r#"[{{"id": "a", "task": "t", "limits": {{"user": "{user}", "read_only_root": true}}}}]"#
+            ))
+        };
+        assert!(job("1000:1000").is_ok());
+        for user in ["app", "1000", "app:1000"] {
+            let e = job(user).unwrap_err();
+            assert!(
+                e.contains("limits.user") && e.contains("numeric UID:GID"),
+                "{e}"
+            );
+        }
+        assert!(parse(r#"[{"id": "a", "task": "t", "limits": {"user": "app"}}]"#).is_ok());
     }
 
     #[test]

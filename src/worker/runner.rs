@@ -606,11 +606,8 @@ async fn in_workspace(
             Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
-    if let Some(user) = &spec.limits.user {
-        if let Err(e) = ws.chown_workdir(user).await {
-            return InWorkspace::early(None, Some(ws_err(&e, Phase::Input)));
-        }
-    }
+    // With `limits.user` the workdir and the input are already the user's: the
+    // workspace gives every file it places to that user (see workspace/docker.rs).
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

@@ -6,8 +6,10 @@
 //! left behind. Commands live in `docker/exec.rs`, files in `docker/archive.rs`
 //! (API calls) and `docker/tarball.rs` (the archives themselves), what a container
 //! may touch in `docker/hardening.rs`, the copy of an image's files into a tmpfs
-//! workdir in `docker/seed.rs`; which engine to talk to in `docker/connect.rs`,
-//! image pulls in `docker/pull.rs` (credentials in `docker/auth.rs`).
+//! workdir in `docker/seed.rs`, and the uid and gid a job's `limits.user` stands
+//! for in `docker/owner.rs` (its files are given to it through tar headers,
+//! `docker/meter.rs`); which engine to talk to in `docker/connect.rs`, image pulls
+//! in `docker/pull.rs` (credentials in `docker/auth.rs`).
 //!
 //! Every Docker call runs under a deadline: a wedged engine turns into a retryable
 //! [`WorkspaceError::Deadline`], never a stuck worker slot.
@@ -18,6 +20,7 @@ pub mod connect;
 mod exec;
 mod hardening;
 mod meter;
+mod owner;
 mod paths;
 mod seed;
 pub mod pull;
@@ -163,11 +166,16 @@ impl DockerBackend {
         }
         tracing::debug!(container = %name, image = %spec.image, "workspace container created");
 
-        let ws = DockerWorkspace {
+        let mut ws = DockerWorkspace {
             docker: self.docker.clone(),
             name,
             workdir: spec.workdir.clone(),
             user: spec.user.clone(),
+            owner: None,
+            // Mounted as the user's (`hardening.rs`) or given to them at boot.
+            workdir_owned: seed.is_some()
+                && spec.user.as_deref().and_then(owner::numeric).is_some(),
+            read_only_root: spec.read_only_root,
             removed: false,
         };
         // From here on `ws` owns the container: on error it is removed explicitly
@@ -238,6 +246,11 @@ pub struct DockerWorkspace {
     workdir: String,
     /// The job's own user (`limits.user`), when it names one.
     user: Option<String>,
+    /// Its uid and gid, resolved at boot: every file the worker places is theirs.
+    owner: Option<owner::Owner>,
+    /// Whether the workdir is a tmpfs mounted as the job user's.
+    workdir_owned: bool,
+    read_only_root: bool,
     /// Set once the container is known to be gone, so Drop has nothing to do.
     removed: bool,
 }
@@ -304,25 +317,37 @@ impl DockerWorkspace {
         Ok(())
     }
 
-    /// Hands the workdir (the input placed in it) to the job's user, so a non-root
-    /// job can edit its own files. Runs as root inside the container.
-    pub async fn chown_workdir(&self, user: &str) -> Result<(), WorkspaceError> {
-        exec::run_as_root(self, vec!["chown", "-R", user, &self.workdir]).await
-    }
-
     /// Starts the created container, copies the image's files into a tmpfs
-    /// workdir (`seed`), and makes sure the workdir exists.
-    async fn boot(&self, seed: Option<seed::Seed>) -> Result<(), WorkspaceError> {
+    /// workdir (`seed`), and makes sure the workdir exists. With `limits.user`,
+    /// the workdir and everything placed in it belong to that user: set through
+    /// the archive API's tar headers, since a root exec in a container with a
+    /// non-root user has no capabilities (it could not `chown`).
+    async fn boot(&mut self, seed: Option<seed::Seed>) -> Result<(), WorkspaceError> {
         within(API_DEADLINE, self.docker.start_container(&self.name, None))
             .await?
             .map_err(from_bollard)?;
+        if let Some(user) = self.user.clone() {
+            self.owner = Some(owner::resolve(self, &user).await?);
+        }
         // After the start, not before: the tmpfs holds files only while mounted.
         if let Some(seed) = seed {
             seed::seed_workdir(self, seed).await?;
         }
         // Docker makes the WorkingDir itself; this also catches a workdir that
         // exists in the image as a file.
-        archive::ensure_dir(self, &self.workdir).await
+        archive::ensure_dir(self, &self.workdir).await?;
+        if self.owner.is_some() && !self.workdir_owned {
+            if self.read_only_root {
+                return Err(WorkspaceError::Path {
+                    path: self.workdir.clone(),
+                    message: "a read-only root's workdir can only be given to limits.user \
+                              when it names a numeric uid:gid"
+                        .into(),
+                });
+            }
+            archive::own_dir(self, &self.workdir).await?;
+        }
+        Ok(())
     }
 }
 

@@ -244,14 +244,6 @@ impl Workspace {
         dispatch!(self, w => w.snapshot(dir, max_file_bytes, max_total_bytes).await)
     }
 
-    /// Gives the workdir to `user` (a job with `limits.user`): Docker only.
-    pub async fn chown_workdir(&self, user: &str) -> Result<(), WorkspaceError> {
-        match self {
-            Workspace::Docker(w) => w.chown_workdir(user).await,
-            Workspace::Local(_) => Ok(()),
-        }
-    }
-
     /// Stops and removes the workspace (container force-removed, directory deleted).
     pub async fn destroy(self) -> Result<(), WorkspaceError> {
         dispatch!(self, w => w.destroy().await)

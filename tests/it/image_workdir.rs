@@ -43,9 +43,14 @@ fn build_image() {
     write("testbed/run.sh", b"#!/bin/sh\necho ran-from-image\n");
     write("big/blob", &vec![b'x'; 20 << 20]);
     write(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/testbed:/bin/sh\n",
+    );
+    write("etc/group", b"root:x:0:\napp:x:1001:\n");
+    write(
         "Dockerfile",
         format!(
-            "FROM {TEST_IMAGE}\nCOPY testbed/ /testbed/\nRUN chmod 755 /testbed/run.sh\nCOPY big/ /big/\nWORKDIR /testbed\n"
+            "FROM {TEST_IMAGE}\nCOPY testbed/ /testbed/\nRUN chmod 755 /testbed/run.sh\nCOPY big/ /big/\nCOPY etc/ /etc/\nWORKDIR /testbed\n"
         )
         .as_bytes(),
     );
@@ -154,4 +159,120 @@ fn image_files_over_the_disk_limit_fail_the_job_naming_the_limit() {
     assert!(msg.contains("/big") && msg.contains("16 MiB"), "{msg}");
     assert_eq!(containers_for(&id), 0, "container left behind");
     assert_eq!(seeds_for(&id), 0, "seed container left behind");
+}
+
+/// A job with a non-root `limits.user`: its commands run as that uid, and the
+/// workdir, the input and the image's files there are its own, so it can edit
+/// them (by command and by the file editor) and create new ones; the patch shows
+/// the edits. Docker's root exec gets no capabilities in such a container, so
+/// none of this may rest on a `chown` inside it.
+#[test]
+fn a_job_user_owns_its_workdir_the_input_and_the_image_files() {
+    build_image();
+    let mut b = Batch::new();
+    let input = b.input(&[("input.txt", "input-file\n"), ("sub/in.txt", "nested\n")]);
+    let script = |dir: &str, image_file: Option<&str>| {
+        let edit_image = image_file
+            .map(|f| format!(" && echo edited >> {f}"))
+            .unwrap_or_default();
+        json!({"steps": [
+            {"tool": "terminal", "args": {"command": "id -u; id -g"}},
+            {"tool": "terminal", "args": {"command": format!(
+                "echo edited >> input.txt && echo edited >> sub/in.txt{edit_image} && echo new > new.txt && mkdir -p made/deeper && echo x > made/deeper/f && echo edits-ok")}},
+            {"tool": "file_editor", "args": {"command": "str_replace", "path": format!("{dir}/input.txt"), "old_str": "input-file", "new_str": "input-by-editor"}},
+            {"tool": "file_editor", "args": {"command": "create", "path": format!("{dir}/by-editor/e.txt"), "file_text": "e\n"}},
+            {"tool": "terminal", "args": {"command": "echo again >> input.txt && echo again >> by-editor/e.txt && stat -c '%u:%g %n' . * sub/* made/deeper/f by-editor/e.txt"}},
+            {"tool": "finish", "args": {"message": "done"}}
+        ]})
+    };
+    let plain = b.job(
+        "user-plain",
+        json!({"task": "t", "input": {"path": input}, "limits": {"user": "1000:1000"}}),
+        script("/workspace", None),
+    );
+    let seeded = b.job(
+        "user-seeded",
+        json!({"task": "t", "image": IMAGE, "workdir": "/testbed", "input": {"path": input},
+               "limits": {"user": "1000:1000", "disk_mb": 64}}),
+        script("/testbed", Some("src/lib/deep.txt")),
+    );
+    let read_only = b.job(
+        "user-seeded-ro",
+        json!({"task": "t", "image": IMAGE, "workdir": "/testbed", "input": {"path": input},
+               "limits": {"user": "1000:1000", "read_only_root": true, "disk_mb": 64}}),
+        script("/testbed", Some("src/lib/deep.txt")),
+    );
+    // A uid alone: its group comes from the image's passwd (none here: group 0,
+    // as Docker gives it), and the workdir is given to it at boot, not mounted so.
+    let uid_only = b.job(
+        "user-uid-only",
+        json!({"task": "t", "input": {"path": input}, "limits": {"user": "1000"}}),
+        script("/workspace", None),
+    );
+    // A name, looked up in the image's passwd; its tmpfs workdir is given to it
+    // at boot (a directory entry uploaded to its parent).
+    let named = b.job(
+        "user-named",
+        json!({"task": "t", "image": IMAGE, "workdir": "/testbed", "input": {"path": input},
+               "limits": {"user": "app", "disk_mb": 64}}),
+        script("/testbed", Some("src/lib/deep.txt")),
+    );
+    let out = b.run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for id in [&plain, &seeded, &read_only, &uid_only, &named] {
+        let r = out.result(id);
+        assert_eq!(r["outcome"], "succeeded", "{id}: {r}");
+        let (ids, owner) = if id == &uid_only {
+            ("1000\n0", "1000:0 ")
+        } else if id == &named {
+            ("1000\n1001", "1000:1001 ")
+        } else {
+            ("1000\n1000", "1000:1000 ")
+        };
+        let obs = terminal_observations(&b.store_text(id, "events.jsonl"));
+        assert!(obs[0].contains(ids), "{id}: {}", obs[0]);
+        assert!(obs[1].contains("edits-ok"), "{id}: {}", obs[1]);
+        let stat = &obs[2];
+        assert!(stat.contains("exit code 0"), "{id}: {stat}");
+        let owned: Vec<&str> = stat.lines().filter(|l| l.contains(' ')).collect();
+        for want in [
+            " .",
+            " input.txt",
+            " sub/in.txt",
+            " new.txt",
+            " by-editor/e.txt",
+        ] {
+            assert!(
+                owned
+                    .iter()
+                    .any(|l| l.starts_with(owner) && l.ends_with(want)),
+                "{id}: {want} not owned by {owner}in {stat}"
+            );
+        }
+        assert!(
+            owned
+                .iter()
+                .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+                .all(|l| l.starts_with(owner)),
+            "{id}: something is not {owner}: {stat}"
+        );
+        let patch = b.store_text(id, "patch.diff");
+        for want in [
+            "-input-file\n+input-by-editor\n+edited\n+again\n",
+            " nested\n+edited\n",
+            "+++ b/new.txt",
+            "+++ b/by-editor/e.txt",
+        ] {
+            assert!(patch.contains(want), "{id}: {want:?} not in {patch}");
+        }
+        if id == &seeded || id == &read_only || id == &named {
+            assert!(stat.contains(" README.md"), "{id}: {stat}");
+            assert!(
+                patch.contains(" deep in the image\n+edited\n"),
+                "{id}: {patch}"
+            );
+        }
+        assert_eq!(containers_for(id), 0, "{id}: container left behind");
+        assert_eq!(seeds_for(id), 0, "{id}: seed container left behind");
+    }
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::meter::TarMeter;
 use super::paths::{clean_abs, resolve_link, split};
 use super::tarball::{Entry, Tree, build_tar, first_file, read_tree};
 use super::{API_DEADLINE, DockerWorkspace, from_bollard, status_of, within};
@@ -157,8 +158,28 @@ pub(super) async fn ensure_dir(ws: &DockerWorkspace, dir: &str) -> Result<(), Wo
     let rel: Vec<String> = (1..=missing.len())
         .map(|n| missing[..n].join("/"))
         .collect();
-    let tar = build_tar(&rel, None)?;
+    let tar = build_tar(&rel, None, owner(ws))?;
     upload(ws, at, tar).await
+}
+
+/// Gives the directory `dir` itself to the job's user: a directory entry for it,
+/// uploaded to its parent (Docker applies an existing directory's header, owner
+/// and mode, and skips the `./` of an archive uploaded into it).
+pub(super) async fn own_dir(ws: &DockerWorkspace, dir: &str) -> Result<(), WorkspaceError> {
+    let dir = clean_abs(dir)?;
+    let Some((parent, name)) = split(&dir) else {
+        return Err(WorkspaceError::Path {
+            path: dir,
+            message: "a job with limits.user cannot have / as its workdir".into(),
+        });
+    };
+    let tar = build_tar(&[name.to_string()], None, owner(ws))?;
+    upload(ws, parent, tar).await
+}
+
+/// The job user's uid and gid, when it has one.
+fn owner(ws: &DockerWorkspace) -> Option<(u64, u64)> {
+    ws.owner.map(|o| (o.uid, o.gid))
 }
 
 pub(super) async fn write_file(
@@ -188,7 +209,7 @@ pub(super) async fn write_file(
             0o644
         }
     };
-    let tar = build_tar(&[], Some((name, data, mode)))?;
+    let tar = build_tar(&[], Some((name, data, mode)), owner(ws))?;
     upload(ws, parent, tar).await
 }
 
@@ -199,6 +220,21 @@ pub(super) async fn put_tar(
 ) -> Result<(), WorkspaceError> {
     let dest = clean_abs(dest)?;
     ensure_dir(ws, &dest).await?;
+    // Whatever owners the archive names, its files are the job user's.
+    let tar = match owner(ws) {
+        Some((uid, gid)) => {
+            let mut m = TarMeter::owned(uid, gid);
+            let tar = m.pass(&tar);
+            if let Some(why) = m.refused {
+                return Err(WorkspaceError::Path {
+                    path: dest,
+                    message: format!("the archive cannot be given to limits.user: {why}"),
+                });
+            }
+            tar
+        }
+        None => tar,
+    };
     upload(ws, &dest, tar).await
 }
 
@@ -299,9 +335,9 @@ async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), 
         // delete the directory) or the other way round.
         .no_overwrite_dir_non_dir("true")
         // Files belong to the image's user, so a non-root image can edit them. Not
-        // for a job's own `limits.user`: Docker looks that up in the image's
-        // passwd (a numeric `1000:1000` is not there, and the upload fails); the
-        // workdir is handed to it by `chown_workdir` instead.
+        // for a job's own `limits.user`: Docker fails the upload when it cannot
+        // look that user up (a numeric `1000:1000`). Its archives name its uid
+        // and gid in every header instead, which Docker applies as they are.
         .copy_uidgid(if ws.user.is_some() { "false" } else { "true" })
         .build();
     match within(

@@ -7,7 +7,7 @@
 //! (`FLEET_EXEC=<hex>`), inherited by everything it starts, found with
 //! `grep -z` over `/proc/*/environ` (a plain grep stops at the first NUL of a
 //! process's environment, so it would miss the marker). The kill is a second
-//! exec (as root) that seeds on the marker, adds descendants by walking
+//! exec (as root, or the job's user) that seeds on the marker, adds descendants by walking
 //! `/proc/*/status` `PPid` (for children that scrubbed their environment), stops
 //! them while walking so nothing forks away, then SIGKILLs them and their process
 //! groups. A command that used up the pids limit leaves the kill no room to fork:
@@ -222,7 +222,7 @@ pub(super) async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Opt
 /// caller has its answer, and a broken container fails the next call anyway).
 pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
     let script = || vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker];
-    if let Err(e) = run_as_root(ws, script()).await {
+    if let Err(e) = run_helper(ws, script()).await {
         tracing::debug!(container = %ws.name, error = %e, "kill exec failed");
     }
     if !still_running_after(ws, exec_id, SETTLE).await {
@@ -231,12 +231,12 @@ pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
     // The usual reason a targeted kill fails: the command used up the pids limit,
     // so the kill could not fork. Lend the container a few pids for the kill.
     let lent = lend_pids(ws).await;
-    if let Err(e) = run_as_root(ws, script()).await {
+    if let Err(e) = run_helper(ws, script()).await {
         tracing::warn!(container = %ws.name, error = %e, "killing a timed-out command failed");
     }
     if still_running_after(ws, exec_id, SETTLE).await {
         tracing::warn!(container = %ws.name, "timed-out command survived the targeted kill; killing all processes");
-        if let Err(e) = run_as_root(ws, vec!["sh", "-c", KILL_ALL]).await {
+        if let Err(e) = run_helper(ws, vec!["sh", "-c", KILL_ALL]).await {
             tracing::warn!(container = %ws.name, error = %e, "killing all processes failed");
         }
     }
@@ -290,15 +290,20 @@ async fn still_running_after(ws: &DockerWorkspace, exec_id: &str, wait: Duration
     }
 }
 
-/// Runs a helper command as root and waits for it, discarding its output.
-pub(super) async fn run_as_root(
-    ws: &DockerWorkspace,
-    cmd: Vec<&str>,
-) -> Result<(), WorkspaceError> {
+/// Runs a helper command (the kills) and waits for it, discarding its output. As
+/// root, or as the job's own user when it names one: Docker gives a root exec in
+/// a container whose user is non-root no capabilities, so it could not signal
+/// that user's processes, which the user itself can (they are all its own:
+/// `no-new-privileges` stops setuid binaries).
+pub(super) async fn run_helper(ws: &DockerWorkspace, cmd: Vec<&str>) -> Result<(), WorkspaceError> {
     let config = CreateExecOptions {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        user: Some("0".to_string()),
+        user: if ws.user.is_some() {
+            None
+        } else {
+            Some("0".to_string())
+        },
         cmd: Some(cmd.into_iter().map(String::from).collect()),
         ..Default::default()
     };

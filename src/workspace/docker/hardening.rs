@@ -25,6 +25,7 @@ use bollard::models::{
     MountVolumeOptionsDriverConfig,
 };
 
+use super::owner::Owner;
 use crate::workspace::WorkspaceSpec;
 
 /// How this engine bounds a workspace's disk.
@@ -94,7 +95,8 @@ pub fn harden(
         (None, _) => None,
     };
     if let Some(size) = workdir_volume {
-        mounts.push(workdir_mount(&spec.workdir, size));
+        let owner = spec.user.as_deref().and_then(super::owner::numeric);
+        mounts.push(workdir_mount(&spec.workdir, size, owner));
     }
     let tmpfs_workdir = workdir_volume.flatten();
     // A workdir at /tmp is already the writable volume there.
@@ -113,13 +115,22 @@ pub fn harden(
 
 /// An anonymous volume at the workdir: a tmpfs of `size_mb` when given (the disk
 /// limit), a plain local volume otherwise (a read-only root's writable workdir).
-fn workdir_mount(workdir: &str, size_mb: Option<u64>) -> Mount {
+/// A tmpfs is mounted as the job user's (`limits.user` as `uid:gid`), since on
+/// a read-only root nothing else could give it to them (Docker refuses an
+/// upload of its directory entry to `/`).
+fn workdir_mount(workdir: &str, size_mb: Option<u64>, owner: Option<Owner>) -> Mount {
     let driver_config = size_mb.map(|mb| MountVolumeOptionsDriverConfig {
         name: Some("local".into()),
         options: Some(HashMap::from([
             ("type".to_string(), "tmpfs".to_string()),
             ("device".to_string(), "tmpfs".to_string()),
-            ("o".to_string(), format!("size={mb}m,mode=1777")),
+            (
+                "o".to_string(),
+                match owner {
+                    Some(o) => format!("size={mb}m,mode=0755,uid={},gid={}", o.uid, o.gid),
+                    None => format!("size={mb}m,mode=1777"),
+                },
+            ),
         ])),
     });
     Mount {
@@ -245,6 +256,20 @@ mod tests {
         assert_eq!(hc.readonly_rootfs, Some(true));
         assert!(hc.tmpfs.unwrap()["/tmp"].contains("exec"));
         assert_eq!(hc.mounts.unwrap()[0].target.as_deref(), Some("/workspace"));
+        // A tmpfs workdir is mounted as the job user's.
+        s.disk_mb = Some(64);
+        let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
+        let m = &hc.mounts.unwrap()[0];
+        let opts = m
+            .volume_options
+            .clone()
+            .unwrap()
+            .driver_config
+            .unwrap()
+            .options
+            .unwrap();
+        assert_eq!(opts["o"], "size=64m,mode=0755,uid=1000,gid=1000");
+        s.disk_mb = None;
         // A workdir at /tmp: one mount there, the volume.
         s.workdir = "/tmp".into();
         let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();

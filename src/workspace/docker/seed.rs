@@ -117,6 +117,8 @@ pub(super) async fn seed_workdir(ws: &DockerWorkspace, seed: Seed) -> Result<(),
 /// Why the stream into the workspace stopped early.
 enum Stopped {
     OverLimit,
+    /// An entry could not be given to the job's user (`TarMeter::refused`).
+    Unowned(String),
     Source(bollard::errors::Error),
 }
 
@@ -136,7 +138,12 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
             Some(Ok(chunk)) => chunk,
         };
         let limit = limit_mb.saturating_mul(1024 * 1024);
-        let meter = Arc::new(Mutex::new((TarMeter::new(), None::<Stopped>)));
+        // With `limits.user` the files are given to the job's user as they pass.
+        let meter = match ws.owner {
+            Some(o) => TarMeter::owned(o.uid, o.gid),
+            None => TarMeter::new(),
+        };
+        let meter = Arc::new(Mutex::new((meter, None::<Stopped>)));
         let tap = meter.clone();
         let body = futures_util::stream::once(async { Ok(first) })
             .chain(source)
@@ -144,10 +151,19 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
                 let mut m = tap.lock().expect("meter lock");
                 match chunk {
                     Ok(chunk) => {
-                        m.0.feed(&chunk);
+                        let chunk = if m.0.owned_by().is_some() {
+                            Bytes::from(m.0.pass(&chunk))
+                        } else {
+                            m.0.feed(&chunk);
+                            chunk
+                        };
                         if m.0.charged > limit {
                             m.1 = Some(Stopped::OverLimit);
                             return Err(std::io::Error::other("over the disk limit"));
+                        }
+                        if let Some(why) = m.0.refused.clone() {
+                            m.1 = Some(Stopped::Unowned(why));
+                            return Err(std::io::Error::other("not given to limits.user"));
                         }
                         Ok::<Bytes, std::io::Error>(chunk)
                     }
@@ -161,7 +177,8 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
             .path(&ws.workdir)
             .no_overwrite_dir_non_dir("true")
             .build();
-        // Not `copy_uidgid`: the files keep the owners the image gave them.
+        // Not `copy_uidgid`: the files keep the owners the image gave them (or
+        // the job user's, set in their headers above).
         let put = ws
             .docker
             .upload_to_container(&ws.name, Some(options), bollard::body_try_stream(body))
@@ -173,6 +190,10 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
                 limit_mb,
             }),
             (Some(Stopped::Source(e)), _) => Err(from_bollard(e)),
+            (Some(Stopped::Unowned(why)), _) => Err(WorkspaceError::Path {
+                path: ws.workdir.clone(),
+                message: format!("the image's files cannot be given to limits.user: {why}"),
+            }),
             (None, Err(e)) => Err(WorkspaceError::Docker(format!(
                 "seeding {} with the image's files ({} MiB so far, the disk limit is {limit_mb} MiB): {}",
                 ws.workdir,

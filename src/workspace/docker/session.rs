@@ -12,7 +12,7 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::exec::{MARKER_VAR, READ_CAPACITY, exit_code, kill, run_as_root};
+use super::exec::{MARKER_VAR, READ_CAPACITY, exit_code, kill, run_helper};
 use super::{API_DEADLINE, DockerWorkspace, from_bollard, within};
 use crate::workspace::WorkspaceError;
 use crate::workspace::session::LAUNCH;
@@ -111,7 +111,7 @@ impl DockerShell {
         let pid = pid
             .ok_or_else(|| WorkspaceError::Docker("the shell's pid is not known yet".into()))?
             .to_string();
-        run_as_root(ws, vec!["sh", "-c", INTERRUPT, "fleet-interrupt", &pid]).await
+        run_helper(ws, vec!["sh", "-c", INTERRUPT, "fleet-interrupt", &pid]).await
     }
 
     pub(crate) async fn close_stdin(&mut self) -> Result<(), WorkspaceError> {

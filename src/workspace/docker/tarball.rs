@@ -6,11 +6,14 @@ use std::io::Read;
 use crate::workspace::{Snapshot, WorkspaceError};
 
 /// An archive of directory entries (`rel_dirs`, in order, mode 0755) and at most
-/// one file, all relative to the directory it is uploaded to.
+/// one file, all relative to the directory it is uploaded to, owned by `owner`
+/// (uid, gid; root without one).
 pub(super) fn build_tar(
     rel_dirs: &[String],
     file: Option<(&str, &[u8], u32)>,
+    owner: Option<(u64, u64)>,
 ) -> Result<Vec<u8>, WorkspaceError> {
+    let (uid, gid) = owner.unwrap_or((0, 0));
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -21,6 +24,8 @@ pub(super) fn build_tar(
         h.set_mode(0o755);
         h.set_size(0);
         h.set_mtime(mtime);
+        h.set_uid(uid);
+        h.set_gid(gid);
         b.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
     }
     if let Some((name, data, mode)) = file {
@@ -29,6 +34,8 @@ pub(super) fn build_tar(
         h.set_mode(mode);
         h.set_size(data.len() as u64);
         h.set_mtime(mtime);
+        h.set_uid(uid);
+        h.set_gid(gid);
         b.append_data(&mut h, name, data)?;
     }
     Ok(b.into_inner()?)
@@ -251,12 +258,12 @@ mod tests {
 
     #[test]
     fn reads_single_entries() {
-        let file = build_tar(&[], Some(("f.txt", b"data", 0o755))).unwrap();
+        let file = build_tar(&[], Some(("f.txt", b"data", 0o755)), None).unwrap();
         assert_eq!(
             first_file(&mut &file[..], "/f.txt").unwrap(),
             Entry::File(b"data".to_vec())
         );
-        let dir = build_tar(&["d".to_string()], None).unwrap();
+        let dir = build_tar(&["d".to_string()], None, None).unwrap();
         assert!(matches!(
             first_file(&mut &dir[..], "/d"),
             Err(WorkspaceError::Path { .. })
@@ -270,12 +277,22 @@ mod tests {
 
     #[test]
     fn built_tars_nest_directories() {
-        let t = build_tar(&["a".into(), "a/b".into()], Some(("a/b/c", b"x", 0o600))).unwrap();
+        let t = build_tar(
+            &["a".into(), "a/b".into()],
+            Some(("a/b/c", b"x", 0o600)),
+            Some((1000, 1001)),
+        )
+        .unwrap();
         let mut ar = tar::Archive::new(&t[..]);
         let names: Vec<String> = ar
             .entries()
             .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .map(|e| {
+                let e = e.unwrap();
+                assert_eq!(e.header().uid().unwrap(), 1000);
+                assert_eq!(e.header().gid().unwrap(), 1001);
+                e.path().unwrap().to_string_lossy().into_owned()
+            })
             .collect();
         assert_eq!(names, vec!["a/", "a/b/", "a/b/c"]);
     }

@@ -71,6 +71,31 @@ async fn timeout_kills_the_command_tree() {
     ws.destroy().await.unwrap();
 }
 
+/// With a non-root job user a root exec has no capabilities, so the kill runs as
+/// that user: a timed-out command's tree must still die. Files the worker writes
+/// are the user's.
+#[tokio::test]
+async fn timeout_kills_the_command_tree_of_a_job_user() {
+    let job_id = unique_id("timeout-user");
+    let _g = Containers(job_id.clone());
+    let backend = Backend::Docker(
+        DockerBackend::connect(&format!("host-{job_id}"))
+            .await
+            .expect("docker reachable"),
+    );
+    let mut s = spec(&job_id);
+    s.user = Some("1000:1000".into());
+    let ws = backend.start(&s).await.expect("workspace starts");
+    check_timeout(&ws).await;
+    ws.write_file("/workspace/new/f.txt", b"x").await.unwrap();
+    let out = run(&ws, "id -u; stat -c '%u:%g %n' . new new/f.txt").await;
+    assert_eq!(
+        out.output, "1000\n1000:1000 .\n1000:1000 new\n1000:1000 new/f.txt\n",
+        "{out:?}"
+    );
+    ws.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn output_flood_stays_bounded() {
     let (_b, ws, _g, _) = docker("flood").await;
