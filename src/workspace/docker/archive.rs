@@ -248,13 +248,16 @@ pub(super) async fn put_tar_file(
     let dest = clean_abs(dest)?;
     ensure_dir(ws, &dest).await?;
     let file = tokio::fs::File::open(tar).await?;
-    upload_body(ws, &dest, Body::File(file)).await
+    // Whatever owners the archive names, its files are the job user's.
+    let meter = owner(ws).map(|(uid, gid)| TarMeter::owned(uid, gid));
+    upload_body(ws, &dest, Body::File(file, meter)).await
 }
 
-/// What an upload sends: bytes in memory, or a file read as it goes.
+/// What an upload sends: bytes in memory, or a file read as it goes (its headers
+/// given to the job user on the way when a meter is set).
 enum Body {
     Full(Vec<u8>),
-    File(tokio::fs::File),
+    File(tokio::fs::File, Option<TarMeter>),
 }
 
 pub(super) async fn read_file(
@@ -316,8 +319,9 @@ async fn upload(ws: &DockerWorkspace, dir: &str, tar: Vec<u8>) -> Result<(), Wor
 async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), WorkspaceError> {
     let body = match body {
         Body::Full(tar) => bollard::body_full(Bytes::from(tar)),
-        Body::File(file) => {
-            bollard::body_try_stream(futures_util::stream::try_unfold(file, |mut f| async move {
+        Body::File(file, meter) => bollard::body_try_stream(futures_util::stream::try_unfold(
+            (file, meter),
+            |(mut f, mut meter)| async move {
                 use tokio::io::AsyncReadExt;
                 let mut buf = vec![0u8; 256 * 1024];
                 let n = f.read(&mut buf).await?;
@@ -325,9 +329,17 @@ async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), 
                     return Ok(None);
                 }
                 buf.truncate(n);
-                Ok(Some((Bytes::from(buf), f)))
-            }))
-        }
+                if let Some(m) = meter.as_mut() {
+                    buf = m.pass(&buf);
+                    if let Some(why) = &m.refused {
+                        return Err(std::io::Error::other(format!(
+                            "the archive cannot be given to limits.user: {why}"
+                        )));
+                    }
+                }
+                Ok(Some((Bytes::from(buf), (f, meter))))
+            },
+        )),
     };
     let options = UploadToContainerOptionsBuilder::new()
         .path(dir)
