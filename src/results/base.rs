@@ -1,137 +1,136 @@
 //! The base snapshot (the workspace as the input left it) kept on disk while the
-//! job runs: its file contents go to one scratch file and only an index stays in
-//! memory (path → offset, length, SHA-256), so a running job holds none of its
-//! workspace. At collect time [`Base::sides`] pairs it with the final snapshot:
-//! files whose content and mode did not change are dropped from both sides
-//! unread, and only the base contents of changed or deleted files are read back.
+//! job runs, and its pairing with the final snapshot at collect time. Both are
+//! [`Spilled`] snapshots: their contents went to scratch files as they were read
+//! and only an index (path → offset, length, SHA-256) is in memory, so neither a
+//! running job nor its collection holds the workspace. [`Base::sides`] drops the
+//! files whose content and mode did not change from both sides unread, and reads
+//! back only the contents of changed, created or deleted files.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
-use super::diff::Side;
+use super::diff::{self, Side};
 use crate::workspace::Snapshot;
-
-/// Where one file's content is in the scratch file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stored {
-    offset: u64,
-    len: u64,
-    sha: [u8; 32],
-}
+use crate::workspace::spill::{Spilled, Stored};
 
 /// The base snapshot on disk (see the module doc). The scratch file is removed
 /// when this is dropped.
 #[derive(Debug)]
-pub struct Base {
-    path: PathBuf,
-    /// `None`: listed without content (too large), as in [`Snapshot::files`].
-    files: BTreeMap<String, Option<Stored>>,
-    modes: BTreeMap<String, u32>,
-    stats: BTreeMap<String, (u64, u64)>,
-    complete: bool,
-}
+pub struct Base(Spilled);
 
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
+impl From<Spilled> for Base {
+    fn from(s: Spilled) -> Base {
+        Base(s)
+    }
 }
 
 impl Base {
-    /// Writes the contents of `snap` to the file `path` and keeps the index.
+    /// Writes the contents of an in-memory `snap` to the file `path` and keeps the
+    /// index.
     pub fn spill(snap: Snapshot, path: &Path) -> std::io::Result<Base> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        let mut files = BTreeMap::new();
-        let mut offset = 0u64;
-        for (rel, content) in snap.files {
-            let stored = match content {
-                None => None,
-                Some(b) => {
-                    out.write_all(&b)?;
-                    let s = Stored {
-                        offset,
-                        len: b.len() as u64,
-                        sha: sha(&b),
-                    };
-                    offset += s.len;
-                    Some(s)
-                }
-            };
-            files.insert(rel, stored);
-        }
-        out.flush()?;
+        let b = Spilled::from_snapshot(snap, path)?;
         give_back_freed_memory();
-        Ok(Base {
-            path: path.to_path_buf(),
-            files,
-            modes: snap.modes,
-            stats: snap.stats,
-            complete: !snap.truncated,
-        })
+        Ok(Base(b))
     }
 
-    /// The two sides of the patch against `after`, without the files that did not
-    /// change. Files over `max_diff` are listed without content on both sides.
-    pub fn sides(&self, after: Snapshot, max_diff: usize) -> std::io::Result<(Side, Side)> {
-        let mut f = std::fs::File::open(&self.path)?;
-        let mut before = Side {
-            complete: self.complete,
-            ..Side::default()
-        };
-        let mut now = Side {
-            complete: !after.truncated,
+    /// The patch of `after` (the final snapshot, also on disk) against the base,
+    /// written to the file `out` one path at a time: files whose length, SHA-256
+    /// and mode did not change are never read, and only one path's contents and
+    /// its piece of the patch (masked by `mask` as it is made) are in memory at
+    /// once. Files over `max_diff` are left out as too large to diff. The same
+    /// text as [`diff::patch`] of both sides in memory.
+    pub fn write_patch(
+        &self,
+        after: &Spilled,
+        max_diff: usize,
+        mask: &dyn Fn(&str) -> String,
+        out: &Path,
+    ) -> std::io::Result<PatchFile> {
+        let base = &self.0;
+        let (mut fb, mut fa) = (base.open()?, after.open()?);
+        let complete = |s: &Spilled| Side {
+            complete: !s.truncated,
             ..Side::default()
         };
         let mode = |m: &BTreeMap<String, u32>, p: &str| m.get(p).copied();
-        let mut unchanged_paths = std::collections::BTreeSet::new();
-        for (rel, content) in after.files {
-            let unchanged = match (self.files.get(&rel), &content) {
-                (Some(Some(s)), Some(b)) => s.len == b.len() as u64 && s.sha == sha(b),
-                (Some(None), None) => self.stats.get(&rel) == after.stats.get(&rel),
+        // The header (if any) comes first, known only at the end: the body goes
+        // to an anonymous scratch file beside `out` and is copied after it.
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let mut body = std::io::BufWriter::new(tempfile::tempfile_in(dir)?);
+        let mut left_out = Vec::new();
+        let paths: BTreeSet<&String> = base.files.keys().chain(after.files.keys()).collect();
+        let mut piece = String::new();
+        for rel in paths {
+            let (b, a) = (base.files.get(rel), after.files.get(rel));
+            let unchanged = match (b, a) {
+                (Some(Some(b)), Some(Some(a))) => b.len == a.len && b.sha == a.sha,
+                (Some(None), Some(None)) => base.stats.get(rel) == after.stats.get(rel),
                 _ => false,
             };
-            if unchanged && mode(&self.modes, &rel) == mode(&after.modes, &rel) {
-                unchanged_paths.insert(rel);
+            if unchanged && mode(&base.modes, rel) == mode(&after.modes, rel) {
                 continue;
             }
-            let content = content.filter(|b| b.len() <= max_diff);
-            if content.is_none() {
-                if let Some(st) = after.stats.get(&rel) {
-                    now.stats.insert(rel.clone(), *st);
-                }
+            let (mut before, mut now) = (complete(base), complete(after));
+            if let Some(stored) = b {
+                add(&mut before, &mut fb, base, rel, stored, max_diff)?;
             }
-            if let Some(m) = mode(&after.modes, &rel) {
-                now.modes.insert(rel.clone(), m);
+            if let Some(stored) = a {
+                add(&mut now, &mut fa, after, rel, stored, max_diff)?;
             }
-            now.files.insert(rel, content);
+            piece.clear();
+            diff::path_diff(&mut piece, &mut left_out, rel, &before, &now);
+            if !piece.is_empty() {
+                body.write_all(mask(&piece).as_bytes())?;
+            }
         }
-        // The base side of every path left: changed, deleted, or unseen by `after`.
-        for (rel, stored) in &self.files {
-            if unchanged_paths.contains(rel) {
-                continue;
-            }
-            let content = match stored {
-                Some(s) if s.len as usize <= max_diff => {
-                    let mut buf = vec![0u8; s.len as usize];
-                    f.seek(SeekFrom::Start(s.offset))?;
-                    f.read_exact(&mut buf)?;
-                    Some(buf)
-                }
-                _ => None,
-            };
-            if content.is_none() {
-                if let Some(st) = self.stats.get(rel) {
-                    before.stats.insert(rel.clone(), *st);
-                }
-            }
-            if let Some(m) = self.modes.get(rel) {
-                before.modes.insert(rel.clone(), *m);
-            }
-            before.files.insert(rel.clone(), content);
+        let header = diff::incomplete_header(!base.truncated && !after.truncated, &left_out);
+        let mut body = body.into_inner().map_err(|e| e.into_error())?;
+        body.seek(SeekFrom::Start(0))?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+        if let Some(h) = &header {
+            file.write_all(mask(h).as_bytes())?;
         }
-        Ok((before, now))
+        std::io::copy(&mut body, &mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        Ok(PatchFile {
+            bytes: file.metadata()?.len(),
+            complete: header.is_none(),
+        })
     }
+}
+
+/// What [`Base::write_patch`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchFile {
+    pub bytes: u64,
+    pub complete: bool,
+}
+
+/// Puts `rel` on `side`, its content read back from `f` (the scratch file of
+/// `snap`) when it is at most `max_diff` bytes.
+fn add(
+    side: &mut Side,
+    f: &mut std::fs::File,
+    snap: &Spilled,
+    rel: &str,
+    stored: &Option<Stored>,
+    max_diff: usize,
+) -> std::io::Result<()> {
+    let content = match stored {
+        Some(s) if s.len as usize <= max_diff => Some(Spilled::read_from(f, s)?),
+        _ => None,
+    };
+    if content.is_none()
+        && let Some(st) = snap.stats.get(rel)
+    {
+        side.stats.insert(rel.to_string(), *st);
+    }
+    if let Some(m) = snap.modes.get(rel) {
+        side.modes.insert(rel.to_string(), *m);
+    }
+    side.files.insert(rel.to_string(), content);
+    Ok(())
 }
 
 /// The snapshot's contents were freed just now; glibc keeps freed blocks of a
@@ -145,16 +144,9 @@ fn give_back_freed_memory() {
     }
 }
 
-impl Drop for Base {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::diff;
 
     fn snap(items: &[(&str, Option<&str>)], truncated: bool) -> Snapshot {
         Snapshot {
@@ -167,8 +159,48 @@ mod tests {
         }
     }
 
+    fn side(s: &Snapshot) -> Side {
+        Side {
+            files: s.files.clone(),
+            modes: s.modes.clone(),
+            stats: s.stats.clone(),
+            complete: !s.truncated,
+        }
+    }
+
+    /// The patch written from both snapshots spilled, and the file it went to.
+    fn from_disk(
+        dir: &Path,
+        before: Snapshot,
+        after: Snapshot,
+        mask: &dyn Fn(&str) -> String,
+    ) -> (String, PatchFile) {
+        let base = Base::spill(before, &dir.join("base")).unwrap();
+        let after = Spilled::from_snapshot(after, &dir.join("after")).unwrap();
+        let out = dir.join("patch.diff");
+        let done = base.write_patch(&after, 1 << 20, mask, &out).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(done.bytes, text.len() as u64);
+        for (p, what) in [
+            (dir.join("base"), "base"),
+            (after.path().to_path_buf(), "after"),
+        ] {
+            assert!(p.exists(), "{what}");
+        }
+        drop((base, after));
+        assert!(
+            !dir.join("base").exists() && !dir.join("after").exists(),
+            "the scratch files go with the snapshots"
+        );
+        (text, done)
+    }
+
+    fn same(s: &str) -> String {
+        s.to_string()
+    }
+
     #[test]
-    fn the_patch_from_a_spilled_base_equals_the_patch_from_memory() {
+    fn the_patch_from_spilled_snapshots_equals_the_patch_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let before = snap(
             &[
@@ -191,37 +223,65 @@ mod tests {
         after
             .modes
             .insert("same.txt".into(), crate::workspace::MODE_EXEC);
-        let in_memory = diff::patch(
-            &Side {
-                files: before.files.clone(),
-                modes: before.modes.clone(),
-                stats: before.stats.clone(),
-                complete: true,
-            },
-            &Side {
-                files: after.files.clone(),
-                modes: after.modes.clone(),
-                stats: after.stats.clone(),
-                complete: true,
-            },
-        );
-        let base = Base::spill(before, &dir.path().join("base")).unwrap();
-        let (b, a) = base.sides(after, 1 << 20).unwrap();
-        // Unchanged files are never read back or diffed.
-        assert!(
-            !b.files.contains_key("big") && !a.files.contains_key("big"),
-            "{b:?}"
-        );
-        assert_eq!(diff::patch(&b, &a), in_memory);
+        let in_memory = diff::patch(&side(&before), &side(&after));
+        let (text, done) = from_disk(dir.path(), before, after, &same);
+        assert_eq!(text, in_memory.text);
+        assert!(done.complete && in_memory.complete);
         assert!(in_memory.text.contains("+2") && in_memory.text.contains("deleted file"));
         assert!(
             in_memory.text.contains("new mode 100755"),
             "{}",
             in_memory.text
         );
-        let path = dir.path().join("base");
-        assert!(path.exists());
-        drop(base);
-        assert!(!path.exists(), "the scratch file goes with the base");
+    }
+
+    #[test]
+    fn incomplete_binary_link_and_masked_patches_match_too() {
+        use crate::workspace::{MODE_EXEC, MODE_LINK};
+        let mut before = snap(
+            &[
+                ("a.txt", Some("token=SECRET\n")),
+                ("b.txt", Some("2\n")),
+                ("link", Some("a.txt")),
+                ("run.sh", Some("#!/bin/sh\n")),
+                ("large", None),
+            ],
+            false,
+        );
+        before.files.insert("bin".into(), Some(vec![0, 1, 2, 3]));
+        before.modes.insert("link".into(), MODE_LINK);
+        before.stats.insert("large".into(), (5 << 20, 1));
+        // The final snapshot stopped before `z.txt`; `large` changed on disk.
+        let mut after = snap(
+            &[
+                ("a.txt", Some("token=SECRET again\n")),
+                ("b.txt", Some("2\n")),
+                ("link", Some("b.txt")),
+                ("run.sh", Some("#!/bin/sh\n")),
+                ("large", None),
+            ],
+            true,
+        );
+        after.files.insert("bin".into(), Some(vec![0, 1, 2, 4, 0]));
+        after.modes.insert("link".into(), MODE_LINK);
+        after.modes.insert("run.sh".into(), MODE_EXEC);
+        after.stats.insert("large".into(), (5 << 20, 2));
+        before
+            .files
+            .insert("z.txt".into(), Some(b"unread\n".to_vec()));
+        let mask = |s: &str| s.replace("SECRET", "<secret-hidden>");
+        let dir = tempfile::tempdir().unwrap();
+        let in_memory = diff::patch(&side(&before), &side(&after));
+        let (text, done) = from_disk(dir.path(), before, after, &mask);
+        assert_eq!(text, mask(&in_memory.text));
+        assert!(!done.complete && !in_memory.complete);
+        assert!(text.starts_with(diff::INCOMPLETE_HEADER), "{text}");
+        assert!(text.contains("too large to diff: large"), "{text}");
+        assert!(text.contains("GIT binary patch"), "{text}");
+        assert!(text.contains("new mode 100755"), "{text}");
+        assert!(
+            !text.contains("SECRET") && !text.contains("z.txt"),
+            "{text}"
+        );
     }
 }

@@ -75,45 +75,71 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
     let mut left_out = Vec::new();
     let paths: BTreeSet<&String> = before.files.keys().chain(after.files.keys()).collect();
     for path in paths {
-        let (old, new) = (before.files.get(path), after.files.get(path));
-        let (old_mode, new_mode) = (before.mode(path), after.mode(path));
-        let unread_same = matches!((old, new), (Some(None), Some(None)))
-            && before.stats.get(path) == after.stats.get(path);
-        if old == new
-            && (old.is_none() || old_mode == new_mode)
-            && (old != Some(&None) || unread_same)
-        {
-            continue;
-        }
-        // One side did not see the path: unknown unless that side is complete.
-        if (old.is_none() && !before.complete) || (new.is_none() && !after.complete) {
-            continue;
-        }
-        let (old, new) = (old.map(Option::as_deref), new.map(Option::as_deref));
-        if matches!(old, Some(None)) || matches!(new, Some(None)) {
-            left_out.push(path.as_str());
-            continue;
-        }
-        let (old, new) = (old.flatten(), new.flatten());
-        let kind_changed =
-            old.is_some() && new.is_some() && (old_mode == MODE_LINK) != (new_mode == MODE_LINK);
-        if kind_changed {
-            // git writes a file↔symlink change as a deletion and a creation.
-            file_diff(&mut out, path, old, None, old_mode, new_mode);
-            file_diff(&mut out, path, None, new, old_mode, new_mode);
-        } else {
-            file_diff(&mut out, path, old, new, old_mode, new_mode);
-        }
+        path_diff(&mut out, &mut left_out, path, before, after);
     }
+    let header = incomplete_header(before.complete && after.complete, &left_out);
+    if let Some(h) = &header {
+        out.insert_str(0, h);
+    }
+    Patch {
+        text: out,
+        complete: header.is_none(),
+    }
+}
+
+/// Appends the diff of one `path` between the sides to `out` (nothing when it
+/// did not change or one side cannot know it); a path too large to diff goes to
+/// `left_out` instead. [`patch`] is this over every path, then
+/// [`incomplete_header`]: a caller that holds one path's contents at a time
+/// (sides of a single path) builds the same patch path by path.
+pub fn path_diff(
+    out: &mut String,
+    left_out: &mut Vec<String>,
+    path: &str,
+    before: &Side,
+    after: &Side,
+) {
+    let (old, new) = (before.files.get(path), after.files.get(path));
+    let (old_mode, new_mode) = (before.mode(path), after.mode(path));
+    let unread_same = matches!((old, new), (Some(None), Some(None)))
+        && before.stats.get(path) == after.stats.get(path);
+    if old == new && (old.is_none() || old_mode == new_mode) && (old != Some(&None) || unread_same)
+    {
+        return;
+    }
+    // One side did not see the path: unknown unless that side is complete.
+    if (old.is_none() && !before.complete) || (new.is_none() && !after.complete) {
+        return;
+    }
+    let (old, new) = (old.map(Option::as_deref), new.map(Option::as_deref));
+    if matches!(old, Some(None)) || matches!(new, Some(None)) {
+        left_out.push(path.to_string());
+        return;
+    }
+    let (old, new) = (old.flatten(), new.flatten());
+    let kind_changed =
+        old.is_some() && new.is_some() && (old_mode == MODE_LINK) != (new_mode == MODE_LINK);
+    if kind_changed {
+        // git writes a file↔symlink change as a deletion and a creation.
+        file_diff(out, path, old, None, old_mode, new_mode);
+        file_diff(out, path, None, new, old_mode, new_mode);
+    } else {
+        file_diff(out, path, old, new, old_mode, new_mode);
+    }
+}
+
+/// The first line of the patch when it does not cover every change: a side
+/// was cut short (`sides_complete` false) or files were too large to diff.
+pub fn incomplete_header(sides_complete: bool, left_out: &[String]) -> Option<String> {
     let mut reasons = Vec::new();
-    if !before.complete || !after.complete {
+    if !sides_complete {
         reasons.push(
             "a workspace snapshot hit its size limit, so files it did not read are left out"
                 .to_string(),
         );
     }
     if !left_out.is_empty() {
-        let shown: Vec<&str> = left_out.iter().take(20).copied().collect();
+        let shown: Vec<&str> = left_out.iter().take(20).map(String::as_str).collect();
         let more = left_out.len().saturating_sub(shown.len());
         let tail = if more > 0 {
             format!(" and {more} more")
@@ -122,14 +148,7 @@ pub fn patch(before: &Side, after: &Side) -> Patch {
         };
         reasons.push(format!("too large to diff: {}{tail}", shown.join(", ")));
     }
-    let complete = reasons.is_empty();
-    if !complete {
-        out.insert_str(0, &format!("{INCOMPLETE_HEADER} {}\n", reasons.join("; ")));
-    }
-    Patch {
-        text: out,
-        complete,
-    }
+    (!reasons.is_empty()).then(|| format!("{INCOMPLETE_HEADER} {}\n", reasons.join("; ")))
 }
 
 /// The unified diff of two complete sides of plain files (see [`patch`]).

@@ -26,7 +26,7 @@ use crate::config::RunSettings;
 use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::base::Base;
-use crate::results::{diff, input, match_artifacts};
+use crate::results::{input, match_artifacts};
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
@@ -34,9 +34,9 @@ use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
 /// Artifacts over this are not collected.
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Snapshot limits: files over this are listed but not read (nor diffed), and a
-/// snapshot stops reading at the total — the worker holds at most two snapshots'
-/// worth of a job's files at once, whatever the workspace holds.
-/// (The total is `FLEET_SNAPSHOT_MAX_MB`, 256 MiB by default.)
+/// snapshot stops reading at the total (`FLEET_SNAPSHOT_MAX_MB`, 256 MiB by
+/// default). Both snapshots go to scratch files as they are read, so the worker
+/// holds one file of a job's workspace at a time, whatever the workspace holds.
 const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
 /// Inputs may inflate to at most this.
 const MAX_INPUT_BYTES: u64 = 1 << 30;
@@ -94,7 +94,7 @@ struct MetricsFile<'a> {
     tools: &'a BTreeMap<String, ToolCount>,
     events: usize,
     events_bytes: u64,
-    patch_bytes: usize,
+    patch_bytes: u64,
     artifacts: usize,
     duration_secs: f64,
 }
@@ -255,7 +255,8 @@ pub async fn run_attempt(
         patch_complete: true,
     };
     let mut retry = false;
-    let mut patch = String::new();
+    // The masked patch in a scratch file (none: an empty patch).
+    let mut patch: Option<tempfile::TempPath> = None;
     let mut tools = BTreeMap::new();
     let mut llm_stats = LlmStats::default();
     let mut artifacts = 0usize;
@@ -398,15 +399,23 @@ pub async fn run_attempt(
     // Upload events, patch, metrics. A store failure here is an infrastructure fault.
     let t = Instant::now();
     let events_path = events_path(svc, &spec.id, attempt);
-    let patch_bytes = patch.len();
-    let patch = Bytes::from(patch);
+    let patch_bytes = match &patch {
+        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+        None => 0,
+    };
     let upload = async {
         if events_path.exists() {
             fence.put_file(&keys.events(), &events_path).await?;
         } else {
             fence.put(&keys.events(), Bytes::new()).await?;
         }
-        fence.put(&keys.patch(), patch.clone()).await?;
+        match &patch {
+            // Streamed from its scratch file, like the event log.
+            Some(p) => {
+                fence.put_file(&keys.patch(), p).await?;
+            }
+            None => fence.put(&keys.patch(), Bytes::new()).await?,
+        }
         Ok::<(), StoreError>(())
     };
     let upload_err = upload.await.err();
@@ -521,7 +530,7 @@ fn apply_stop(
 enum InWorkspace {
     Done {
         stop: Option<Stop>,
-        patch: String,
+        patch: Option<tempfile::TempPath>,
         patch_complete: bool,
         artifacts: usize,
         error: Option<ErrorInfo>,
@@ -534,7 +543,7 @@ impl InWorkspace {
     fn early(stop: Option<Stop>, error: Option<ErrorInfo>) -> InWorkspace {
         InWorkspace::Done {
             stop,
-            patch: String::new(),
+            patch: None,
             patch_complete: true,
             artifacts: 0,
             error,
@@ -572,37 +581,17 @@ async fn in_workspace(
     let base = match placed {
         None => return InWorkspace::early(Some(Stop::TimedOut), None),
         Some(Err(e)) => return InWorkspace::early(None, Some(e)),
+        // On disk as it is read: a job holds none of its files while it runs.
         Some(Ok(())) => match ws
-            .snapshot(
+            .snapshot_to(
                 &workdir,
                 MAX_DIFF_FILE_BYTES as u64,
                 svc.settings.snapshot_max_bytes,
+                &snapshot_path(svc, spec, "base"),
             )
             .await
         {
-            Ok(s) => {
-                // On disk while the job runs: a running job holds none of its files.
-                let path = svc.scratch.join(format!(
-                    "{}-{}.base",
-                    spec.id,
-                    uuid::Uuid::new_v4().simple()
-                ));
-                match tokio::task::spawn_blocking(move || Base::spill(s, &path)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        return InWorkspace::early(
-                            None,
-                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
-                        );
-                    }
-                    Err(e) => {
-                        return InWorkspace::early(
-                            None,
-                            Some(err("scratch_io", Phase::Input, true, e.to_string())),
-                        );
-                    }
-                }
-            }
+            Ok(s) => Base::from(s),
             Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
@@ -653,18 +642,19 @@ async fn in_workspace(
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
     let (patch, patch_complete, artifacts, error) = match ws
-        .snapshot(
+        .snapshot_to(
             &workdir,
             MAX_DIFF_FILE_BYTES as u64,
             svc.settings.snapshot_max_bytes,
+            &snapshot_path(svc, spec, "after"),
         )
         .await
     {
-        Err(e) => (String::new(), true, 0, Some(ws_err(&e, Phase::Collect))),
+        Err(e) => (None, true, 0, Some(ws_err(&e, Phase::Collect))),
         Ok(after) => {
-            // Artifacts first, one file at a time (read from the workspace, up to
-            // MAX_FILE_BYTES each); then both snapshots move into the diff (no
-            // copy of a workspace is made).
+            // Artifacts first, one file at a time (read back from the snapshot's
+            // scratch file, or from the workspace up to MAX_FILE_BYTES); then the
+            // diff reads both snapshots back from disk.
             let mut n = 0;
             let mut error = None;
             for path in match_artifacts(&spec.artifacts, after.files.keys()) {
@@ -672,7 +662,13 @@ async fn in_workspace(
                     break;
                 }
                 let body = match after.files.get(path) {
-                    Some(Some(body)) => Some(body.clone()),
+                    Some(Some(_)) => match after.read(path) {
+                        Ok(body) => body,
+                        Err(e) => {
+                            error = Some(err("scratch_io", Phase::Collect, true, e.to_string()));
+                            break;
+                        }
+                    },
                     Some(None) => collect_large(ws, &workdir, path).await,
                     None => None,
                 };
@@ -686,10 +682,11 @@ async fn in_workspace(
                     n += 1;
                 }
             }
-            let (patch, complete, diff_error) = match make_patch(base, after, masker).await {
-                Ok((p, c)) => (p, c, None),
-                Err(e) => (String::new(), false, Some(e)),
-            };
+            let (patch, complete, diff_error) =
+                match make_patch(&svc.scratch, &spec.id, base, after, masker).await {
+                    Ok((p, c)) => (Some(p), c, None),
+                    Err(e) => (None, false, Some(e)),
+                };
             (patch, complete, n, error.or(diff_error))
         }
     };
@@ -706,6 +703,15 @@ async fn in_workspace(
     }
 }
 
+/// A new scratch file for one of the job's snapshots.
+fn snapshot_path(svc: &Services, spec: &JobSpec, which: &str) -> PathBuf {
+    svc.scratch.join(format!(
+        "{}-{}.{which}",
+        spec.id,
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
 /// An artifact the snapshot listed without reading it: read on its own when it
 /// is a regular file of at most [`MAX_FILE_BYTES`].
 async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<u8>> {
@@ -718,24 +724,34 @@ async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<
     }
 }
 
-/// The masked patch of `after` against `base` and whether it is complete, computed
-/// on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and `/healthz` keep
-/// their runtime threads however large the workspace).
+/// The masked patch of `after` against `base`, in a scratch file of `scratch`
+/// (removed when the returned path is dropped), and whether it is complete. It is
+/// computed on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and
+/// `/healthz` keep their runtime threads however large the workspace), one path
+/// at a time from both snapshots' scratch files.
 async fn make_patch(
+    scratch: &std::path::Path,
+    job_id: &str,
     base: Base,
-    after: workspace::Snapshot,
+    after: workspace::spill::Spilled,
     masker: &Masker,
-) -> Result<(String, bool), ErrorInfo> {
+) -> Result<(tempfile::TempPath, bool), ErrorInfo> {
+    let scratch_err = |e: std::io::Error| err("scratch_io", Phase::Collect, true, e.to_string());
+    let out = tempfile::Builder::new()
+        .prefix(&format!("{job_id}-"))
+        .suffix(".patch")
+        .tempfile_in(scratch)
+        .map_err(scratch_err)?
+        .into_temp_path();
     let masker = masker.clone();
     let job = tokio::task::spawn_blocking(move || {
-        // Only changed files' base contents are read back from disk.
-        let (before, now) = base.sides(after, MAX_DIFF_FILE_BYTES)?;
-        let d = diff::patch(&before, &now);
-        Ok::<_, std::io::Error>((masker.mask(&d.text), d.complete))
+        let mask = |s: &str| masker.mask(s);
+        let done = base.write_patch(&after, MAX_DIFF_FILE_BYTES, &mask, &out)?;
+        Ok::<_, std::io::Error>((out, done.complete))
     });
     match tokio::time::timeout(DIFF_DEADLINE, job).await {
         Ok(Ok(Ok(done))) => Ok(done),
-        Ok(Ok(Err(e))) => Err(err("scratch_io", Phase::Collect, true, e.to_string())),
+        Ok(Ok(Err(e))) => Err(scratch_err(e)),
         Ok(Err(e)) => Err(err("diff_failed", Phase::Collect, false, e.to_string())),
         Err(_) => Err(err(
             "diff_deadline",

@@ -22,8 +22,8 @@ mod hardening;
 mod meter;
 mod owner;
 mod paths;
-mod seed;
 pub mod pull;
+mod seed;
 pub(crate) mod session;
 mod tarball;
 
@@ -41,6 +41,7 @@ use bollard::query_parameters::{
 
 pub use hardening::DiskLimit;
 
+use super::spill::{Builder, Spilled};
 use super::{ExecOutput, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 
 /// Deadline of ordinary API calls (create, start, inspect, remove, list).
@@ -305,7 +306,20 @@ impl DockerWorkspace {
         max_file_bytes: u64,
         max_total_bytes: u64,
     ) -> Result<Snapshot, WorkspaceError> {
-        archive::snapshot(self, dir, max_file_bytes, max_total_bytes).await
+        archive::snapshot(self, dir, max_file_bytes, max_total_bytes, None)
+            .await
+            .map(Builder::into_snapshot)
+    }
+
+    pub async fn snapshot_to(
+        &self,
+        dir: &str,
+        max_file_bytes: u64,
+        max_total_bytes: u64,
+        path: &std::path::Path,
+    ) -> Result<Spilled, WorkspaceError> {
+        let b = archive::snapshot(self, dir, max_file_bytes, max_total_bytes, Some(path)).await?;
+        Ok(b.into_spilled()?)
     }
 
     /// Force-removes the container (killing whatever runs in it). Removing a

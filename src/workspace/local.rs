@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::spill::{Builder, Spilled};
 use super::{ExecOutput, HeadTail, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 
 pub(crate) mod session;
@@ -266,27 +267,53 @@ impl LocalWorkspace {
         max_file_bytes: u64,
         max_total_bytes: u64,
     ) -> Result<Snapshot, WorkspaceError> {
+        let b = self
+            .walk(dir, max_file_bytes, max_total_bytes, None)
+            .await?;
+        Ok(b.into_snapshot())
+    }
+
+    /// [`LocalWorkspace::snapshot`] with its contents written to `path` as they
+    /// are read.
+    pub async fn snapshot_to(
+        &self,
+        dir: &str,
+        max_file_bytes: u64,
+        max_total_bytes: u64,
+        path: &Path,
+    ) -> Result<Spilled, WorkspaceError> {
+        let b = self
+            .walk(dir, max_file_bytes, max_total_bytes, Some(path))
+            .await?;
+        Ok(b.into_spilled()?)
+    }
+
+    async fn walk(
+        &self,
+        dir: &str,
+        max_file_bytes: u64,
+        max_total_bytes: u64,
+        spill: Option<&Path>,
+    ) -> Result<Builder, WorkspaceError> {
         let p = self.inside(dir)?;
+        let b = Builder::new(spill, max_total_bytes)?;
         match tokio::fs::metadata(&p).await {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Snapshot::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(b),
             Err(e) => return Err(e.into()),
             Ok(m) if !m.is_dir() => return Err(path_err(dir, "is not a directory")),
             Ok(_) => {}
         }
-        let snap = tokio::task::spawn_blocking(move || {
+        let b = tokio::task::spawn_blocking(move || {
             let mut walk = Walk {
-                snap: Snapshot::default(),
-                total: 0,
+                b,
                 max_file: max_file_bytes,
-                max_total: max_total_bytes,
             };
             walk.dir(&p, "")?;
-            walk.snap.dirs.sort();
-            Ok::<_, std::io::Error>(walk.snap)
+            Ok::<_, std::io::Error>(walk.b)
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(snap)
+        Ok(b)
     }
 
     /// Kills every process group the workspace started and deletes the job directory.
@@ -419,12 +446,10 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// A sorted walk of a directory into a [`Snapshot`], with its limits.
+/// A sorted walk of a directory into a snapshot [`Builder`], with its limits.
 struct Walk {
-    snap: Snapshot,
-    total: u64,
+    b: Builder,
     max_file: u64,
-    max_total: u64,
 }
 
 impl Walk {
@@ -434,7 +459,7 @@ impl Walk {
         let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            if self.snap.truncated {
+            if self.b.snap.truncated {
                 return Ok(());
             }
             let name = e.file_name().to_string_lossy().into_owned();
@@ -445,11 +470,11 @@ impl Walk {
             };
             let kind = e.file_type()?;
             let content = if kind.is_dir() {
-                self.snap.dirs.push(rel.clone());
+                self.b.snap.dirs.push(rel.clone());
                 self.dir(&e.path(), &rel)?;
                 continue;
             } else if kind.is_symlink() {
-                self.snap.modes.insert(rel.clone(), super::MODE_LINK);
+                self.b.snap.modes.insert(rel.clone(), super::MODE_LINK);
                 std::fs::read_link(e.path())?
                     .as_os_str()
                     .as_encoded_bytes()
@@ -462,23 +487,20 @@ impl Walk {
                         .ok()
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map_or(0, |d| d.as_secs());
-                    self.snap.stats.insert(rel.clone(), (meta.len(), mtime));
-                    self.snap.files.insert(rel, None);
+                    self.b.snap.stats.insert(rel.clone(), (meta.len(), mtime));
+                    self.b.snap.files.insert(rel, None);
                     continue;
                 }
                 if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 {
-                    self.snap.modes.insert(rel.clone(), super::MODE_EXEC);
+                    self.b.snap.modes.insert(rel.clone(), super::MODE_EXEC);
                 }
                 std::fs::read(e.path())?
             } else {
                 continue;
             };
-            if self.total + content.len() as u64 > self.max_total {
-                self.snap.truncated = true;
+            if !self.b.content(rel, content)? {
                 return Ok(());
             }
-            self.total += content.len() as u64;
-            self.snap.files.insert(rel, Some(content));
         }
         Ok(())
     }
@@ -520,23 +542,21 @@ mod tests {
         std::fs::write(t.path().join("d/big"), vec![0u8; 100]).unwrap();
         std::os::unix::fs::symlink("a", t.path().join("l")).unwrap();
         let mut w = Walk {
-            snap: Snapshot::default(),
-            total: 0,
+            b: Builder::in_memory(1000),
             max_file: 10,
-            max_total: 1000,
         };
         w.dir(t.path(), "").unwrap();
+        let w = w.b;
         assert_eq!(w.snap.dirs, vec!["d", "d/e"]);
         assert_eq!(w.snap.files["d/big"], None);
         assert_eq!(w.snap.files["l"].as_deref(), Some(&b"a"[..]));
         assert!(!w.snap.truncated);
         let mut w = Walk {
-            snap: Snapshot::default(),
-            total: 0,
+            b: Builder::in_memory(6),
             max_file: 10,
-            max_total: 6,
         };
         w.dir(t.path(), "").unwrap();
+        let w = w.b;
         assert!(w.snap.truncated);
         assert_eq!(w.snap.files.len(), 1);
     }

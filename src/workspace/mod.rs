@@ -11,6 +11,7 @@ pub mod docker;
 pub mod local;
 pub mod output;
 pub mod session;
+pub mod spill;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -242,6 +243,19 @@ impl Workspace {
         max_total_bytes: u64,
     ) -> Result<Snapshot, WorkspaceError> {
         dispatch!(self, w => w.snapshot(dir, max_file_bytes, max_total_bytes).await)
+    }
+
+    /// [`Workspace::snapshot`] with every content written to the new file `path`
+    /// as soon as it is read: the worker holds one file at a time, not the
+    /// snapshot (see [`spill`]).
+    pub async fn snapshot_to(
+        &self,
+        dir: &str,
+        max_file_bytes: u64,
+        max_total_bytes: u64,
+        path: &std::path::Path,
+    ) -> Result<spill::Spilled, WorkspaceError> {
+        dispatch!(self, w => w.snapshot_to(dir, max_file_bytes, max_total_bytes, path).await)
     }
 
     /// Stops and removes the workspace (container force-removed, directory deleted).

@@ -4,10 +4,12 @@
 //!
 //! Downloads are streamed: the HTTP body is fed through a small bounded channel into
 //! a tar reader on a blocking thread, which keeps only what it returns. A snapshot of
-//! a huge tree therefore costs the snapshot, not the tree; when the reader stops
+//! a huge tree therefore costs the snapshot, not the tree (and a spilled snapshot
+//! one file at a time: its contents go to disk as they arrive); when the reader stops
 //! early (a limit hit, a directory where a file was expected) the transfer is dropped.
 
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::query_parameters::{
@@ -22,7 +24,8 @@ use super::meter::TarMeter;
 use super::paths::{clean_abs, resolve_link, split};
 use super::tarball::{Entry, Tree, build_tar, first_file, read_tree};
 use super::{API_DEADLINE, DockerWorkspace, from_bollard, status_of, within};
-use crate::workspace::{PathKind, Snapshot, WorkspaceError};
+use crate::workspace::spill::Builder;
+use crate::workspace::{PathKind, WorkspaceError};
 
 /// Deadline of one upload or download (a snapshot of a large tree takes a while).
 pub(super) const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
@@ -282,24 +285,23 @@ pub(super) async fn read_file(
     })
 }
 
-/// The files below `dir`. A missing `dir` gives an empty snapshot (the agent may
-/// have deleted its workdir; the patch then shows every file removed).
+/// The files below `dir`, their contents kept in memory or, with `spill`, written
+/// to that file as they are read. A missing `dir` gives an empty snapshot (the
+/// agent may have deleted its workdir; the patch then shows every file removed).
 pub(super) async fn snapshot(
     ws: &DockerWorkspace,
     dir: &str,
     max_file_bytes: u64,
     max_total_bytes: u64,
-) -> Result<Snapshot, WorkspaceError> {
+    spill: Option<&Path>,
+) -> Result<Builder, WorkspaceError> {
     let mut dir = clean_abs(dir)?;
     for _ in 0..MAX_LINK_HOPS {
         let shown = dir.clone();
-        match download(ws, &dir, move |r| {
-            read_tree(r, &shown, max_file_bytes, max_total_bytes)
-        })
-        .await?
-        {
-            None => return Ok(Snapshot::default()),
-            Some(Tree::Dir(s)) => return Ok(s),
+        let b = Builder::new(spill, max_total_bytes)?;
+        match download(ws, &dir, move |r| read_tree(r, &shown, max_file_bytes, b)).await? {
+            None => return Ok(Builder::new(spill, max_total_bytes)?),
+            Some(Tree::Dir(b)) => return Ok(b),
             Some(Tree::Link(target)) => {
                 let parent = split(&dir).map_or("/", |(d, _)| d);
                 dir = resolve_link(parent, &target)?;

@@ -3,7 +3,8 @@
 
 use std::io::Read;
 
-use crate::workspace::{Snapshot, WorkspaceError};
+use crate::workspace::WorkspaceError;
+use crate::workspace::spill::Builder;
 
 /// An archive of directory entries (`rel_dirs`, in order, mode 0755) and at most
 /// one file, all relative to the directory it is uploaded to, owned by `owner`
@@ -79,21 +80,20 @@ pub(super) fn first_file(reader: &mut dyn Read, shown: &str) -> Result<Entry, Wo
 
 #[derive(Debug)]
 pub(super) enum Tree {
-    Dir(Snapshot),
+    Dir(Builder),
     Link(String),
 }
 
-/// Reads a directory's archive (entries named `<dirname>/…`) into a snapshot.
+/// Reads a directory's archive (entries named `<dirname>/…`) into the snapshot
+/// builder `b` (which keeps the contents in memory or spills them to disk).
 /// Symlinks are kept as files whose content is the link target (as git does), and
 /// hard links as a copy of the file they point at.
 pub(super) fn read_tree(
     reader: &mut dyn Read,
     shown: &str,
     max_file: u64,
-    max_total: u64,
+    mut b: Builder,
 ) -> Result<Tree, WorkspaceError> {
-    let mut snap = Snapshot::default();
-    let mut total = 0u64;
     let mut archive = tar::Archive::new(reader);
     for (i, entry) in archive.entries()?.enumerate() {
         let mut entry = entry?;
@@ -122,25 +122,29 @@ pub(super) fn read_tree(
         };
         let content = match kind {
             tar::EntryType::Directory => {
-                snap.dirs.push(rel);
+                b.snap.dirs.push(rel);
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if entry.size() > max_file {
                     let mtime = entry.header().mtime().unwrap_or(0);
-                    snap.stats.insert(rel.clone(), (entry.size(), mtime));
-                    snap.files.insert(rel, None);
+                    b.snap.stats.insert(rel.clone(), (entry.size(), mtime));
+                    b.snap.files.insert(rel, None);
                     continue;
                 }
                 if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
-                    snap.modes.insert(rel.clone(), crate::workspace::MODE_EXEC);
+                    b.snap
+                        .modes
+                        .insert(rel.clone(), crate::workspace::MODE_EXEC);
                 }
                 let mut data = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut data)?;
                 data
             }
             tar::EntryType::Symlink => {
-                snap.modes.insert(rel.clone(), crate::workspace::MODE_LINK);
+                b.snap
+                    .modes
+                    .insert(rel.clone(), crate::workspace::MODE_LINK);
                 entry
                     .link_name_bytes()
                     .map(|b| b.into_owned())
@@ -151,10 +155,14 @@ pub(super) fn read_tree(
                     .link_name_bytes()
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
-                match strip_root(&target).and_then(|t| snap.files.get(&t).cloned()) {
-                    Some(Some(data)) => data,
-                    _ => {
-                        snap.files.insert(rel, None);
+                let data = match strip_root(&target) {
+                    Some(t) => b.get(&t)?,
+                    None => None,
+                };
+                match data {
+                    Some(data) => data,
+                    None => {
+                        b.snap.files.insert(rel, None);
                         continue;
                     }
                 }
@@ -162,15 +170,11 @@ pub(super) fn read_tree(
             // Devices, fifos: nothing to diff or collect.
             _ => continue,
         };
-        if total + content.len() as u64 > max_total {
-            snap.truncated = true;
+        if !b.content(rel, content)? {
             break;
         }
-        total += content.len() as u64;
-        snap.files.insert(rel, Some(content));
     }
-    snap.dirs.sort();
-    Ok(Tree::Dir(snap))
+    Ok(Tree::Dir(b))
 }
 
 /// `dirname/a/b` → `a/b`; `None` for the root entry itself (`dirname`, `dirname/`, `.`).
@@ -224,14 +228,25 @@ mod tests {
     }
 
     fn tree(tar: &[u8], max_file: u64, max_total: u64) -> Tree {
-        read_tree(&mut &tar[..], "/workspace", max_file, max_total).unwrap()
+        read_tree(
+            &mut &tar[..],
+            "/workspace",
+            max_file,
+            Builder::in_memory(max_total),
+        )
+        .unwrap()
+    }
+
+    fn snapshot(tar: &[u8], max_file: u64, max_total: u64) -> crate::workspace::Snapshot {
+        let Tree::Dir(b) = tree(tar, max_file, max_total) else {
+            panic!("not a dir")
+        };
+        b.into_snapshot()
     }
 
     #[test]
     fn snapshot_maps_files_dirs_and_links() {
-        let Tree::Dir(s) = tree(&docker_tar(), 50, 1000) else {
-            panic!("not a dir")
-        };
+        let s = snapshot(&docker_tar(), 50, 1000);
         assert_eq!(s.dirs, vec!["sub".to_string()]);
         assert_eq!(s.files["a.txt"].as_deref(), Some(&b"hello"[..]));
         assert_eq!(
@@ -245,15 +260,34 @@ mod tests {
 
     #[test]
     fn snapshot_stops_at_the_total_limit() {
-        let Tree::Dir(s) = tree(&docker_tar(), 50, 7) else {
-            panic!("not a dir")
-        };
+        let s = snapshot(&docker_tar(), 50, 7);
         assert!(s.truncated);
         assert_eq!(
             s.files.get("a.txt").cloned().flatten().as_deref(),
             Some(&b"hello"[..])
         );
         assert!(!s.files.contains_key("sub/b.txt"));
+    }
+
+    #[test]
+    fn a_spilled_snapshot_keeps_the_same_contents_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Builder::spilling(&dir.path().join("s"), 1000).unwrap();
+        let Tree::Dir(b) = read_tree(&mut &docker_tar()[..], "/workspace", 50, b).unwrap() else {
+            panic!("not a dir")
+        };
+        let spilled = b.into_spilled().unwrap();
+        let mem = snapshot(&docker_tar(), 50, 1000);
+        assert_eq!(
+            spilled.files.keys().collect::<Vec<_>>(),
+            mem.files.keys().collect::<Vec<_>>()
+        );
+        for (rel, content) in &mem.files {
+            assert_eq!(&spilled.read(rel).unwrap(), content, "{rel}");
+        }
+        assert_eq!(spilled.modes, mem.modes);
+        assert_eq!(spilled.stats, mem.stats);
+        assert!(!spilled.truncated);
     }
 
     #[test]
@@ -268,7 +302,7 @@ mod tests {
             first_file(&mut &dir[..], "/d"),
             Err(WorkspaceError::Path { .. })
         ));
-        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, 10);
+        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, Builder::in_memory(10));
         assert!(
             matches!(not_dir, Err(WorkspaceError::Path { .. })),
             "{not_dir:?}"
