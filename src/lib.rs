@@ -10,12 +10,15 @@
 //!    `status.json` (local directory or S3; every key built in [`store::keys`]).
 //! 3. [`queue`] — the job is published (in-memory queue for `fleet run`, RabbitMQ
 //!    for the fleet) and a worker receives it.
-//! 4. [`worker`] — claims the job through its status record (lease + heartbeat),
-//!    decides retry vs give-up from typed errors, and drives the pipeline below under
-//!    a deadline and a cancellation token.
+//! 4. [`worker`] — claims the job through its status record (an owner token, a
+//!    lease judged on the worker's own clock, heartbeats), fences every later write
+//!    of the run on that token, decides retry vs give-up from typed errors as one
+//!    settlement per delivery, and drives the pipeline below under a deadline and a
+//!    cancellation token; a sweeper republishes or fails stranded jobs.
 //! 5. [`workspace`] — the job's image is pulled when needed (pull policy, registry
 //!    credentials, one pull per image), a Docker container (or a local directory)
-//!    is started with the job's limits and its input is uploaded.
+//!    is started with the job's limits and its input is uploaded; the agent's
+//!    shell is one long-lived session in it.
 //! 6. [`agent`] — the repository's instructions are read from the workspace and
 //!    the conversation runs: [`llm`] ⇄ tools in the workspace, with events, stuck
 //!    detection, condensation (LLM-written summaries) and secret masking.
