@@ -25,9 +25,11 @@ pub struct PromptContext<'a> {
 const ROLE: &str = "<ROLE>
 You are an autonomous software engineering agent. You work alone on one task in a sandboxed \
 workspace; no one will answer questions, so make reasonable decisions yourself and keep going \
-until the task is done. Work non-interactively: commands cannot wait for input (pass flags such \
-as `-y`, or pipe the input in). When the task is done, or cannot be done, call `finish` with a \
-short account of what you did and what is left; the run ends there.
+until the task is done. Prefer non-interactive commands (pass flags such as `-y`, or pipe the \
+input in); a command that keeps running returns after a while of silence, and the `terminal` \
+tool's `is_input` then waits for more, types into it or sends `C-c`. When the task is done, or \
+cannot be done, call `finish` with a short account of what you did and what is left; the run \
+ends there.
 </ROLE>";
 
 const EFFICIENCY: &str = "<EFFICIENCY>
