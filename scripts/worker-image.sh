@@ -34,7 +34,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tag=agent-fleet/worker:latest
 RUST_IMAGE=${RUST_IMAGE:-rust:1.94.1-bookworm}
 RUNTIME_IMAGE=${RUNTIME_IMAGE:-debian:bookworm-slim}
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# A Debian mirror for debootstrap (its own default when unset).
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-}
 STANDIN_DEBIAN=agent-fleet/standin:debian-bookworm
 STANDIN_RUST=agent-fleet/standin:rust-bookworm
 
@@ -64,7 +65,7 @@ standin_debian() {
         apt-get install -y --no-install-recommends debootstrap
     fi
     log "making $STANDIN_DEBIAN with debootstrap (no registry to pull $RUNTIME_IMAGE from)"
-    debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" "$DEBIAN_MIRROR" >"$work/debootstrap.log" 2>&1 \
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >"$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
     rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
     # The stand-in trusts what this host trusts beyond Debian's bundle (local CAs,
