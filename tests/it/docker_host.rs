@@ -139,17 +139,20 @@ fn docker_host_with_tls_verify_uses_the_cert_path() {
 
 #[test]
 fn docker_host_at_nothing_is_a_clear_error_not_a_fallback() {
-    let mut b = Batch::new();
-    // Nothing listens there (this suite's port range); the local socket works.
-    b.env("DOCKER_HOST", "tcp://127.0.0.1:18298");
-    job(&mut b, "nothing");
-    let out = b.run();
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    let errors = error_lines(&out.stderr);
-    assert_eq!(errors.len(), 1, "{}", out.stderr);
-    assert!(errors[0].contains("tcp://127.0.0.1:18298"), "{}", errors[0]);
-    assert!(errors[0].contains("DOCKER_HOST"), "{}", errors[0]);
-    assert!(out.results.is_empty(), "jobs ran: {:?}", out.results);
+    // Nothing listens there (this suite's port range; a socket that does not
+    // exist); the local socket works. Unreachable, not misconfigured: exit 1.
+    for host in ["tcp://127.0.0.1:18298", "unix:///nonexistent/docker.sock"] {
+        let mut b = Batch::new();
+        b.env("DOCKER_HOST", host);
+        job(&mut b, "nothing");
+        let out = b.run();
+        assert_eq!(out.code, 1, "{host}: {}", out.stderr);
+        let errors = error_lines(&out.stderr);
+        assert_eq!(errors.len(), 1, "{host}: {}", out.stderr);
+        assert!(errors[0].contains(host), "{}", errors[0]);
+        assert!(errors[0].contains("DOCKER_HOST"), "{}", errors[0]);
+        assert!(out.results.is_empty(), "{host}: jobs ran: {:?}", out.results);
+    }
 }
 
 #[test]

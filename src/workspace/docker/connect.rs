@@ -148,7 +148,13 @@ pub fn client(endpoint: &Endpoint) -> Result<bollard::Docker, WorkspaceError> {
             )
         }
     };
-    made.map_err(|e| WorkspaceError::Config(format!("Docker at {endpoint}: {e}")))
+    made.map_err(|e| match e {
+        // Nothing listens there (yet): the engine is unreachable, not misconfigured.
+        bollard::errors::Error::SocketNotFoundError(_) => WorkspaceError::Unavailable(format!(
+            "no Docker engine at {endpoint} (DOCKER_HOST): {e}"
+        )),
+        e => WorkspaceError::Config(format!("Docker at {endpoint}: {e}")),
+    })
 }
 
 #[cfg(test)]
