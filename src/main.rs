@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<agent_fleet::cli::UsageError>().is_some()
-                || e.downcast_ref::<agent_fleet::config::ConfigError>().is_some()
+                || e.downcast_ref::<agent_fleet::config::ConfigError>()
+                    .is_some()
             {
                 ExitCode::from(2)
             } else {

@@ -637,8 +637,15 @@ mod tests {
         assert_eq!(req[0].role, Role::User);
         let text = req[0].content.as_deref().unwrap();
         assert!(text.starts_with(SUMMARY_PROMPT));
-        assert!(text.chars().count() <= REQUEST_CHARS + 200, "{}", text.len());
-        assert!(text.contains("agent called terminal"), "the forgotten calls are described");
+        assert!(
+            text.chars().count() <= REQUEST_CHARS + 200,
+            "{}",
+            text.len()
+        );
+        assert!(
+            text.contains("agent called terminal"),
+            "the forgotten calls are described"
+        );
         assert!(llm_summary(&"z".repeat(100_000)).chars().count() <= MAX_SUMMARY_CHARS + 200);
     }
 

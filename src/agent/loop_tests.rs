@@ -615,4 +615,3 @@ async fn long_history_is_condensed_before_the_call() {
     ws.destroy().await.expect("destroy");
     setup.mock.stop().await;
 }
-

@@ -41,7 +41,9 @@ pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let grace = match a.grace_secs {
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
         Some(s) => {
-            return Err(super::UsageError(format!("--grace-secs {s}: expected seconds ≥ 0")).into());
+            return Err(
+                super::UsageError(format!("--grace-secs {s}: expected seconds ≥ 0")).into(),
+            );
         }
         None => config::env_secs(config::ENV_SWEEP_GRACE_SECS, 600.0).map_err(super::UsageError)?,
     };
@@ -49,7 +51,9 @@ pub async fn run(a: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let watch_for = match a.watch_secs {
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
         Some(s) => {
-            return Err(super::UsageError(format!("--watch-secs {s}: expected seconds ≥ 0")).into());
+            return Err(
+                super::UsageError(format!("--watch-secs {s}: expected seconds ≥ 0")).into(),
+            );
         }
         None => settings.lease,
     };

@@ -321,13 +321,20 @@ fn validate(s: &JobSpec) -> Result<(), (String, String)> {
             p.cache_read_per_mtok,
             p.cache_write_per_mtok,
         ];
-        if prices.into_iter().flatten().any(|v| !(v >= 0.0 && v.is_finite())) {
+        if prices
+            .into_iter()
+            .flatten()
+            .any(|v| !(v >= 0.0 && v.is_finite()))
+        {
             return bad("llm.price", "prices must be finite and not negative".into());
         }
     }
     if let Some(n) = s.llm.max_output_tokens {
         if !(1..=1_000_000).contains(&n) {
-            return bad("llm.max_output_tokens", format!("{n} is outside 1..1000000"));
+            return bad(
+                "llm.max_output_tokens",
+                format!("{n} is outside 1..1000000"),
+            );
         }
     }
     if let Some(e) = &s.llm.reasoning_effort {
@@ -578,7 +585,10 @@ mod tests {
             assert!(e.contains(field) && !e.contains('\n'), "{llm}: {e}");
         }
         let big = "x".repeat(MAX_INSTRUCTIONS_BYTES + 1);
-        let e = parse(&format!(r#"[{{"id": "a", "task": "t", "instructions": "{big}"}}]"#)).unwrap_err();
+        let e = parse(&format!(
+            r#"[{{"id": "a", "task": "t", "instructions": "{big}"}}]"#
+        ))
+        .unwrap_err();
         assert!(e.contains("instructions"), "{e}");
     }
 
@@ -591,7 +601,10 @@ mod tests {
                          {"id": "y", "task": "t", "instructions": "own"}]}"#,
         )
         .unwrap();
-        assert_eq!(jobs[0].instructions.as_deref(), Some("Run `make check` before finishing."));
+        assert_eq!(
+            jobs[0].instructions.as_deref(),
+            Some("Run `make check` before finishing.")
+        );
         assert_eq!(jobs[0].llm.reasoning_effort.as_deref(), Some("low"));
         assert_eq!(jobs[0].llm.native_tools, Some(false));
         let p = jobs[0].llm.price.unwrap();

@@ -150,7 +150,10 @@ pub fn parse_reply(content: &str) -> (String, Vec<ToolCall>) {
     let mut rest = &content[first..];
     while let Some(at) = rest.find(FN_OPEN) {
         if calls.len() == MAX_TEXT_CALLS {
-            tracing::warn!(max = MAX_TEXT_CALLS, "text reply has more function calls than are taken");
+            tracing::warn!(
+                max = MAX_TEXT_CALLS,
+                "text reply has more function calls than are taken"
+            );
             break;
         }
         let after_open = &rest[at + FN_OPEN.len()..];

@@ -19,7 +19,10 @@ pub fn init_tracing(default_level: &str) -> Result<(), crate::config::ConfigErro
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| MaskedStderr)
-        .with_ansi(ansi(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")));
+        .with_ansi(ansi(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     // try_init also installs the `log` bridge (tracing-subscriber's tracing-log feature).
     let _ = if json {
         builder.json().try_init()

@@ -151,7 +151,11 @@ fn docker_host_at_nothing_is_a_clear_error_not_a_fallback() {
         assert_eq!(errors.len(), 1, "{host}: {}", out.stderr);
         assert!(errors[0].contains(host), "{}", errors[0]);
         assert!(errors[0].contains("DOCKER_HOST"), "{}", errors[0]);
-        assert!(out.results.is_empty(), "{host}: jobs ran: {:?}", out.results);
+        assert!(
+            out.results.is_empty(),
+            "{host}: jobs ran: {:?}",
+            out.results
+        );
     }
 }
 

@@ -267,15 +267,27 @@ async fn context_length_is_recognised_in_every_providers_words() {
         .map(|p| {
             (
                 format!("overflow-{p}"),
-                format!(r#"{{"steps": [{{"fail": {{"context_length": "{p}"}}, "text": "fits"}}]}}"#),
+                format!(
+                    r#"{{"steps": [{{"fail": {{"context_length": "{p}"}}, "text": "fits"}}]}}"#
+                ),
             )
         })
         .collect();
-    let refs: Vec<(&str, &str)> = scripts.iter().map(|(m, j)| (m.as_str(), j.as_str())).collect();
+    let refs: Vec<(&str, &str)> = scripts
+        .iter()
+        .map(|(m, j)| (m.as_str(), j.as_str()))
+        .collect();
     let f = Fixture::new(&refs).await;
     for (model, _) in &scripts {
-        let e = f.client(model).complete(&conversation("t"), &[]).await.unwrap_err();
-        assert!(matches!(e, LlmError::ContextLength { .. }), "{model}: {e:?}");
+        let e = f
+            .client(model)
+            .complete(&conversation("t"), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, LlmError::ContextLength { .. }),
+            "{model}: {e:?}"
+        );
     }
 }
 

@@ -2,9 +2,9 @@
 //! fleet tests RabbitMQ and an S3 API). `scripts/test.sh` installs and starts them;
 //! a test whose service is missing fails, it never skips.
 
-mod util;
 mod registry;
 mod tlsutil;
+mod util;
 
 mod agent;
 mod amqp;

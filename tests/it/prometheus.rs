@@ -167,7 +167,10 @@ async fn the_endpoint_serves_metrics_health_and_readiness() {
             "{kind}: {text}"
         );
     }
-    assert!(text.contains("fleet_image_pulls_total{outcome=\"auth\"} 0"), "{text}");
+    assert!(
+        text.contains("fleet_image_pulls_total{outcome=\"auth\"} 0"),
+        "{text}"
+    );
 
     assert_eq!(
         c.get(format!("{base}/healthz"))

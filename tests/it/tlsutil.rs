@@ -28,26 +28,61 @@ fn sign(dir: &Path, name: &str, cn: &str, ext: &str) {
         format!("{name}.pem"),
         format!("{name}.ext"),
     );
-    openssl(dir, &[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", cn,
-    ]);
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", cn,
+        ],
+    );
     std::fs::write(dir.join(&extf), ext).unwrap();
-    openssl(dir, &[
-        "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-out", &pem, "-extfile", &extf,
-    ]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &extf,
+        ],
+    );
 }
 
 /// In `dir`: a CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`,
 /// `server.key`) and a client certificate (`client.pem`, `client.key`). Returns
 /// the CA file.
 pub fn make_certs(dir: &Path) -> PathBuf {
-    openssl(dir, &[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=fleet test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=fleet test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
     sign(
         dir,
         "server",
@@ -111,7 +146,10 @@ impl Stunnel {
                 "stunnel exited: {}",
                 s.log()
             );
-            assert!(Instant::now() < deadline, "stunnel did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "stunnel did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         s
@@ -125,7 +163,9 @@ impl Stunnel {
     pub fn sessions(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains("accepted: new session") || l.contains("accepted: previous session"))
+            .filter(|l| {
+                l.contains("accepted: new session") || l.contains("accepted: previous session")
+            })
             .count()
     }
 }

@@ -170,7 +170,8 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<lapin::tcp::OwnedTLSC
     let Some(path) = ca_file else {
         return Ok(lapin::tcp::OwnedTLSConfig::default());
     };
-    let bad = |why: String| QueueError::Config(format!("FLEET_AMQP_CA_FILE={}: {why}", path.display()));
+    let bad =
+        |why: String| QueueError::Config(format!("FLEET_AMQP_CA_FILE={}: {why}", path.display()));
     let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(bad("no PEM certificate in it".into()));

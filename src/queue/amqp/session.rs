@@ -98,8 +98,7 @@ pub(super) async fn open(
     let t = shared.opts.op_timeout;
     let props = ConnectionProperties::default()
         .with_connection_name(shared.opts.consumer_tag.clone().into());
-    let runtime = lapin::runtime::default_runtime()
-        .map_err(|e| CallError::Broker("connect", e))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| CallError::Broker("connect", e))?;
     let conn = call(
         "connect",
         t,

@@ -201,7 +201,10 @@ async fn create(
 
 /// The exit code once the engine has it. The stream can end a moment before the
 /// engine marks the exec finished, hence the short poll.
-pub(super) async fn exit_code(ws: &DockerWorkspace, exec_id: &str) -> Result<Option<i64>, WorkspaceError> {
+pub(super) async fn exit_code(
+    ws: &DockerWorkspace,
+    exec_id: &str,
+) -> Result<Option<i64>, WorkspaceError> {
     let until = tokio::time::Instant::now() + SETTLE;
     loop {
         let info = within(API_DEADLINE, ws.docker.inspect_exec(exec_id))

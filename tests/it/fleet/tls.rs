@@ -37,8 +37,16 @@ fn a_job_travels_over_amqps_with_a_private_ca() {
     let started = Instant::now();
     let out = f.cli(&["submit", file.to_str().unwrap()], Duration::from_secs(60));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 
     // With it: the worker and the producer both go through the TLS terminator.
     f.set_env("FLEET_AMQP_CA_FILE", ca.to_str().unwrap());
@@ -46,10 +54,19 @@ fn a_job_travels_over_amqps_with_a_private_ca() {
     let out = f.cli(&["submit", file.to_str().unwrap()], Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let s = &f.wait_terminal(std::slice::from_ref(&id), WAIT)[0];
-    assert_eq!(s.state, State::Succeeded, "{:?}\n{}", s.error, f.diagnostics());
+    assert_eq!(
+        s.state,
+        State::Succeeded,
+        "{:?}\n{}",
+        s.error,
+        f.diagnostics()
+    );
 
     // stunnel saw TLS sessions from the worker and from submit.
     let log = tls.log();
     let sessions = tls.sessions();
-    assert!(sessions >= 2, "stunnel accepted {sessions} TLS sessions:\n{log}");
+    assert!(
+        sessions >= 2,
+        "stunnel accepted {sessions} TLS sessions:\n{log}"
+    );
 }

@@ -21,7 +21,10 @@ impl Drop for Container {
 }
 
 fn logs(name: &str) -> String {
-    let out = Command::new("docker").args(["logs", name]).output().unwrap();
+    let out = Command::new("docker")
+        .args(["logs", name])
+        .output()
+        .unwrap();
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -31,7 +34,10 @@ fn logs(name: &str) -> String {
 
 #[test]
 fn the_worker_image_runs_a_job() {
-    let inspect = Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap();
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .unwrap();
     assert!(
         inspect.status.success(),
         "{IMAGE} is missing: run `scripts/build-images.sh worker`"
@@ -39,11 +45,20 @@ fn the_worker_image_runs_a_job() {
     let f = Fleet::new();
     let name = format!("fleet-it-{}", f.prefix.trim_end_matches('.'));
     let mut args: Vec<String> = [
-        "run", "-d", "--name", &name,
+        "run",
+        "-d",
+        "--name",
+        &name,
         // The host's loopback services; the host's pid namespace, so the worker's
         // stale-container sweep judges other workers' pids correctly.
-        "--network", "host", "--pid", "host",
-        "-v", "/var/run/docker.sock:/var/run/docker.sock", "--user", "root",
+        "--network",
+        "host",
+        "--pid",
+        "host",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "--user",
+        "root",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -52,9 +67,23 @@ fn the_worker_image_runs_a_job() {
         args.push("-e".into());
         args.push(format!("{k}={v}"));
     }
-    args.extend([IMAGE, "worker", "--metrics-addr", "127.0.0.1:0", "--concurrency", "1"].map(String::from));
+    args.extend(
+        [
+            IMAGE,
+            "worker",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--concurrency",
+            "1",
+        ]
+        .map(String::from),
+    );
     let out = Command::new("docker").args(&args).output().unwrap();
-    assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _c = Container(name.clone());
     // "fleet worker <id>: 1 slots, metrics on …"
     let worker_id = poll(
@@ -75,8 +104,17 @@ fn the_worker_image_runs_a_job() {
     let s = &f.wait_terminal(std::slice::from_ref(&id), WAIT)[0];
     assert_eq!(s.state, State::Succeeded, "{:?}\n{}", s.error, logs(&name));
     // The run was the container's: the status record names its worker id.
-    let ran_by = s.history.iter().find(|t| t.state == State::Running).and_then(|t| t.worker.clone());
-    assert_eq!(ran_by.as_deref(), Some(worker_id.as_str()), "{}", logs(&name));
+    let ran_by = s
+        .history
+        .iter()
+        .find(|t| t.state == State::Running)
+        .and_then(|t| t.worker.clone());
+    assert_eq!(
+        ran_by.as_deref(),
+        Some(worker_id.as_str()),
+        "{}",
+        logs(&name)
+    );
     let artifact = f.file(&id, "artifacts/out.txt").expect("artifact");
     assert_eq!(String::from_utf8_lossy(&artifact).trim(), "from-the-image");
 }
