@@ -103,6 +103,48 @@ pub struct LocalWorkspace {
 }
 
 impl LocalWorkspace {
+    /// `sh -c SCRIPT ARGS…` in the job's environment and a process group of its
+    /// own (registered for `destroy`), stdout and stderr on one pipe: one pipe
+    /// keeps them in the order they were written.
+    fn spawn_sh(
+        &self,
+        script: &str,
+        args: &[&str],
+        cwd: &Path,
+        stdin: Stdio,
+    ) -> Result<
+        (
+            tokio::process::Child,
+            tokio::net::unix::pipe::Receiver,
+            Option<i32>,
+        ),
+        WorkspaceError,
+    > {
+        let (writer, reader) = tokio::net::unix::pipe::pipe()?;
+        let writer = writer.into_blocking_fd()?;
+        let writer2 = writer.try_clone()?;
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(writer2))
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        // Our copies of the write end must go, or the pipe never reports EOF.
+        drop(cmd);
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(g) = pgid {
+            lock(&self.groups).push(g);
+        }
+        Ok((child, reader, pgid))
+    }
+
     pub fn workdir(&self) -> &str {
         &self.workdir
     }
@@ -120,32 +162,13 @@ impl LocalWorkspace {
                 message: "must be an absolute path".into(),
             });
         }
-        // One pipe for stdout and stderr keeps them in the order they were written.
-        let (writer, mut reader) = tokio::net::unix::pipe::pipe()?;
-        let writer = writer.into_blocking_fd()?;
-        let writer2 = writer.try_clone()?;
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(WRAPPER)
-            .arg("fleet-exec")
-            .arg(cwd)
-            .arg(script)
-            .current_dir(&self.dir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
-        // Our copies of the write end must go, or the pipe never reports EOF.
-        drop(cmd);
-        let pgid = child.id().map(|p| p as i32);
+        let (mut child, mut reader, pgid) = self.spawn_sh(
+            WRAPPER,
+            &["fleet-exec", cwd, script],
+            &self.dir,
+            Stdio::null(),
+        )?;
         let mut guard = GroupGuard(pgid);
-        if let Some(g) = pgid {
-            lock(&self.groups).push(g);
-        }
 
         let mut captured = HeadTail::new(max_chars);
         let mut chunk = vec![0u8; READ_CHUNK];

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
 
-use super::{LocalWorkspace, lock};
+use super::LocalWorkspace;
 use crate::workspace::WorkspaceError;
 use crate::workspace::session::LAUNCH;
 
@@ -28,28 +28,9 @@ pub(crate) struct LocalShell {
 impl LocalWorkspace {
     /// Starts the session's shell in the workdir.
     pub(crate) fn spawn_shell(&self) -> Result<LocalShell, WorkspaceError> {
-        let (writer, output) = tokio::net::unix::pipe::pipe()?;
-        let writer = writer.into_blocking_fd()?;
-        let writer2 = writer.try_clone()?;
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(LAUNCH)
-            .arg("fleet-shell")
-            .current_dir(&self.workdir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer2))
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
-        // Our copies of the write end must go, or the pipe never reports EOF.
-        drop(cmd);
-        let pgid = child.id().map(|p| p as i32);
-        if let Some(g) = pgid {
-            lock(&self.groups).push(g);
-        }
+        let workdir = std::path::Path::new(&self.workdir);
+        let (mut child, output, pgid) =
+            self.spawn_sh(LAUNCH, &["fleet-shell"], workdir, Stdio::piped())?;
         let stdin = child.stdin.take();
         Ok(LocalShell {
             child,
