@@ -223,15 +223,7 @@ mod tests {
         assert_eq!(m.target.as_deref(), Some("/workspace"));
         assert_eq!(m.typ, Some(MountType::VOLUME));
         assert_eq!(m.source, None);
-        let opts = m
-            .volume_options
-            .clone()
-            .unwrap()
-            .driver_config
-            .unwrap()
-            .options
-            .unwrap();
-        assert_eq!(opts["o"], "size=100m,mode=1777");
+        assert_eq!(driver_options(m)["o"], "size=100m,mode=1777");
         // Docker's copy into a tmpfs volume is lost; the caller is told to seed it.
         assert_eq!(m.volume_options.as_ref().unwrap().no_copy, Some(true));
         let mut body = ContainerCreateBody::default();
@@ -243,6 +235,17 @@ mod tests {
         assert_eq!(harden(&mut body, &s, DiskLimit::TmpfsVolume), None);
         let m = &body.host_config.unwrap().mounts.unwrap()[0];
         assert_eq!(m.volume_options.as_ref().unwrap().no_copy, Some(false));
+    }
+
+    /// The local driver's options of a volume mount.
+    fn driver_options(m: &Mount) -> HashMap<String, String> {
+        m.volume_options
+            .clone()
+            .unwrap()
+            .driver_config
+            .unwrap()
+            .options
+            .unwrap()
     }
 
     #[test]
@@ -260,15 +263,7 @@ mod tests {
         s.disk_mb = Some(64);
         let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
         let m = &hc.mounts.unwrap()[0];
-        let opts = m
-            .volume_options
-            .clone()
-            .unwrap()
-            .driver_config
-            .unwrap()
-            .options
-            .unwrap();
-        assert_eq!(opts["o"], "size=64m,mode=0755,uid=1000,gid=1000");
+        assert_eq!(driver_options(m)["o"], "size=64m,mode=0755,uid=1000,gid=1000");
         s.disk_mb = None;
         // A workdir at /tmp: one mount there, the volume.
         s.workdir = "/tmp".into();
