@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod fence;
 pub mod lease;
 pub mod message;
+mod place;
 pub mod records;
 pub mod runner;
 pub mod settle;

@@ -23,10 +23,10 @@ use tracing::{info, warn};
 use super::fence::Fence;
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
-use crate::job::{ErrorInfo, Input, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
+use crate::job::{ErrorInfo, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
 use crate::llm::{LlmClient, LlmSettings, LlmStats};
 use crate::results::base::Base;
-use crate::results::{input, match_artifacts};
+use crate::results::match_artifacts;
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
@@ -39,7 +39,7 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 /// holds one file of a job's workspace at a time, whatever the workspace holds.
 const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
 /// Inputs may inflate to at most this.
-const MAX_INPUT_BYTES: u64 = 1 << 30;
+pub(super) const MAX_INPUT_BYTES: u64 = 1 << 30;
 
 /// What every job runner shares.
 pub struct Services {
@@ -115,7 +115,12 @@ enum Stop {
     Lost,
 }
 
-fn err(kind: &str, phase: Phase, retryable: bool, message: impl Into<String>) -> ErrorInfo {
+pub(super) fn err(
+    kind: &str,
+    phase: Phase,
+    retryable: bool,
+    message: impl Into<String>,
+) -> ErrorInfo {
     ErrorInfo {
         kind: kind.into(),
         phase,
@@ -124,7 +129,7 @@ fn err(kind: &str, phase: Phase, retryable: bool, message: impl Into<String>) ->
     }
 }
 
-fn ws_err(e: &WorkspaceError, phase: Phase) -> ErrorInfo {
+pub(super) fn ws_err(e: &WorkspaceError, phase: Phase) -> ErrorInfo {
     err(e.kind(), phase, e.retryable(), e.to_string())
 }
 
@@ -573,7 +578,7 @@ async fn in_workspace(
     // Input, then the base snapshot the patch is computed against.
     let t = Instant::now();
     let placed = tokio::select! {
-        r = place_input(svc, spec, ws) => Some(r),
+        r = super::place::place_input(svc, spec, ws) => Some(r),
         _ = tokio::time::sleep_until(deadline) => None,
         _ = ctl.abort.cancelled() => return InWorkspace::Aborted,
         _ = fence.lost().cancelled() => return InWorkspace::Lost,
@@ -759,108 +764,6 @@ async fn make_patch(
             false,
             format!("computing the patch took longer than {DIFF_DEADLINE:?}"),
         )),
-    }
-}
-
-async fn place_input(svc: &Services, spec: &JobSpec, ws: &Workspace) -> Result<(), ErrorInfo> {
-    let workdir = ws.workdir().to_string();
-    // Inputs pass through scratch files, never whole in memory: a 1 GiB input
-    // costs the worker a buffer, not a gigabyte.
-    let scratch = |ext: &str| {
-        svc.scratch.join(format!(
-            "{}-{}.{ext}",
-            spec.id,
-            uuid::Uuid::new_v4().simple()
-        ))
-    };
-    let unreadable = |what: &str, e: String| {
-        err(
-            "input_unreadable",
-            Phase::Input,
-            false,
-            format!("{what}: {e}"),
-        )
-    };
-    match &spec.input {
-        None => Ok(()),
-        Some(Input::Path { path }) => {
-            let (dir, tar) = (PathBuf::from(path), scratch("tar"));
-            let dest = tar.clone();
-            let packed = tokio::task::spawn_blocking(move || input::tar_dir_to_file(&dir, &dest))
-                .await
-                .map_err(|e| unreadable(path, e.to_string()))
-                .and_then(|r| r.map_err(|e| unreadable(path, e.to_string())));
-            let placed = match packed {
-                Ok(()) => ws
-                    .put_tar_file(&workdir, &tar)
-                    .await
-                    .map_err(|e| ws_err(&e, Phase::Input)),
-                Err(e) => Err(e),
-            };
-            let _ = std::fs::remove_file(&tar);
-            placed
-        }
-        Some(Input::StoreKey { store_key }) => {
-            let (gz, tar) = (scratch("tar.gz"), scratch("tar"));
-            let placed = async {
-                let found = svc
-                    .store
-                    .get_to_file(store_key, &gz)
-                    .await
-                    .map_err(|e| err(e.kind(), Phase::Input, e.retryable(), e.to_string()))?;
-                if !found {
-                    return Err(err(
-                        "input_missing",
-                        Phase::Input,
-                        false,
-                        format!("{store_key} is not in the store"),
-                    ));
-                }
-                let (src, dest) = (gz.clone(), tar.clone());
-                tokio::task::spawn_blocking(move || {
-                    input::gunzip_file(&src, &dest, MAX_INPUT_BYTES)
-                })
-                .await
-                .map_err(|e| unreadable(store_key, e.to_string()))?
-                .map_err(|e| unreadable(store_key, e.to_string()))?;
-                let _ = std::fs::remove_file(&gz);
-                ws.put_tar_file(&workdir, &tar)
-                    .await
-                    .map_err(|e| ws_err(&e, Phase::Input))
-            }
-            .await;
-            let _ = std::fs::remove_file(&gz);
-            let _ = std::fs::remove_file(&tar);
-            placed
-        }
-        Some(Input::Git { git }) => {
-            let mut script = format!("git clone --quiet {} . 2>&1", input::sh_quote(&git.url));
-            if let Some(r) = &git.git_ref {
-                script.push_str(&format!(
-                    " && git checkout --quiet {} 2>&1",
-                    input::sh_quote(r)
-                ));
-            }
-            let out = ws
-                .exec(
-                    &script,
-                    &workdir,
-                    Duration::from_secs(spec.limits.command_timeout_secs.max(300)),
-                    4000,
-                )
-                .await
-                .map_err(|e| ws_err(&e, Phase::Input))?;
-            if out.exit_code == Some(0) {
-                Ok(())
-            } else {
-                Err(err(
-                    "git_clone_failed",
-                    Phase::Input,
-                    false,
-                    format!("git clone failed: {}", out.output.trim()),
-                ))
-            }
-        }
     }
 }
 
