@@ -32,6 +32,8 @@ pub const ENV_MAX_ATTEMPTS: &str = "FLEET_MAX_ATTEMPTS";
 /// holds at most two snapshots at once, so this bounds a job's memory.
 pub const ENV_SNAPSHOT_MAX_MB: &str = "FLEET_SNAPSHOT_MAX_MB";
 /// Seconds between a worker's sweeps for stranded jobs (default 300; 0 = off).
+/// Workspaces a worker may start ahead for deliveries waiting for a slot.
+pub const ENV_PREPARE_AHEAD: &str = "FLEET_PREPARE_AHEAD";
 pub const ENV_SWEEP_SECS: &str = "FLEET_SWEEP_SECS";
 /// Seconds a job may sit `queued` with no message, or `running` with a silent
 /// owner, before a sweep moves it (default 600).
@@ -86,6 +88,10 @@ pub fn default_image() -> String {
     env(ENV_DEFAULT_IMAGE).unwrap_or_else(|| DEFAULT_IMAGE.to_string())
 }
 
+/// Workspaces started ahead by default: enough that a freed slot finds the next
+/// job's container running, few enough to hold little on the host.
+pub const DEFAULT_PREPARE_AHEAD: u32 = 2;
+
 /// How jobs are run, shared by `fleet run` and `fleet worker`.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -108,6 +114,9 @@ pub struct RunSettings {
     pub webhook_secret_env: String,
     /// Bytes of files one workspace snapshot reads (`FLEET_SNAPSHOT_MAX_MB`).
     pub snapshot_max_bytes: u64,
+    /// Deliveries beyond the slots whose workspaces are started while they wait
+    /// for a slot (`FLEET_PREPARE_AHEAD`, 0 turns pipelining off).
+    pub prepare_ahead: usize,
 }
 
 impl RunSettings {
@@ -131,6 +140,8 @@ impl RunSettings {
             webhook_secret_env: ENV_WEBHOOK_SECRET.to_string(),
             snapshot_max_bytes: u64::from(values::count(ENV_SNAPSHOT_MAX_MB, 256, 1..=1 << 20)?)
                 << 20,
+            prepare_ahead: values::count(ENV_PREPARE_AHEAD, DEFAULT_PREPARE_AHEAD, 0..=64)?
+                as usize,
         })
     }
 

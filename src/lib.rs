@@ -18,7 +18,10 @@
 //! 5. [`workspace`] — the job's image is pulled when needed (pull policy, registry
 //!    credentials, one pull per image), a Docker container (or a local directory)
 //!    is started with the job's limits and its input is uploaded; the agent's
-//!    shell is one long-lived session in it.
+//!    shell is one long-lived session in it (the container's main process).
+//!    Every engine round trip is counted per phase (`workspace::calls`); while
+//!    its slots are busy a worker starts the next deliveries' workspaces ahead
+//!    (`FLEET_PREPARE_AHEAD`).
 //! 6. [`agent`] — the repository's instructions are read from the workspace and
 //!    the conversation runs: [`llm`] ⇄ tools in the workspace, with events, stuck
 //!    detection, condensation (LLM-written summaries) and secret masking.

@@ -82,7 +82,7 @@ impl<'a> Agent<'a> {
     async fn run(&mut self) -> AgentEnd {
         let job = self.run.job;
         // Read after the input landed, before the first request.
-        self.repo = repo::load(self.run.workspace).await;
+        self.repo = repo::load(self.run.workspace, self.run.listed.as_deref()).await;
         let system_prompt = prompt::system_prompt(&prompt::PromptContext {
             workdir: self.run.workspace.workdir(),
             limits: &job.limits,

@@ -125,6 +125,7 @@ async fn run_to_finish(task: &str, ws: &Workspace, llm: &LlmClient) -> Vec<Event
         llm,
         masker: &masker,
         events: &events,
+        listed: None,
     })
     .await;
     assert_eq!(report.end, AgentEnd::Finished);

@@ -115,6 +115,7 @@ async fn run_script(
         llm: &llm,
         masker: &masker,
         events: &events,
+        listed: None,
     })
     .await;
     assert_eq!(events.progress.steps(), report.steps);
@@ -602,6 +603,7 @@ async fn long_history_is_condensed_before_the_call() {
         llm: &llm,
         masker: &masker,
         events: &events,
+        listed: None,
     });
     let completion = agent.complete().await.expect("completion");
     assert_eq!(completion.message.tool_calls.len(), 1);

@@ -40,6 +40,11 @@ pub struct AgentRun<'a> {
     /// Masks every secret value before the LLM, the log or the store sees it.
     pub masker: &'a Masker,
     pub events: &'a EventLog,
+    /// The workdir's files as the input left them (the base snapshot's paths,
+    /// with whether each is a symlink), when complete: the repository's
+    /// instruction files are found in it instead of by a command in the
+    /// workspace. `None`: look in the workspace.
+    pub listed: Option<Vec<(String, bool)>>,
 }
 
 /// How the conversation ended.

@@ -176,9 +176,11 @@ fn one_line(s: &str) -> String {
 }
 
 /// Reads the repository's instructions from `ws` (its workdir). Never fails:
-/// a workspace problem leaves them empty, logged.
-pub async fn load(ws: &Workspace) -> RepoInstructions {
-    match tokio::time::timeout(DEADLINE, load_inner(ws)).await {
+/// a workspace problem leaves them empty, logged. With `listed` (the workdir's
+/// files and whether each is a symlink, complete), the files are picked from it
+/// as [`FIND_SCRIPT`] would pick them, and no command runs.
+pub async fn load(ws: &Workspace, listed: Option<&[(String, bool)]>) -> RepoInstructions {
+    match tokio::time::timeout(DEADLINE, load_inner(ws, listed)).await {
         Ok(r) => r,
         Err(_) => {
             tracing::warn!("reading repository instructions timed out; going on without them");
@@ -190,15 +192,40 @@ pub async fn load(ws: &Workspace) -> RepoInstructions {
     }
 }
 
-async fn load_inner(ws: &Workspace) -> RepoInstructions {
+/// The instruction files among `listed`, in the order [`FIND_SCRIPT`] prints
+/// them: AGENTS.md, repo.md, then each skills pattern's matches sorted; no
+/// symlink, nothing below one (a listing never goes below one), 32 at most.
+pub fn pick(listed: &[(String, bool)]) -> String {
+    let group = |rel: &str| match rel {
+        "AGENTS.md" => 0,
+        ".openhands/microagents/repo.md" => 1,
+        r if r.starts_with(".openhands/skills/") => 2,
+        r if r.ends_with("/SKILL.md") => 4,
+        _ => 3,
+    };
+    let mut found: Vec<&str> = listed
+        .iter()
+        // A name with a newline would read as two names below.
+        .filter(|(rel, link)| !link && !rel.contains('\n') && expected_path(rel))
+        .map(|(rel, _)| rel.as_str())
+        .collect();
+    found.sort_by(|a, b| group(a).cmp(&group(b)).then(a.cmp(b)));
+    found.truncate(MAX_FILES);
+    found.iter().map(|r| format!("{r}\n")).collect()
+}
+
+async fn load_inner(ws: &Workspace, listed: Option<&[(String, bool)]>) -> RepoInstructions {
     let workdir = ws.workdir().trim_end_matches('/').to_string();
     let mut out = RepoInstructions::default();
-    let found = match ws.exec(FIND_SCRIPT, &workdir, DEADLINE, 64 * 1024).await {
-        Ok(o) => o.output,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot look for repository instructions");
-            return out;
-        }
+    let found = match listed {
+        Some(l) => pick(l),
+        None => match ws.exec(FIND_SCRIPT, &workdir, DEADLINE, 64 * 1024).await {
+            Ok(o) => o.output,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for repository instructions");
+                return out;
+            }
+        },
     };
     let mut total = 0u64;
     // Only names of the expected shapes: a file name with a newline in it must
@@ -393,6 +420,28 @@ fn parse_yaml(text: &str) -> Result<Yaml, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listing_is_picked_in_the_order_the_find_script_prints() {
+        let l = |p: &str, link: bool| (p.to_string(), link);
+        let listed = vec![
+            l(".agents/skills/b/SKILL.md", false),
+            l(".agents/skills/a.md", false),
+            l(".openhands/skills/z.md", false),
+            l(".openhands/skills/a.md", false),
+            l(".openhands/skills/link.md", true),
+            l(".openhands/skills/.hidden.md", false),
+            l(".openhands/microagents/repo.md", false),
+            l("AGENTS.md", false),
+            l("src/AGENTS.md", false),
+            l(".openhands/skills/x\nAGENTS.md", false),
+        ];
+        assert_eq!(
+            super::pick(&listed),
+            "AGENTS.md\n.openhands/microagents/repo.md\n.openhands/skills/a.md\n\
+             .openhands/skills/z.md\n.agents/skills/a.md\n.agents/skills/b/SKILL.md\n"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -30,7 +30,9 @@ pub struct WorkerArgs {
     pub queue: QueueArg,
     #[command(flatten)]
     pub store: StoreArg,
-    /// Jobs run at once (also the broker prefetch) [env: FLEET_CONCURRENCY] [default: 4]
+    /// Jobs run at once [env: FLEET_CONCURRENCY] [default: 4]. The broker prefetch
+    /// is this plus FLEET_PREPARE_AHEAD (default 2): deliveries waiting for a
+    /// slot, their workspaces already started.
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Address for /metrics, /healthz and /readyz [env: FLEET_METRICS_ADDR] [default: 127.0.0.1:9464]
@@ -98,7 +100,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("checking the store {store_spec}"))?;
     let mut opts = AmqpOptions {
-        prefetch: n.min(u16::MAX as usize) as u16,
+        prefetch: Worker::holds(n, settings.prepare_ahead).min(u16::MAX as usize) as u16,
         consume: true,
         control: true,
         ..amqp

@@ -26,6 +26,21 @@ impl From<Spilled> for Base {
 }
 
 impl Base {
+    /// The snapshot on disk.
+    pub fn spilled(&self) -> &Spilled {
+        &self.0
+    }
+
+    /// Every file's path and whether it is a symlink; `None` when the snapshot
+    /// was cut short (it may not list everything).
+    pub fn listing(&self) -> Option<Vec<(String, bool)>> {
+        if self.0.truncated {
+            return None;
+        }
+        let link = |p: &str| self.0.modes.get(p) == Some(&crate::workspace::MODE_LINK);
+        Some(self.0.files.keys().map(|p| (p.clone(), link(p))).collect())
+    }
+
     /// Writes the contents of an in-memory `snap` to the file `path` and keeps the
     /// index.
     pub fn spill(snap: Snapshot, path: &Path) -> std::io::Result<Base> {

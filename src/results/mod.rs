@@ -3,6 +3,7 @@
 //! (DESIGN.md "Store layout"). The webhook is sent after all of that is stored.
 
 pub mod base;
+pub mod base_tar;
 pub mod diff;
 pub mod input;
 pub mod webhook;

@@ -90,15 +90,32 @@ impl Worker {
         }
     }
 
+    /// Deliveries this worker holds at most: its slots, and as many again as
+    /// `FLEET_PREPARE_AHEAD` lets wait for one with their workspaces started.
+    /// The broker's prefetch is this number.
+    pub fn holds(concurrency: usize, ahead: usize) -> usize {
+        concurrency.max(1) + ahead
+    }
+
     /// Consumes until the queue ends or `shutdown.stop` fires, then waits for the
     /// jobs in flight (which `shutdown.cancel`/`abort` can cut short).
+    ///
+    /// Pipelining: a delivery taken while every slot is busy has its workspace
+    /// started at once (`runner::prepare`) and then waits for a slot, so a slot
+    /// that frees starts work on a running container. At most
+    /// `FLEET_PREPARE_AHEAD` deliveries wait so; their jobs are claimed only
+    /// once they have a slot, and on shutdown they are requeued unrun.
     pub async fn run(&self, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        let held = Arc::new(Semaphore::new(Worker::holds(
+            self.concurrency,
+            self.svc.settings.prepare_ahead,
+        )));
         metrics().worker_slots.set(self.concurrency as i64);
         let tracker = TaskTracker::new();
         loop {
             let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+                p = held.clone().acquire_owned() => p.expect("semaphore open"),
                 _ = shutdown.stop.cancelled() => break,
             };
             let delivery = tokio::select! {
@@ -117,9 +134,13 @@ impl Worker {
                 self.running.clone(),
                 self.watch.clone(),
             );
+            let slot = Slot {
+                slots: slots.clone(),
+                stop: shutdown.stop.clone(),
+            };
             tracker.spawn(async move {
                 let o = observer.as_deref();
-                handle(&svc, &queue, delivery, ctl, o, &running, &watch).await;
+                handle(&svc, &queue, delivery, ctl, o, &running, &watch, slot).await;
                 drop(permit);
             });
         }
@@ -128,9 +149,18 @@ impl Worker {
     }
 }
 
-/// One delivery, from pointer to settlement: resolve the job it names, claim it,
+/// A delivery's way to a slot of the worker.
+struct Slot {
+    slots: Arc<Semaphore>,
+    /// The worker stops taking deliveries: one still waiting is requeued.
+    stop: CancellationToken,
+}
+
+/// One delivery, from pointer to settlement: resolve the job it names, wait for
+/// a slot (its workspace started meanwhile when every slot is busy), claim it,
 /// run the attempt under the run's fence — each step ends in a [`Settlement`]
 /// (the decision as data) — then apply it in one place.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     svc: &Services,
     queue: &Queue,
@@ -139,6 +169,7 @@ async fn handle(
     observer: Option<&dyn Observer>,
     running: &Mutex<HashMap<String, JobControl>>,
     watch: &LeaseWatch,
+    slot: Slot,
 ) {
     let from_broker = matches!(queue, Queue::Amqp(_));
     let later = Settle::Retry {
@@ -174,7 +205,34 @@ async fn handle(
         let refusal = super::admit::admit(svc, &spec).await.err();
         let (s, fence) = match refusal {
             Some(v) => refuse(svc, &spec, v, later).await,
-            None => run_job(svc, &spec, &d, ctl, observer, running, watch, later).await,
+            None => {
+                let (permit, mut prepared) = match slot.slots.clone().try_acquire_owned() {
+                    Ok(p) => (p, None),
+                    Err(_) => {
+                        let attempt = d.msg.attempt.max(1);
+                        let prepared = runner::prepare(svc, &spec, attempt).await;
+                        tokio::select! {
+                            p = slot.slots.clone().acquire_owned() => (p.expect("semaphore open"), prepared),
+                            _ = slot.stop.cancelled() => {
+                                info!("the worker is stopping; requeueing a job that waited for a slot");
+                                if let Some(p) = prepared {
+                                    destroy(p.ws).await;
+                                }
+                                let s = Settlement::settle(Settle::Requeue);
+                                return settle::apply(svc, queue, d, None, None, observer, s).await;
+                            }
+                        }
+                    }
+                };
+                let r = run_job(svc, &spec, &d, ctl, observer, running, watch, later, &mut prepared)
+                    .await;
+                // A claim that did not lead to a run leaves the workspace unused.
+                if let Some(p) = prepared {
+                    destroy(p.ws).await;
+                }
+                drop(permit);
+                r
+            }
         };
         settle::apply(svc, queue, d, Some(&spec), fence.as_ref(), observer, s).await
     }
@@ -194,6 +252,7 @@ async fn run_job(
     running: &Mutex<HashMap<String, JobControl>>,
     watch: &LeaseWatch,
     later: Settle,
+    prepared: &mut Option<runner::Prepared>,
 ) -> (Settlement, Option<Fence>) {
     let claimed = claim::claim(&svc.store, &spec.id, &svc.settings, watch).await;
     let (owner, taken_over) = match claimed {
@@ -290,7 +349,9 @@ async fn run_job(
                 ctl.cancel.clone(),
             );
             let live = fence::live_log(&fence, events_path.clone(), period);
-            let end = runner::run_attempt(svc, spec, attempt, &ctl, &events, &fence).await;
+            let end =
+                runner::run_attempt(svc, spec, attempt, &ctl, &events, &fence, prepared.take())
+                    .await;
             beat.cancel();
             live.cancel();
             end
@@ -370,6 +431,12 @@ async fn unrun(
         settle: then,
     };
     (s, Some(fence))
+}
+
+async fn destroy(ws: crate::workspace::Workspace) {
+    if let Err(e) = ws.destroy().await {
+        warn!(error = %e, "could not remove a workspace started ahead");
+    }
 }
 
 /// A job whose worker died mid-job: sweep the containers dead workers of this

@@ -1,21 +1,26 @@
 //! Placing a job's input in its workspace before the agent starts: a directory
 //! packed on the host, a tar.gz from the store, or a git clone inside the
 //! workspace. Inputs pass through scratch files, never whole in memory: a 1 GiB
-//! input costs the worker a buffer, not a gigabyte.
+//! input costs the worker a buffer, not a gigabyte. When the workdir is known to
+//! start empty, a plain archive is also the base snapshot (`results::base_tar`):
+//! no round trip reads back what was just sent.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::runner::{MAX_INPUT_BYTES, Services, err, ws_err};
+use super::runner::{MAX_DIFF_FILE_BYTES, MAX_INPUT_BYTES, Services, err, snapshot_path, ws_err};
 use crate::job::{ErrorInfo, Input, JobSpec, Phase};
-use crate::results::input;
+use crate::results::base::Base;
+use crate::results::{base_tar, input};
 use crate::workspace::Workspace;
 
+/// Places the input; the base snapshot too when its archive is one (`None`:
+/// the caller reads the workspace).
 pub(super) async fn place_input(
     svc: &Services,
     spec: &JobSpec,
     ws: &Workspace,
-) -> Result<(), ErrorInfo> {
+) -> Result<Option<Base>, ErrorInfo> {
     let workdir = ws.workdir().to_string();
     let scratch = |ext: &str| {
         svc.scratch.join(format!(
@@ -32,8 +37,27 @@ pub(super) async fn place_input(
             format!("{what}: {e}"),
         )
     };
+    let empty = ws.workdir_known_empty();
+    // The archive as the base, read on a blocking thread (a base it cannot
+    // vouch for is read from the workspace instead).
+    let base_of = |tar: PathBuf| {
+        let spill = snapshot_path(svc, spec, "base");
+        let max_total = svc.settings.snapshot_max_bytes;
+        async move {
+            if !empty {
+                return None;
+            }
+            tokio::task::spawn_blocking(move || {
+                base_tar::base_from_input_tar(&tar, MAX_DIFF_FILE_BYTES as u64, max_total, &spill)
+            })
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+        }
+    };
     match &spec.input {
-        None => Ok(()),
+        None => Ok(None),
         Some(Input::Path { path }) => {
             let (dir, tar) = (PathBuf::from(path), scratch("tar"));
             let dest = tar.clone();
@@ -42,10 +66,10 @@ pub(super) async fn place_input(
                 .map_err(|e| unreadable(path, e.to_string()))
                 .and_then(|r| r.map_err(|e| unreadable(path, e.to_string())));
             let placed = match packed {
-                Ok(()) => ws
-                    .put_tar_file(&workdir, &tar)
-                    .await
-                    .map_err(|e| ws_err(&e, Phase::Input)),
+                Ok(()) => match ws.put_tar_file(&workdir, &tar).await {
+                    Ok(()) => Ok(base_of(tar.clone()).await),
+                    Err(e) => Err(ws_err(&e, Phase::Input)),
+                },
                 Err(e) => Err(e),
             };
             let _ = std::fs::remove_file(&tar);
@@ -77,7 +101,8 @@ pub(super) async fn place_input(
                 let _ = std::fs::remove_file(&gz);
                 ws.put_tar_file(&workdir, &tar)
                     .await
-                    .map_err(|e| ws_err(&e, Phase::Input))
+                    .map_err(|e| ws_err(&e, Phase::Input))?;
+                Ok(base_of(tar.clone()).await)
             }
             .await;
             let _ = std::fs::remove_file(&gz);
@@ -102,7 +127,7 @@ pub(super) async fn place_input(
                 .await
                 .map_err(|e| ws_err(&e, Phase::Input))?;
             if out.exit_code == Some(0) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(err(
                     "git_clone_failed",

@@ -29,7 +29,8 @@ use crate::results::base::Base;
 use crate::results::match_artifacts;
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
-use crate::workspace::{self, Workspace, WorkspaceError, WorkspaceSpec};
+use crate::workspace::calls::{ApiCalls, CallPhase};
+use crate::workspace::{self, Snapshot, Workspace, WorkspaceError, WorkspaceSpec};
 
 /// Artifacts over this are not collected.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -37,7 +38,7 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 /// snapshot stops reading at the total (`FLEET_SNAPSHOT_MAX_MB`, 256 MiB by
 /// default). Both snapshots go to scratch files as they are read, so the worker
 /// holds one file of a job's workspace at a time, whatever the workspace holds.
-const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
+pub(super) const MAX_DIFF_FILE_BYTES: usize = 1 << 20;
 /// Inputs may inflate to at most this.
 pub(super) const MAX_INPUT_BYTES: u64 = 1 << 30;
 
@@ -91,6 +92,11 @@ struct MetricsFile<'a> {
     cost_usd: f64,
     llm: LlmStats,
     phases_secs: &'a Phases,
+    /// Round trips to the Docker engine per phase (absent for a local workspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docker_api_calls: Option<ApiCalls>,
+    /// Whether the workspace was started ahead, while the job waited for a slot.
+    workspace_prepared: bool,
     tools: &'a BTreeMap<String, ToolCount>,
     events: usize,
     events_bytes: u64,
@@ -231,6 +237,67 @@ fn llm_settings(
 }
 
 /// Runs one attempt. Store errors while uploading are returned as `Retry`.
+/// A workspace started for a job before it was claimed (pipelining, see
+/// `consume.rs`): used when the claim gives the attempt it was started for,
+/// destroyed otherwise.
+pub struct Prepared {
+    pub ws: Workspace,
+    pub attempt: u32,
+    /// How long the start took.
+    pub secs: f64,
+}
+
+/// Starts the job's workspace ahead of its claim. `None` when the job cannot
+/// get one now (its secrets, its LLM settings or the start failed): the attempt
+/// then starts its own and reports why.
+pub async fn prepare(svc: &Services, spec: &JobSpec, attempt: u32) -> Option<Prepared> {
+    let (secret_env, key) = resolve_secrets(spec, &svc.settings, svc.enforce_policy).ok()?;
+    llm_settings(spec, &svc.settings, key).ok()?;
+    let ws_spec = workspace_spec(svc, spec, attempt, secret_env);
+    let t = Instant::now();
+    match svc.backend.start(&ws_spec).await {
+        Ok(ws) => Some(Prepared {
+            ws,
+            attempt,
+            secs: t.elapsed().as_secs_f64(),
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not prepare the workspace ahead");
+            None
+        }
+    }
+}
+
+/// The workspace a job's attempt gets: its image, env (with the resolved
+/// secrets), limits and hardening.
+fn workspace_spec(
+    svc: &Services,
+    spec: &JobSpec,
+    attempt: u32,
+    secret_env: BTreeMap<String, String>,
+) -> WorkspaceSpec {
+    let mut env = spec.env.clone();
+    env.extend(secret_env);
+    WorkspaceSpec {
+        job_id: spec.id.clone(),
+        attempt,
+        worker_id: svc.settings.worker_id.clone(),
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(crate::config::default_image),
+        workdir: spec.workdir.clone(),
+        env,
+        memory_mb: spec.limits.memory_mb,
+        cpus: spec.limits.cpus,
+        pids: spec.limits.pids,
+        network: spec.limits.network.clone(),
+        user: spec.limits.user.clone(),
+        read_only_root: spec.limits.read_only_root,
+        disk_mb: Some(svc.policy.disk_mb(spec)),
+    }
+}
+
 pub async fn run_attempt(
     svc: &Services,
     spec: &JobSpec,
@@ -238,6 +305,7 @@ pub async fn run_attempt(
     ctl: &JobControl,
     events: &EventLog,
     fence: &Fence,
+    ahead: Option<Prepared>,
 ) -> AttemptEnd {
     let t0 = Instant::now();
     let started_at = Utc::now();
@@ -265,6 +333,8 @@ pub async fn run_attempt(
     let mut tools = BTreeMap::new();
     let mut llm_stats = LlmStats::default();
     let mut artifacts = 0usize;
+    let mut api_calls = None;
+    let mut prepared_ahead = false;
 
     let prepared =
         resolve_secrets(spec, &svc.settings, svc.enforce_policy).and_then(|(env, key)| {
@@ -290,32 +360,34 @@ pub async fn run_attempt(
     match prepared {
         Err(e) => result.error = Some(e),
         Ok((secret_env, _api_key, llm_cfg)) => {
-            let mut env = spec.env.clone();
-            env.extend(secret_env);
-            let ws_spec = WorkspaceSpec {
-                job_id: spec.id.clone(),
-                attempt,
-                worker_id: svc.settings.worker_id.clone(),
-                image: spec
-                    .image
-                    .clone()
-                    .unwrap_or_else(crate::config::default_image),
-                workdir: spec.workdir.clone(),
-                env,
-                memory_mb: spec.limits.memory_mb,
-                cpus: spec.limits.cpus,
-                pids: spec.limits.pids,
-                network: spec.limits.network.clone(),
-                user: spec.limits.user.clone(),
-                read_only_root: spec.limits.read_only_root,
-                disk_mb: Some(svc.policy.disk_mb(spec)),
+            let ws_spec = workspace_spec(svc, spec, attempt, secret_env);
+            let ready = match ahead {
+                Some(p) if p.attempt == attempt => Some(p),
+                Some(p) => {
+                    // Started for another attempt: its labels would say so.
+                    if let Err(e) = p.ws.destroy().await {
+                        warn!(error = %e, "workspace teardown failed");
+                    }
+                    None
+                }
+                None => None,
             };
+            prepared_ahead = ready.is_some();
             let t = Instant::now();
-            let started = tokio::select! {
-                r = svc.backend.start(&ws_spec) => Some(r),
-                _ = ctl.abort.cancelled() => None,
+            let started = match ready {
+                Some(p) => {
+                    phases.workspace_start = p.secs;
+                    Some(Ok(p.ws))
+                }
+                None => {
+                    let r = tokio::select! {
+                        r = svc.backend.start(&ws_spec) => Some(r),
+                        _ = ctl.abort.cancelled() => None,
+                    };
+                    phases.workspace_start = t.elapsed().as_secs_f64();
+                    r
+                }
             };
-            phases.workspace_start = t.elapsed().as_secs_f64();
             metrics().workspace_start.observe(phases.workspace_start);
             match started {
                 None => return AttemptEnd::Aborted,
@@ -330,6 +402,7 @@ pub async fn run_attempt(
                     result.error = Some(ws_err(&e, Phase::Workspace));
                 }
                 Some(Ok(ws)) => {
+                    let meter = ws.calls();
                     let llm = LlmClient::new(svc.http.clone(), llm_cfg);
                     let body = AssertUnwindSafe(in_workspace(
                         svc,
@@ -345,10 +418,14 @@ pub async fn run_attempt(
                     .catch_unwind()
                     .await;
                     let t = Instant::now();
+                    if let Some(m) = &meter {
+                        m.enter(CallPhase::Teardown);
+                    }
                     if let Err(e) = ws.destroy().await {
                         warn!(error = %e, "workspace teardown failed");
                     }
                     phases.teardown = t.elapsed().as_secs_f64();
+                    api_calls = meter.map(|m| m.counts());
                     llm_stats = llm.stats();
                     match body {
                         Err(panic) => {
@@ -436,6 +513,8 @@ pub async fn run_attempt(
         cost_usd: result.cost_usd,
         llm: llm_stats,
         phases_secs: &phases,
+        docker_api_calls: api_calls,
+        workspace_prepared: prepared_ahead,
         tools: &tools,
         events: events.len(),
         events_bytes: events.bytes_written(),
@@ -575,8 +654,14 @@ async fn in_workspace(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.limits.timeout_secs);
     let workdir = ws.workdir().to_string();
 
+    let enter = |phase: CallPhase| {
+        if let Some(m) = ws.calls() {
+            m.enter(phase);
+        }
+    };
     // Input, then the base snapshot the patch is computed against.
     let t = Instant::now();
+    enter(CallPhase::Input);
     let placed = tokio::select! {
         r = super::place::place_input(svc, spec, ws) => Some(r),
         _ = tokio::time::sleep_until(deadline) => None,
@@ -586,8 +671,21 @@ async fn in_workspace(
     let base = match placed {
         None => return InWorkspace::early(Some(Stop::TimedOut), None),
         Some(Err(e)) => return InWorkspace::early(None, Some(e)),
+        // The input's own archive, unpacked into a workdir known to start empty.
+        Some(Ok(Some(base))) => base,
+        // Nothing placed in a workdir known to start empty: an empty base, no
+        // round trip to read it.
+        Some(Ok(None)) if spec.input.is_none() && ws.workdir_known_empty() => {
+            match Base::spill(Snapshot::default(), &snapshot_path(svc, spec, "base")) {
+                Ok(b) => b,
+                Err(e) => {
+                    let e = err("scratch_io", Phase::Input, true, e.to_string());
+                    return InWorkspace::early(None, Some(e));
+                }
+            }
+        }
         // On disk as it is read: a job holds none of its files while it runs.
-        Some(Ok(())) => match ws
+        Some(Ok(None)) => match ws
             .snapshot_to(
                 &workdir,
                 MAX_DIFF_FILE_BYTES as u64,
@@ -596,7 +694,12 @@ async fn in_workspace(
             )
             .await
         {
-            Ok(s) => Base::from(s),
+            Ok(s) => {
+                if spec.input.is_none() && s.files.is_empty() && !s.truncated {
+                    ws.note_workdir_empty();
+                }
+                Base::from(s)
+            }
             Err(e) => return InWorkspace::early(None, Some(ws_err(&e, Phase::Input))),
         },
     };
@@ -605,12 +708,15 @@ async fn in_workspace(
     phases.input = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
+    enter(CallPhase::Agent);
+    let listed = base.listing();
     let run = fence.gate(agent::run(agent::AgentRun {
         job: spec,
         workspace: ws,
         llm,
         masker,
         events,
+        listed,
     }));
     let stop = tokio::select! {
         r = run => Stop::Report(r),
@@ -646,6 +752,7 @@ async fn in_workspace(
 
     // Collect: the patch against the input, then artifacts.
     let t = Instant::now();
+    enter(CallPhase::Collect);
     let (patch, patch_complete, artifacts, error) = match ws
         .snapshot_to(
             &workdir,
@@ -709,7 +816,7 @@ async fn in_workspace(
 }
 
 /// A new scratch file for one of the job's snapshots.
-fn snapshot_path(svc: &Services, spec: &JobSpec, which: &str) -> PathBuf {
+pub(super) fn snapshot_path(svc: &Services, spec: &JobSpec, which: &str) -> PathBuf {
     svc.scratch.join(format!(
         "{}-{}.{which}",
         spec.id,

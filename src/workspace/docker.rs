@@ -41,6 +41,7 @@ use bollard::query_parameters::{
 
 pub use hardening::DiskLimit;
 
+use super::calls::CallMeter;
 use super::spill::{Builder, Spilled};
 use super::{ExecOutput, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 
@@ -48,10 +49,6 @@ use super::{ExecOutput, PathKind, Snapshot, WorkspaceError, WorkspaceSpec};
 const API_DEADLINE: Duration = Duration::from_secs(60);
 /// Deadline of `ping`, which feeds /readyz and must answer fast.
 const PING_DEADLINE: Duration = Duration::from_secs(5);
-
-/// The keep-alive under docker-init (PID 1, which reaps orphans so zombies do not
-/// eat into the pids limit): does nothing, needs only a POSIX `sh`, exits on TERM.
-const KEEPALIVE: &str = r#"trap "exit 0" TERM; while :; do sleep 3600 & wait; done"#;
 
 /// Capabilities a container keeps (all others are dropped): what package managers
 /// and ordinary builds need (file ownership, setuid to an unprivileged build user,
@@ -134,17 +131,21 @@ impl DockerBackend {
     }
 
     pub async fn start(&self, spec: &WorkspaceSpec) -> Result<DockerWorkspace, WorkspaceError> {
+        let meter = CallMeter::default();
         // First, so a missing image is its own, non-retryable error rather than a
         // 404 from create that could also mean a missing network.
-        let image_id = self.puller.ensure(&spec.image).await?;
+        let image_id = self.puller.ensure(&spec.image, &meter).await?;
 
         let name = container_name(&spec.job_id, spec.attempt, rand::random::<u32>());
+        let marker = format!("{:016x}", rand::random::<u64>());
         let mut body = create_body(
             spec,
             &self.host_prefix,
             std::process::id(),
             own_start_time(),
+            &marker,
         );
+        let empty_key = (image_id.clone(), spec.workdir.clone());
         let seed = hardening::harden(&mut body, spec, self.disk).map(|limit_mb| seed::Seed {
             image_id,
             body: seed::seed_body(body.clone()),
@@ -152,14 +153,19 @@ impl DockerBackend {
             empty: self.empty_seeds.clone(),
         });
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        meter.tick();
         let created = within(
             API_DEADLINE,
             self.docker.create_container(Some(options), body),
         )
         .await
-        .and_then(|r| r.map_err(from_bollard));
+        .and_then(|r| r.map_err(|e| creation_error(e, &spec.workdir)));
         if let Err(e) = created {
+            if matches!(&e, WorkspaceError::Docker(m) if m.contains("No such image")) {
+                self.puller.forget(&spec.image);
+            }
             // A create that timed out may still have happened on the engine's side.
+            meter.tick();
             if let Err(rm) = remove_container(&self.docker, &name).await {
                 tracing::warn!(container = %name, error = %rm, "could not remove a half-created container");
             }
@@ -169,6 +175,10 @@ impl DockerBackend {
 
         let mut ws = DockerWorkspace {
             docker: self.docker.clone(),
+            meter,
+            main_shell: std::sync::Mutex::new(None),
+            empty_key,
+            empty_seeds: self.empty_seeds.clone(),
             name,
             workdir: spec.workdir.clone(),
             user: spec.user.clone(),
@@ -181,7 +191,7 @@ impl DockerBackend {
         };
         // From here on `ws` owns the container: on error it is removed explicitly
         // (and by Drop, should that removal fail too).
-        match ws.boot(seed).await {
+        match ws.boot(seed, marker).await {
             Ok(()) => Ok(ws),
             Err(e) => {
                 if let Err(rm) = ws.destroy().await {
@@ -241,7 +251,14 @@ impl DockerBackend {
 /// One job's container. End it with [`DockerWorkspace::destroy`]; `Drop` only
 /// schedules a best-effort removal.
 pub struct DockerWorkspace {
+    /// Reached through [`DockerWorkspace::api`], which counts every call.
     docker: bollard::Docker,
+    meter: CallMeter,
+    /// The main process's streams until the first shell session takes them.
+    main_shell: std::sync::Mutex<Option<session::Attached>>,
+    /// (image id, workdir): the key of [`DockerBackend::empty_seeds`].
+    empty_key: (String, String),
+    empty_seeds: seed::EmptySeeds,
     /// Container name (unique per start), used for every call.
     name: String,
     workdir: String,
@@ -259,6 +276,29 @@ pub struct DockerWorkspace {
 impl DockerWorkspace {
     pub fn workdir(&self) -> &str {
         &self.workdir
+    }
+
+    /// The engine, for one API call: counted against the job's current phase.
+    fn api(&self) -> &bollard::Docker {
+        self.meter.tick();
+        &self.docker
+    }
+
+    /// Whether the image is known to hold nothing at the workdir, so a workdir
+    /// nothing was placed in is empty without looking.
+    pub fn workdir_known_empty(&self) -> bool {
+        self.empty_seeds.contains(&self.empty_key)
+    }
+
+    /// Records that the image holds nothing at the workdir (a snapshot of it,
+    /// taken before anything was placed there, was empty).
+    pub fn note_workdir_empty(&self) {
+        self.empty_seeds.insert(self.empty_key.clone());
+    }
+
+    /// The meter of this workspace's API calls.
+    pub fn meter(&self) -> &CallMeter {
+        &self.meter
     }
 
     /// The container's name (`fleet-<job_id>-<attempt>-<random>`), for logs.
@@ -325,7 +365,7 @@ impl DockerWorkspace {
     /// Force-removes the container (killing whatever runs in it). Removing a
     /// container that is already gone is not an error.
     pub async fn destroy(mut self) -> Result<(), WorkspaceError> {
-        remove_container(&self.docker, &self.name).await?;
+        remove_container(self.api(), &self.name).await?;
         self.removed = true;
         tracing::debug!(container = %self.name, "workspace container removed");
         Ok(())
@@ -336,8 +376,19 @@ impl DockerWorkspace {
     /// the workdir and everything placed in it belong to that user: set through
     /// the archive API's tar headers, since a root exec in a container with a
     /// non-root user has no capabilities (it could not `chown`).
-    async fn boot(&mut self, seed: Option<seed::Seed>) -> Result<(), WorkspaceError> {
-        within(API_DEADLINE, self.docker.start_container(&self.name, None))
+    async fn boot(
+        &mut self,
+        seed: Option<seed::Seed>,
+        marker: String,
+    ) -> Result<(), WorkspaceError> {
+        // Attached before the start, so none of the main shell's output is lost.
+        let (output, input) = session::attach(self).await?;
+        *self.main_shell.get_mut().expect("main shell lock") = Some(session::Attached {
+            marker,
+            output,
+            input,
+        });
+        within(API_DEADLINE, self.api().start_container(&self.name, None))
             .await?
             .map_err(from_bollard)?;
         if let Some(user) = self.user.clone() {
@@ -347,9 +398,8 @@ impl DockerWorkspace {
         if let Some(seed) = seed {
             seed::seed_workdir(self, seed).await?;
         }
-        // Docker makes the WorkingDir itself; this also catches a workdir that
-        // exists in the image as a file.
-        archive::ensure_dir(self, &self.workdir).await?;
+        // Docker makes the WorkingDir itself, and refuses to create a container
+        // whose workdir is a file in the image (`creation_error`).
         if self.owner.is_some() && !self.workdir_owned {
             if self.read_only_root {
                 return Err(WorkspaceError::Path {
@@ -402,12 +452,15 @@ fn container_name(job_id: &str, attempt: u32, nonce: u32) -> String {
     format!("fleet-{job_id}-{attempt}-{nonce:08x}")
 }
 
-/// The container configuration: limits, hardening, labels, env, keep-alive.
+/// The container configuration: limits, hardening, labels, env, and the main
+/// process — the first shell session on stdin, then a keep-alive
+/// (`session::MAIN`; `marker` marks the shell's processes).
 fn create_body(
     spec: &WorkspaceSpec,
     host_prefix: &str,
     pid: u32,
     pid_start: Option<u64>,
+    marker: &str,
 ) -> ContainerCreateBody {
     let mut labels = HashMap::from([
         (LABEL_FLEET.to_string(), "1".to_string()),
@@ -445,16 +498,22 @@ fn create_body(
         entrypoint: Some(vec![
             "sh".into(),
             "-c".into(),
-            KEEPALIVE.into(),
-            "fleet-keepalive".into(),
+            session::MAIN.into(),
+            "fleet-main".into(),
+            marker.into(),
+            super::session::LAUNCH.into(),
         ]),
         cmd: None,
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: Some(spec.workdir.clone()),
         labels: Some(labels),
-        attach_stdin: Some(false),
-        attach_stdout: Some(false),
-        attach_stderr: Some(false),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        // Stdin stays open for the attached worker; its end (Ctrl-D, or the
+        // worker letting go) is the main shell's end of input.
+        open_stdin: Some(true),
+        stdin_once: Some(true),
         tty: Some(false),
         host_config: Some(host_config),
         ..Default::default()
@@ -504,6 +563,22 @@ async fn within<T>(
     tokio::time::timeout(deadline, call)
         .await
         .map_err(|_| WorkspaceError::Deadline(deadline))
+}
+
+/// A create the engine refused because the job's workdir is a file in the
+/// image is the job's error (final), not the engine's.
+fn creation_error(e: BollardError, workdir: &str) -> WorkspaceError {
+    match &e {
+        BollardError::DockerResponseServerError { message, .. }
+            if message.contains("not a directory") =>
+        {
+            WorkspaceError::Path {
+                path: workdir.to_string(),
+                message: format!("the workdir cannot be made: {message}"),
+            }
+        }
+        _ => from_bollard(e),
+    }
 }
 
 /// The HTTP status of an engine answer, when the error is one.
@@ -559,7 +634,7 @@ mod tests {
 
     #[test]
     fn body_carries_limits_labels_and_hardening() {
-        let body = create_body(&spec(), "host-a", 42, Some(7));
+        let body = create_body(&spec(), "host-a", 42, Some(7), "m");
         let hc = body.host_config.unwrap();
         assert_eq!(hc.memory, Some(512 * 1024 * 1024));
         assert_eq!(hc.nano_cpus, Some(1_500_000_000));
@@ -585,7 +660,7 @@ mod tests {
         s.cpus = 0.0;
         s.pids = 0;
         s.network = "bridge".into();
-        let hc = create_body(&s, "h", 1, None).host_config.unwrap();
+        let hc = create_body(&s, "h", 1, None, "m").host_config.unwrap();
         assert_eq!((hc.memory, hc.nano_cpus, hc.pids_limit), (None, None, None));
         assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
     }

@@ -7,6 +7,7 @@
 //! editor's rules) are written once above it and work in an image that has nothing
 //! but `sh`.
 
+pub mod calls;
 pub mod docker;
 pub mod local;
 pub mod output;
@@ -256,6 +257,31 @@ impl Workspace {
         path: &std::path::Path,
     ) -> Result<spill::Spilled, WorkspaceError> {
         dispatch!(self, w => w.snapshot_to(dir, max_file_bytes, max_total_bytes, path).await)
+    }
+
+    /// Whether the workdir is known to be empty when nothing was placed in it
+    /// (a local workspace always starts empty; an image may ship files there).
+    pub fn workdir_known_empty(&self) -> bool {
+        match self {
+            Workspace::Docker(w) => w.workdir_known_empty(),
+            Workspace::Local(_) => true,
+        }
+    }
+
+    /// Records that the workdir was empty before anything was placed in it.
+    pub fn note_workdir_empty(&self) {
+        if let Workspace::Docker(w) = self {
+            w.note_workdir_empty();
+        }
+    }
+
+    /// The meter of the workspace's round trips to its engine (Docker); None for
+    /// a local workspace, which has no engine.
+    pub fn calls(&self) -> Option<calls::CallMeter> {
+        match self {
+            Workspace::Docker(w) => Some(w.meter().clone()),
+            Workspace::Local(_) => None,
+        }
     }
 
     /// Stops and removes the workspace (container force-removed, directory deleted).

@@ -17,6 +17,7 @@ mod image_workdir;
 mod images;
 mod llm;
 mod prometheus;
+mod round_trips;
 mod run;
 mod s3;
 mod shell;

@@ -58,8 +58,7 @@ async fn raw_stat(ws: &DockerWorkspace, path: &str) -> Result<Option<RawStat>, W
     let options = ContainerArchiveInfoOptionsBuilder::new().path(path).build();
     match within(
         API_DEADLINE,
-        ws.docker
-            .get_container_archive_info(&ws.name, Some(options)),
+        ws.api().get_container_archive_info(&ws.name, Some(options)),
     )
     .await?
     {
@@ -249,7 +248,10 @@ pub(super) async fn put_tar_file(
     tar: &std::path::Path,
 ) -> Result<(), WorkspaceError> {
     let dest = clean_abs(dest)?;
-    ensure_dir(ws, &dest).await?;
+    // The workdir exists from the start (Docker makes it): no round trip.
+    if dest != clean_abs(&ws.workdir)? {
+        ensure_dir(ws, &dest).await?;
+    }
     let file = tokio::fs::File::open(tar).await?;
     // Whatever owners the archive names, its files are the job user's.
     let meter = owner(ws).map(|(uid, gid)| TarMeter::owned(uid, gid));
@@ -356,7 +358,7 @@ async fn upload_body(ws: &DockerWorkspace, dir: &str, body: Body) -> Result<(), 
         .build();
     match within(
         TRANSFER_DEADLINE,
-        ws.docker.upload_to_container(&ws.name, Some(options), body),
+        ws.api().upload_to_container(&ws.name, Some(options), body),
     )
     .await?
     {
@@ -391,7 +393,7 @@ async fn download<T: Send + 'static>(
     let options = DownloadFromContainerOptionsBuilder::new()
         .path(path)
         .build();
-    let stream = ws.docker.download_from_container(&ws.name, Some(options));
+    let stream = ws.api().download_from_container(&ws.name, Some(options));
     let pump = async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {

@@ -130,7 +130,7 @@ pub(super) async fn run(
         tty: false,
         output_capacity: Some(READ_CAPACITY),
     };
-    let started = within(API_DEADLINE, ws.docker.start_exec(&exec_id, Some(options)))
+    let started = within(API_DEADLINE, ws.api().start_exec(&exec_id, Some(options)))
         .await?
         .map_err(from_bollard)?;
     let StartExecResults::Attached { mut output, input } = started else {
@@ -171,12 +171,12 @@ pub(super) async fn run(
         }
         Ok(Err(e)) => {
             // The connection broke, not the command: do not leave it running.
-            kill(ws, &exec_id, &marker).await;
+            kill(ws, &marker, Probe::Exec(&exec_id)).await;
             Err(from_bollard(e))
         }
         Err(_) => {
             tracing::debug!(container = %ws.name, ?timeout, "command timed out; killing it");
-            kill(ws, &exec_id, &marker).await;
+            kill(ws, &marker, Probe::Exec(&exec_id)).await;
             Ok(ExecOutput {
                 output: captured.finish(),
                 exit_code: None,
@@ -191,12 +191,10 @@ async fn create(
     ws: &DockerWorkspace,
     config: CreateExecOptions<String>,
 ) -> Result<String, WorkspaceError> {
-    Ok(
-        within(API_DEADLINE, ws.docker.create_exec(&ws.name, config))
-            .await?
-            .map_err(from_bollard)?
-            .id,
-    )
+    Ok(within(API_DEADLINE, ws.api().create_exec(&ws.name, config))
+        .await?
+        .map_err(from_bollard)?
+        .id)
 }
 
 /// The exit code once the engine has it. The stream can end a moment before the
@@ -207,7 +205,7 @@ pub(super) async fn exit_code(
 ) -> Result<Option<i64>, WorkspaceError> {
     let until = tokio::time::Instant::now() + SETTLE;
     loop {
-        let info = within(API_DEADLINE, ws.docker.inspect_exec(exec_id))
+        let info = within(API_DEADLINE, ws.api().inspect_exec(exec_id))
             .await?
             .map_err(from_bollard)?;
         if info.running != Some(true) {
@@ -221,14 +219,30 @@ pub(super) async fn exit_code(
     }
 }
 
+/// How a kill tells whether the command is gone: an exec is inspected; the
+/// container's main shell says so on its stream (`session.rs`).
+pub(super) enum Probe<'a> {
+    Exec(&'a str),
+    Main(&'a mut super::session::DockerShell),
+}
+
+impl Probe<'_> {
+    async fn still_running_after(&mut self, ws: &DockerWorkspace, wait: Duration) -> bool {
+        match self {
+            Probe::Exec(exec_id) => still_running_after(ws, exec_id, wait).await,
+            Probe::Main(shell) => shell.main_still_running_after(wait).await,
+        }
+    }
+}
+
 /// Kills the marked command's processes; best effort (a failure is logged: the
 /// caller has its answer, and a broken container fails the next call anyway).
-pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
+pub(super) async fn kill(ws: &DockerWorkspace, marker: &str, mut probe: Probe<'_>) {
     let script = || vec!["sh", "-c", KILL_SCRIPT, "fleet-kill", marker];
     if let Err(e) = run_helper(ws, script()).await {
         tracing::debug!(container = %ws.name, error = %e, "kill exec failed");
     }
-    if !still_running_after(ws, exec_id, SETTLE).await {
+    if !probe.still_running_after(ws, SETTLE).await {
         return;
     }
     // The usual reason a targeted kill fails: the command used up the pids limit,
@@ -237,7 +251,7 @@ pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
     if let Err(e) = run_helper(ws, script()).await {
         tracing::warn!(container = %ws.name, error = %e, "killing a timed-out command failed");
     }
-    if still_running_after(ws, exec_id, SETTLE).await {
+    if probe.still_running_after(ws, SETTLE).await {
         tracing::warn!(container = %ws.name, "timed-out command survived the targeted kill; killing all processes");
         if let Err(e) = run_helper(ws, vec!["sh", "-c", KILL_ALL]).await {
             tracing::warn!(container = %ws.name, error = %e, "killing all processes failed");
@@ -248,7 +262,7 @@ pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
             pids_limit: Some(limit),
             ..Default::default()
         };
-        match within(API_DEADLINE, ws.docker.update_container(&ws.name, restore)).await {
+        match within(API_DEADLINE, ws.api().update_container(&ws.name, restore)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(container = %ws.name, error = %e, "could not restore the pids limit")
@@ -263,7 +277,7 @@ pub(super) async fn kill(ws: &DockerWorkspace, exec_id: &str, marker: &str) {
 /// Raises the container's pids limit by [`PIDS_LENT`]; returns the old limit to
 /// restore, or `None` when there is no limit (or it could not be changed).
 async fn lend_pids(ws: &DockerWorkspace) -> Option<i64> {
-    let info = within(API_DEADLINE, ws.docker.inspect_container(&ws.name, None))
+    let info = within(API_DEADLINE, ws.api().inspect_container(&ws.name, None))
         .await
         .ok()?
         .ok()?;
@@ -272,7 +286,7 @@ async fn lend_pids(ws: &DockerWorkspace) -> Option<i64> {
         pids_limit: Some(limit + PIDS_LENT),
         ..Default::default()
     };
-    match within(API_DEADLINE, ws.docker.update_container(&ws.name, raised)).await {
+    match within(API_DEADLINE, ws.api().update_container(&ws.name, raised)).await {
         Ok(Ok(())) => Some(limit),
         _ => None,
     }
@@ -281,7 +295,7 @@ async fn lend_pids(ws: &DockerWorkspace) -> Option<i64> {
 async fn still_running_after(ws: &DockerWorkspace, exec_id: &str, wait: Duration) -> bool {
     let until = tokio::time::Instant::now() + wait;
     loop {
-        match within(API_DEADLINE, ws.docker.inspect_exec(exec_id)).await {
+        match within(API_DEADLINE, ws.api().inspect_exec(exec_id)).await {
             Ok(Ok(info)) if info.running == Some(true) => {}
             // Not running, or unknown: nothing more to do from here.
             _ => return false,
@@ -313,7 +327,7 @@ pub(super) async fn run_helper(ws: &DockerWorkspace, cmd: Vec<&str>) -> Result<(
     let drained = async {
         let exec_id = create(ws, config).await?;
         match ws
-            .docker
+            .api()
             .start_exec(&exec_id, None)
             .await
             .map_err(from_bollard)?

@@ -263,7 +263,10 @@ mod tests {
         s.disk_mb = Some(64);
         let hc = hardened(&s, DiskLimit::StorageOpt).host_config.unwrap();
         let m = &hc.mounts.unwrap()[0];
-        assert_eq!(driver_options(m)["o"], "size=64m,mode=0755,uid=1000,gid=1000");
+        assert_eq!(
+            driver_options(m)["o"],
+            "size=64m,mode=0755,uid=1000,gid=1000"
+        );
         s.disk_mb = None;
         // A workdir at /tmp: one mount there, the volume.
         s.workdir = "/tmp".into();

@@ -24,6 +24,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use super::{API_DEADLINE, WorkspaceError, status_of, within};
 use crate::telemetry::metrics;
+use crate::workspace::calls::CallMeter;
 
 /// When to pull a job's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +110,21 @@ pub fn split_reference(image: &str) -> (&str, &str) {
 
 type PullFuture = Shared<BoxFuture<'static, Result<(), PullError>>>;
 
+/// How long an image found on the engine is taken to be there without asking
+/// again (a batch starts many jobs of one image; a removed image is noticed by
+/// the next create, which forgets it).
+const KNOWN_FOR: Duration = Duration::from_secs(30);
+/// Images remembered at most (cleared when full).
+const MAX_KNOWN: usize = 1024;
+
 /// Pulls images for one engine, one pull per image at a time.
 #[derive(Clone)]
 pub struct Puller {
     docker: bollard::Docker,
     settings: PullSettings,
     in_flight: Arc<Mutex<HashMap<String, PullFuture>>>,
+    /// Image reference → (id, when it was found).
+    known: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl Puller {
@@ -123,14 +133,23 @@ impl Puller {
             docker,
             settings,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            known: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// Makes sure the engine has `image`, pulling it as the policy says.
-    pub async fn ensure(&self, image: &str) -> Result<String, WorkspaceError> {
+    pub async fn ensure(&self, image: &str, meter: &CallMeter) -> Result<String, WorkspaceError> {
         if self.settings.policy != PullPolicy::Always {
+            if let Some(id) = self.recall(image) {
+                return Ok(id);
+            }
+            meter.tick();
             match within(API_DEADLINE, self.docker.inspect_image(image)).await? {
-                Ok(found) => return Ok(found.id.unwrap_or_else(|| image.to_string())),
+                Ok(found) => {
+                    let id = found.id.unwrap_or_else(|| image.to_string());
+                    self.remember(image, &id);
+                    return Ok(id);
+                }
                 // The engine's own word that the reference is malformed (e.g. upper
                 // case): no pull or retry can fix the job.
                 Err(e) if status_of(&e) == Some(400) => {
@@ -148,11 +167,36 @@ impl Puller {
                 Err(e) => return Err(super::from_bollard(e)),
             }
         }
+        meter.tick();
         self.pull_once(image).await.map_err(WorkspaceError::from)?;
         // The id of what was pulled (the reference may move on later).
+        meter.tick();
         match within(API_DEADLINE, self.docker.inspect_image(image)).await? {
             Ok(found) => Ok(found.id.unwrap_or_else(|| image.to_string())),
             Err(e) => Err(super::from_bollard(e)),
+        }
+    }
+
+    /// The id of `image` if it was found on the engine a moment ago.
+    fn recall(&self, image: &str) -> Option<String> {
+        let known = self.known.lock().ok()?;
+        let (id, at) = known.get(image)?;
+        (at.elapsed() < KNOWN_FOR).then(|| id.clone())
+    }
+
+    fn remember(&self, image: &str, id: &str) {
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(image.to_string(), (id.to_string(), Instant::now()));
+        }
+    }
+
+    /// Forgets what was known of `image` (a create said it is gone).
+    pub fn forget(&self, image: &str) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(image);
         }
     }
 

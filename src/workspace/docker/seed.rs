@@ -44,10 +44,10 @@ const LABEL_JOB_ID: &str = "fleet.job_id";
 const LABEL_SEED_OF: &str = "fleet.seed_of";
 
 impl EmptySeeds {
-    fn contains(&self, key: &(String, String)) -> bool {
+    pub(super) fn contains(&self, key: &(String, String)) -> bool {
         self.0.lock().is_ok_and(|s| s.contains(key))
     }
-    fn insert(&self, key: (String, String)) {
+    pub(super) fn insert(&self, key: (String, String)) {
         if let Ok(mut s) = self.0.lock() {
             if s.len() >= MAX_EMPTY_SEEDS {
                 s.clear();
@@ -96,7 +96,7 @@ pub(super) async fn seed_workdir(ws: &DockerWorkspace, seed: Seed) -> Result<(),
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
     let created = within(
         API_DEADLINE,
-        ws.docker.create_container(Some(options), seed.body),
+        ws.api().create_container(Some(options), seed.body),
     )
     .await
     .and_then(|r| r.map_err(from_bollard));
@@ -105,10 +105,12 @@ pub(super) async fn seed_workdir(ws: &DockerWorkspace, seed: Seed) -> Result<(),
         Err(e) => Err(e),
     };
     // Removed on every path, a create that timed out included.
-    let removed = remove_container(&ws.docker, &name).await;
+    let removed = remove_container(ws.api(), &name).await;
     let entries = copied?;
     removed?;
-    if entries == 0 {
+    // The archive of `<workdir>/.` starts with the directory itself: that one
+    // entry alone is an empty workdir.
+    if entries <= 1 {
         seed.empty.insert(key);
     }
     Ok(())
@@ -128,7 +130,7 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
     let options = DownloadFromContainerOptionsBuilder::new()
         .path(&path)
         .build();
-    let mut source = Box::pin(ws.docker.download_from_container(seed, Some(options)));
+    let mut source = Box::pin(ws.api().download_from_container(seed, Some(options)));
     let transfer = async {
         // Nothing at the workdir in the image (a 404 before any byte): nothing to do.
         let first = match source.next().await {
@@ -180,7 +182,7 @@ async fn copy(ws: &DockerWorkspace, seed: &str, limit_mb: u64) -> Result<u64, Wo
         // Not `copy_uidgid`: the files keep the owners the image gave them (or
         // the job user's, set in their headers above).
         let put = ws
-            .docker
+            .api()
             .upload_to_container(&ws.name, Some(options), bollard::body_try_stream(body))
             .await;
         let mut m = meter.lock().expect("meter lock");

@@ -1,0 +1,206 @@
+//! What a job asks of the Docker engine, seen from outside the fleet: `fleet run`
+//! talks to the engine through a socat relay whose own dump (`-v`) shows every
+//! request line, and each job's metrics.json `docker_api_calls` must add up to
+//! exactly what passed the relay. A short job without input costs the round
+//! trips of a bare `docker run` plus one archive read (the collect): no exec
+//! (the first shell is the container's main process), no base snapshot once
+//! the image is known to ship nothing at the workdir. With one slot, the next
+//! job's container is started while the current one runs (pipelining), and
+//! every container is gone at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{Batch, containers_for};
+
+const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
+/// socat relaying a unix socket to the engine's, dumping what passes.
+struct Relay {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Relay {
+    fn start(dir: &Path) -> Relay {
+        let socket = dir.join("engine.sock");
+        let log = dir.join("relay.log");
+        let child = Command::new("socat")
+            .arg("-v")
+            .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+            .arg(format!("UNIX-CONNECT:{ENGINE_SOCKET}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("socat (scripts/services/tools.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "socat made no socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Relay { child, socket, log }
+    }
+
+    /// Request lines the clients sent (`METHOD /path HTTP/1.1`), in order. A
+    /// request may follow the end of the previous one's body on the same line of
+    /// the dump (an archive upload ends without a newline), so they are looked
+    /// for anywhere in a line.
+    fn requests(&self) -> Vec<String> {
+        let dump = std::fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&dump);
+        let mut found = Vec::new();
+        for line in text.lines() {
+            let mut rest = line;
+            while let Some(end) = rest.find(" HTTP/1.1") {
+                let head = &rest[..end];
+                if let Some(start) = ["GET /", "POST /", "PUT /", "HEAD /", "DELETE /"]
+                    .iter()
+                    .filter_map(|m| head.rfind(m))
+                    .max()
+                {
+                    let req = &head[start..];
+                    if req.split(' ').count() == 2 {
+                        found.push(req.to_string());
+                    }
+                }
+                rest = &rest[end + 9..];
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls the backend makes for itself, not for a job: connecting (`/_ping`,
+/// `/version`, `/info`) and the sweep of dead runs' containers.
+fn backend_call(line: &str) -> bool {
+    ["/_ping", "/version", "/info", "/containers/json"]
+        .iter()
+        .any(|p| {
+            line.split(' ')
+                .nth(1)
+                .is_some_and(|path| path.split('?').next().unwrap().ends_with(p))
+        })
+}
+
+fn three_step(b: &mut Batch, name: &str) -> String {
+    b.job(
+        name,
+        json!({"task": "t"}),
+        json!({"steps": [
+            {"tool": "terminal", "args": {"command": "true"}},
+            {"tool": "terminal", "args": {"command": "echo out > out.txt"}},
+            {"tool": "finish", "args": {"message": "done"}}
+        ]}),
+    )
+}
+
+fn calls(b: &Batch, id: &str) -> Value {
+    let m: Value = serde_json::from_str(&b.store_text(id, "metrics.json")).unwrap();
+    m["docker_api_calls"].clone()
+}
+
+#[test]
+fn a_jobs_round_trips_are_counted_exactly_and_few() {
+    let mut b = Batch::new();
+    let relay = Relay::start(b.dir.path());
+    b.env("DOCKER_HOST", &format!("unix://{}", relay.socket.display()));
+    // One job at a time, none started ahead: the first job alone learns that
+    // the image ships nothing at the workdir.
+    b.env("FLEET_PREPARE_AHEAD", "0");
+    let ids: Vec<String> = (0..4)
+        .map(|i| three_step(&mut b, &format!("rt{i}")))
+        .collect();
+    let out = b.run_with(&["--concurrency", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for id in &ids {
+        assert_eq!(out.result(id)["outcome"], "succeeded", "{id}");
+        assert!(b.store_text(id, "patch.diff").contains("+out"), "{id}");
+        assert_eq!(containers_for(id), 0, "{id} left a container");
+    }
+    let seen: Vec<String> = relay
+        .requests()
+        .into_iter()
+        .filter(|l| !backend_call(l))
+        .collect();
+    let counted: u64 = ids
+        .iter()
+        .map(|id| calls(&b, id)["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        counted,
+        seen.len() as u64,
+        "metrics.json counts {counted} calls, the engine was sent {}:\n{}",
+        seen.len(),
+        seen.join("\n")
+    );
+    // No exec at all: every command ran in the container's main shell.
+    assert!(
+        !seen.iter().any(|l| l.contains("/exec")),
+        "{}",
+        seen.join("\n")
+    );
+    // Once the image is known (the first job looked), a job is: create, attach,
+    // start, one archive read, one remove.
+    for id in &ids[1..] {
+        let c = calls(&b, id);
+        assert_eq!(c["input"], 0, "{id}: {c}");
+        assert_eq!(c["agent"], 0, "{id}: {c}");
+        assert_eq!(c["collect"], 1, "{id}: {c}");
+        assert_eq!(c["teardown"], 1, "{id}: {c}");
+        assert!(c["total"].as_u64().unwrap() <= 5, "{id}: {c}");
+    }
+    let reads = seen
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.contains("/archive"))
+        .count();
+    assert_eq!(
+        reads,
+        ids.len() + 1,
+        "one collect per job, one base snapshot in all"
+    );
+}
+
+#[test]
+fn the_next_jobs_workspace_is_started_while_the_slot_is_busy() {
+    let mut b = Batch::new();
+    let relay = Relay::start(b.dir.path());
+    b.env("DOCKER_HOST", &format!("unix://{}", relay.socket.display()));
+    let first = b.job(
+        "busy",
+        json!({"task": "t"}),
+        json!({"steps": [
+            {"tool": "terminal", "args": {"command": "sleep 2"}},
+            {"tool": "finish", "args": {"message": "done"}}
+        ]}),
+    );
+    let second = three_step(&mut b, "next");
+    let out = b.run_with(&["--concurrency", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.result(&second)["outcome"], "succeeded");
+    let seen = relay.requests();
+    let at = |what: &str, job: &str| {
+        seen.iter()
+            .position(|l| l.starts_with(what) && l.contains(&format!("fleet-{job}-")))
+            .unwrap_or_else(|| panic!("no {what} for {job}:\n{}", seen.join("\n")))
+    };
+    assert!(
+        at("POST", &second) < at("DELETE", &first),
+        "the second job's container was not made before the first one ended:\n{}",
+        seen.join("\n")
+    );
+    let m: Value = serde_json::from_str(&b.store_text(&second, "metrics.json")).unwrap();
+    assert_eq!(m["workspace_prepared"], true, "{m}");
+    assert_eq!(containers_for(&first) + containers_for(&second), 0);
+}
