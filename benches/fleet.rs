@@ -17,13 +17,27 @@
 //!      (2 s per reply, 5 steps), local and Docker: peak RSS, CPU per step
 //!   5  submit throughput (10,000 jobs to RabbitMQ) and enqueue-to-start latency
 //!   6  1,000 jobs through 2 workers (Docker, 3 steps) vs bare `docker run`s at
-//!      the same parallelism
+//!      the same parallelism; worker peak RSS; what explains the two throughputs:
+//!      CPU of the Docker daemons and of the machine over each batch, the fleet's
+//!      CPU per job, Docker API calls per job (fleet vs bare, counted by a proxy
+//!      on the engine socket over a small sample after the timed batches, and the
+//!      fleet's own per-phase count from metrics.json)
 //!   7  side by side with the OpenHands SDK (50-step-class scripted trajectories,
 //!      `--workspace local`): per-step overhead, start to first LLM request, peak RSS
+//!   8  row 6's batch on `--workspace local`: the fleet's own ceiling with Docker
+//!      out of the way (jobs/min, worker peak RSS, CPU per job)
+//!
+//! Rows 6 and 8 are in fleet/batch.rs, the Docker API proxy in fleet/apicount.rs,
+//! the /proc CPU accounting in fleet/cpustat.rs.
 //!
 //! Flags: --quick, --only ROWS (e.g. 1,2,7 or 1-3), --no-openhands, --no-rabbitmq,
 //! --json FILE, --fleet PATH, --image IMAGE, --queue AMQP_URL, --openhands PATH,
-//! --keep (keep the work directory and print where it is).
+//! --keep (keep the work directory and print where it is), --self-test.
+//!
+//! `cargo test --bench fleet` runs no benchmark: with `harness = false` #[test]s
+//! are not run, so a run without arguments (how `cargo test` starts it) does the
+//! self-test of the helpers instead (the Docker API proxy's request parser), as
+//! does `--self-test`. `cargo bench` always passes `--bench`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -32,7 +46,6 @@ use std::io::{BufRead, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,16 +59,18 @@ const USAGE: &str = "\
 usage: cargo bench --bench fleet -- [--quick] [--only ROWS] [--no-openhands] [--no-rabbitmq]
                                     [--json FILE] [--fleet PATH] [--image IMAGE]
                                     [--queue AMQP_URL] [--openhands RUN_SH] [--keep]
+                                    [--self-test]
   --quick          smaller counts for a smoke run (the table says which)
-  --only ROWS      rows to run: 1,2,7 or 1-3 (default: all, 1-7)
+  --only ROWS      rows to run: 1,2,7 or 1-3 (default: all, 1-8)
   --no-openhands   row 7 quotes the SDK's reference figures instead of running it
-  --no-rabbitmq    rows 5 and 6 are not measured
+  --no-rabbitmq    rows 5, 6 and 8 are not measured
   --json FILE      also write the raw numbers as JSON
   --fleet PATH     the fleet binary (default: target/release/fleet)
   --image IMAGE    workspace image (default: agent-fleet/workspace:latest)
   --queue URL      RabbitMQ (default: amqp://guest:guest@127.0.0.1:5672/%2f)
   --openhands PATH the SDK baseline script (default: ../shared/bench/openhands-baseline/run.sh)
-  --keep           keep the work directory (job files, scripts, stores, logs)";
+  --keep           keep the work directory (job files, scripts, stores, logs)
+  --self-test      check the harness's own helpers and exit (no benchmark)";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -71,6 +86,8 @@ struct Opts {
     keep: bool,
 }
 
+const LAST_ROW: u32 = 8;
+
 fn parse_rows(s: &str) -> Result<BTreeSet<u32>> {
     let mut rows = BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -81,8 +98,8 @@ fn parse_rows(s: &str) -> Result<BTreeSet<u32>> {
                 (n, n)
             }
         };
-        if a < 1 || b > 7 || a > b {
-            bail!("--only {s}: rows are 1 to 7");
+        if a < 1 || b > LAST_ROW || a > b {
+            bail!("--only {s}: rows are 1 to {LAST_ROW}");
         }
         rows.extend(a..=b);
     }
@@ -95,7 +112,7 @@ fn parse_rows(s: &str) -> Result<BTreeSet<u32>> {
 fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
         quick: false,
-        only: (1..=7).collect(),
+        only: (1..=LAST_ROW).collect(),
         no_openhands: false,
         no_rabbitmq: false,
         json: None,
@@ -171,7 +188,7 @@ fn nap(d: Duration) -> Result<()> {
 
 macro_rules! progress {
     ($($t:tt)*) => {{
-        eprintln!("[bench {}] {}", clock(), format!($($t)*));
+        eprintln!("[bench {}] {}", $crate::clock(), format!($($t)*));
     }};
 }
 
@@ -796,6 +813,9 @@ struct JobRec {
     steps: f64,
     duration: f64,
     phases: BTreeMap<String, f64>,
+    /// metrics.json `docker_api_calls` (phase → calls, and `total`); empty when
+    /// the worker does not write it.
+    api_calls: BTreeMap<String, f64>,
     /// (state, at) from status.json history.
     history: Vec<(String, f64)>,
     events: Vec<Value>,
@@ -891,11 +911,14 @@ fn read_store(store: &Path, with_events: bool) -> Result<Vec<JobRec>> {
             r.steps = res["steps"].as_f64().unwrap_or(0.0);
             r.duration = res["duration_secs"].as_f64().unwrap_or(f64::NAN);
         }
-        if let Some(m) = read_json(&d.join("metrics.json"))
-            && let Some(p) = m["phases_secs"].as_object()
-        {
-            for (k, v) in p {
+        if let Some(m) = read_json(&d.join("metrics.json")) {
+            for (k, v) in m["phases_secs"].as_object().into_iter().flatten() {
                 r.phases.insert(k.clone(), v.as_f64().unwrap_or(f64::NAN));
+            }
+            for (k, v) in m["docker_api_calls"].as_object().into_iter().flatten() {
+                if let Some(v) = v.as_f64() {
+                    r.api_calls.insert(k.clone(), v);
+                }
             }
         }
         if let Some(s) = read_json(&d.join("status.json")) {
@@ -921,6 +944,73 @@ fn read_store(store: &Path, with_events: bool) -> Result<Vec<JobRec>> {
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The phases of metrics.json's `docker_api_calls`, in pipeline order.
+const API_PHASES: [&str; 6] = [
+    "workspace_start",
+    "input",
+    "agent",
+    "collect",
+    "teardown",
+    "total",
+];
+
+/// Medians over the jobs that have it of metrics.json's `docker_api_calls`, by
+/// phase (API_PHASES first, then any other key, in order); None when no job has it.
+fn api_call_medians(recs: &[JobRec]) -> Option<Vec<(String, f64)>> {
+    let with: Vec<&JobRec> = recs.iter().filter(|j| !j.api_calls.is_empty()).collect();
+    if with.is_empty() {
+        return None;
+    }
+    let keys: BTreeSet<&String> = with.iter().flat_map(|j| j.api_calls.keys()).collect();
+    let mut ordered: Vec<String> = API_PHASES.iter().map(|p| p.to_string()).collect();
+    ordered.extend(
+        keys.into_iter()
+            .filter(|k| !API_PHASES.contains(&k.as_str()))
+            .cloned(),
+    );
+    Some(
+        ordered
+            .into_iter()
+            .map(|k| {
+                let v: Vec<f64> = with
+                    .iter()
+                    .map(|j| j.api_calls.get(&k).copied().unwrap_or(f64::NAN))
+                    .collect();
+                let m = median(&v);
+                (k, m)
+            })
+            .collect(),
+    )
+}
+
+/// The medians as a JSON object (null when absent).
+fn api_medians_json(m: &Option<Vec<(String, f64)>>) -> Value {
+    match m {
+        None => Value::Null,
+        Some(v) => Value::Object(v.iter().map(|(k, x)| (k.clone(), json!(x))).collect()),
+    }
+}
+
+/// "workspace_start 4 · input 1 · … · total 12", or n/a.
+fn api_calls_text(m: &Option<Vec<(String, f64)>>) -> String {
+    match m {
+        None => "n/a (no docker_api_calls in metrics.json)".into(),
+        Some(v) => v
+            .iter()
+            .map(|(k, x)| {
+                if !x.is_finite() {
+                    format!("{k} n/a")
+                } else if *x == x.round() {
+                    format!("{k} {x:.0}")
+                } else {
+                    format!("{k} {x:.1}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" · "),
+    }
 }
 
 /// "2 a, 1 b" for ["a", "b", "a"].
@@ -1035,8 +1125,8 @@ fn row1(c: &Ctx, r: &mut Report) -> Result<()> {
             bare.len()
         ),
         x(rt),
-        "≤ 1.5×",
-        verdict(rt <= 1.5),
+        "≤ 1.2×",
+        verdict(rt <= 1.2),
     );
     let mut phases = serde_json::Map::new();
     let mut parts = Vec::new();
@@ -1046,7 +1136,15 @@ fn row1(c: &Ctx, r: &mut Report) -> Result<()> {
         parts.push(format!("{p} {:.0}", m * 1000.0));
     }
     let dur = median(&recs.iter().map(|j| j.duration).collect::<Vec<_>>());
-    r.note("1", format!("phase medians (ms): {}", parts.join(" · ")));
+    let api = api_call_medians(&recs);
+    r.note(
+        "1",
+        format!(
+            "phase medians (ms): {}; Docker API calls (metrics.json docker_api_calls, medians): {}",
+            parts.join(" · "),
+            api_calls_text(&api)
+        ),
+    );
     r.note(
         "1",
         format!(
@@ -1062,6 +1160,7 @@ fn row1(c: &Ctx, r: &mut Report) -> Result<()> {
             "jobs": n, "fleet_wall_secs": e.wall_secs, "fleet_per_job_secs": per_job,
             "bare_docker_run_secs": bare, "bare_median_secs": bare_med, "ratio": rt,
             "phase_medians_secs": phases, "job_duration_median_secs": dur,
+            "docker_api_calls_medians": api_medians_json(&api),
             "job_durations_secs": recs.iter().map(|j| j.duration).collect::<Vec<_>>(),
             "outcomes": outcomes(&recs),
         }),
@@ -1496,6 +1595,9 @@ fn start_mock(c: &Ctx, name: &str) -> Result<(Proc, String)> {
     }
 }
 
+/// A `fleet worker` on `b`, ready (its slots line printed); `args` and `env` are
+/// added to its command line and environment.
+#[allow(clippy::too_many_arguments)]
 fn start_worker(
     c: &Ctx,
     name: &str,
@@ -1503,6 +1605,8 @@ fn start_worker(
     store: &Path,
     llm: &str,
     conc: usize,
+    args: &[&str],
+    env: &[(&str, String)],
 ) -> Result<Proc> {
     let mut cmd = c.fleet();
     cmd.arg("worker")
@@ -1512,8 +1616,12 @@ fn start_worker(
         .args(["--concurrency", &conc.to_string()])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .args(["--grace-secs", "30"])
+        .args(args)
         .env("FLEET_QUEUE_PREFIX", &b.prefix)
         .env("LLM_BASE_URL", llm);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut p = Proc::spawn(name, &mut cmd, &c.logs)?;
     let end = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1649,7 +1757,7 @@ fn row5_latency(c: &Ctx, r: &mut Report) -> Result<()> {
     let b = Broker::open(&c.o.queue, "latency")?;
     let store = d.join("store");
     let (_mock, url) = start_mock(c, "row5-mock")?;
-    let mut w = start_worker(c, "row5-worker", &b, &store, &url, 4)?;
+    let mut w = start_worker(c, "row5-worker", &b, &store, &url, 4, &[], &[])?;
     nap(Duration::from_secs(1))?;
     let mut lat = Vec::new();
     for i in 0..n {
@@ -1725,164 +1833,14 @@ fn row5_latency(c: &Ctx, r: &mut Report) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Row 6: a batch through two workers vs bare containers at the same parallelism
+// Rows 6 and 8 (batches through two workers), and their helpers
 
-fn row6(c: &Ctx, r: &mut Report) -> Result<()> {
-    let n = if c.o.quick { 100 } else { 1000 };
-    let (workers, conc) = (2usize, 4usize);
-    let par = workers * conc;
-    let measure = format!(
-        "{n} jobs via {workers} workers × {conc} slots, Docker, 3 steps{}",
-        if c.o.quick { " (quick)" } else { "" }
-    );
-    if let Some(why) = rabbit_skip(c) {
-        r.not_measured("6", &measure, why);
-        return Ok(());
-    }
-    progress!(
-        "row 6: {n} jobs through {workers} workers, then {n} bare docker runs with {par} in parallel"
-    );
-    c.script("steps3", vec![terminal("true"), terminal("true"), finish()])?;
-    let d = c.dir("row6")?;
-    let b = Broker::open(&c.o.queue, "batch")?;
-    let store = d.join("store");
-    let ids: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("b-{i:04}"), "steps3".into()))
-        .collect();
-    let jobs = c.job_file(&d, &ids, json!({}))?;
-    let (_mock, url) = start_mock(c, "row6-mock")?;
-    let mut ws = Vec::new();
-    for i in 0..workers {
-        ws.push(start_worker(
-            c,
-            &format!("row6-worker-{i}"),
-            &b,
-            &store,
-            &url,
-            conc,
-        )?);
-    }
-    nap(Duration::from_secs(1))?;
-    let t0 = now_epoch();
-    submit(
-        c,
-        "row6-submit",
-        &b,
-        &store,
-        &[jobs.to_str().unwrap_or_default()],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(60 + 10 * n as u64);
-    let mut last_report = Instant::now();
-    loop {
-        let done = count_terminal(&store);
-        if done >= n {
-            break;
-        }
-        if last_report.elapsed() > Duration::from_secs(30) {
-            progress!("row 6: {done}/{n} jobs done");
-            last_report = Instant::now();
-        }
-        if Instant::now() > deadline {
-            bail!("the batch did not finish in time ({done}/{n})");
-        }
-        for w in &mut ws {
-            if w.poll()?.is_some() {
-                bail!("{} exited: {}", w.name, w.stderr_tail());
-            }
-        }
-        nap(Duration::from_millis(500))?;
-    }
-    let exits: Vec<Option<Exit>> = ws.iter_mut().map(stop_worker).collect();
-    let recs = read_store(&store, false)?;
-    let t_end = recs
-        .iter()
-        .filter_map(JobRec::terminal_at)
-        .fold(f64::NAN, f64::max);
-    let fleet_wall = t_end - t0;
-    let fleet_rate = n as f64 / fleet_wall * 60.0;
-
-    // Bare: n `docker run --rm` round trips, `par` at a time.
-    let next = AtomicUsize::new(0);
-    let errs = Mutex::new(Vec::<String>::new());
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..par {
-            s.spawn(|| {
-                while next.fetch_add(1, Ordering::SeqCst) < n {
-                    if let Err(e) =
-                        time_docker(&["run", "--rm", "--network", "none", &c.o.image, "true"])
-                    {
-                        errs.lock().unwrap().push(format!("{e:#}"));
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    check_interrupt()?;
-    let bare_wall = t.elapsed().as_secs_f64();
-    if let Some(e) = errs.lock().unwrap().first() {
-        bail!("bare docker runs: {e}");
-    }
-    let bare_rate = n as f64 / bare_wall * 60.0;
-    let rt = ratio(fleet_rate, bare_rate);
-    r.row(
-        "6",
-        measure,
-        format!("{fleet_rate:.0} jobs/min ({fleet_wall:.1} s)"),
-        format!(
-            "{n} × docker run --rm true, {par} at a time: {bare_rate:.0} /min ({bare_wall:.1} s)"
-        ),
-        x(rt),
-        "",
-        Verdict::Info,
-    );
-    let rss: Vec<String> = exits
-        .iter()
-        .map(|e| {
-            e.as_ref()
-                .map(|e| mib(e.hwm_kib))
-                .unwrap_or_else(|| "n/a".into())
-        })
-        .collect();
-    let cpu: f64 = exits.iter().flatten().map(|e| e.cpu_secs).sum();
-    r.note(
-        "6",
-        format!(
-            "from before submit to the last terminal status; outcomes: {}; worker peak RSS {}; workers' CPU {:.1} s; {}",
-            outcomes(&recs),
-            rss.join(" / "),
-            cpu,
-            b.note()
-        ),
-    );
-    r.raw(
-        "row6_batch",
-        json!({"jobs": n, "workers": workers, "concurrency": conc, "fleet_wall_secs": fleet_wall,
-               "fleet_jobs_per_min": fleet_rate, "bare_wall_secs": bare_wall,
-               "bare_jobs_per_min": bare_rate, "ratio": rt, "outcomes": outcomes(&recs),
-               "workers_cpu_secs": cpu}),
-    );
-    Ok(())
-}
-
-fn count_terminal(store: &Path) -> usize {
-    let Ok(rd) = fs::read_dir(store.join("jobs")) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| {
-            read_json(&e.path().join("status.json"))
-                .map(|s| {
-                    !matches!(
-                        s["state"].as_str(),
-                        Some("queued" | "running" | "retrying") | None
-                    )
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
+#[path = "fleet/apicount.rs"]
+mod apicount;
+#[path = "fleet/batch.rs"]
+mod batch;
+#[path = "fleet/cpustat.rs"]
+mod cpustat;
 
 // ---------------------------------------------------------------------------
 // Row 7: side by side with the OpenHands SDK
@@ -1991,6 +1949,10 @@ fn openhands_run(c: &Ctx, reps: usize) -> Result<OhFigures> {
     })
 }
 
+/// One fleet run of row 7: agent seconds, steps, launch → first reply seconds,
+/// peak RSS KiB, CPU seconds.
+type RunFigures = (f64, f64, f64, u64, f64);
+
 fn row7(c: &Ctx, r: &mut Report) -> Result<()> {
     let reps = if c.o.quick { 1 } else { 3 };
     // The SDK baseline's trajectories are `echo step-i` N times, then finish: N + 1
@@ -2014,7 +1976,7 @@ fn row7(c: &Ctx, r: &mut Report) -> Result<()> {
     progress!(
         "row 7: fleet run --workspace local, N=20 and N=100 trajectories, {reps} rep(s) each"
     );
-    let mut fl: BTreeMap<usize, Vec<(f64, f64, f64, u64, f64)>> = BTreeMap::new();
+    let mut fl: BTreeMap<usize, Vec<RunFigures>> = BTreeMap::new();
     // Warm-up, not recorded.
     {
         let d = c.dir("row7-warmup")?;
@@ -2058,7 +2020,7 @@ fn row7(c: &Ctx, r: &mut Report) -> Result<()> {
             ));
         }
     }
-    let med = |n: usize, f: &dyn Fn(&(f64, f64, f64, u64, f64)) -> f64| -> f64 {
+    let med = |n: usize, f: &dyn Fn(&RunFigures) -> f64| -> f64 {
         median(
             &fl.get(&n)
                 .map(|v| v.iter().map(f).collect::<Vec<_>>())
@@ -2068,7 +2030,7 @@ fn row7(c: &Ctx, r: &mut Report) -> Result<()> {
     let f_step_ms = (med(100, &|t| t.0) - med(20, &|t| t.0)) * 1000.0
         / (med(100, &|t| t.1) - med(20, &|t| t.1));
     let f_call_ms = med(100, &|t| t.0) * 1000.0 / med(100, &|t| t.1);
-    let all: Vec<&(f64, f64, f64, u64, f64)> = fl.values().flatten().collect();
+    let all: Vec<&RunFigures> = fl.values().flatten().collect();
     let f_start = median(&all.iter().map(|t| t.2).collect::<Vec<_>>());
     let f_rss_mib = median(&all.iter().map(|t| t.3 as f64).collect::<Vec<_>>()) / 1024.0;
 
@@ -2230,6 +2192,23 @@ fn fleet_version(bin: &Path) -> String {
 
 fn main() {
     install_signal_handlers();
+    // `cargo test --bench fleet` starts this with no arguments (`cargo bench`
+    // always adds `--bench`): check the helpers rather than run the benchmark.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args.iter().any(|a| a == "--self-test") {
+        match apicount::self_test().and_then(|()| self_test()) {
+            Ok(()) => {
+                println!(
+                    "self-test: ok (Docker API proxy: path templates, request parser, forwarding; metrics.json docker_api_calls)"
+                );
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("self-test failed: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let o = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
@@ -2249,6 +2228,47 @@ fn main() {
         }
     }
 }
+
+/// Checks of this file's helpers (with `apicount::self_test`, see `main`).
+fn self_test() -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("fleet-bench-test-")
+        .tempdir()?;
+    let store = tmp.path();
+    let calls = |total: u32| {
+        json!({"phases_secs": {"agent": 0.5},
+               "docker_api_calls": {"workspace_start": 4, "input": 1, "agent": 4,
+                                    "collect": 3, "teardown": 1, "total": total, "other": 2}})
+    };
+    for (id, m) in [
+        ("a", calls(13)),
+        ("b", calls(14)),
+        ("c", json!({"phases_secs": {"agent": 0.5}})),
+    ] {
+        let d = store.join("jobs").join(id);
+        fs::create_dir_all(&d)?;
+        fs::write(d.join("metrics.json"), serde_json::to_vec(&m)?)?;
+    }
+    let recs = read_store(store, false)?;
+    let got = api_calls_text(&api_call_medians(&recs));
+    let want =
+        "workspace_start 4 · input 1 · agent 4 · collect 3 · teardown 1 · total 13.5 · other 2";
+    if got != want {
+        bail!("docker_api_calls medians: got {got:?}, want {want:?}");
+    }
+    let without: Vec<JobRec> = recs.into_iter().filter(|j| j.id == "c").collect();
+    let got = api_calls_text(&api_call_medians(&without));
+    if !got.starts_with("n/a") {
+        bail!("docker_api_calls absent: got {got:?}, want n/a");
+    }
+    if api_medians_json(&api_call_medians(&without)) != Value::Null {
+        bail!("docker_api_calls absent: JSON not null");
+    }
+    Ok(())
+}
+
+/// A row of the table: measures and appends its lines.
+type RowFn = fn(&Ctx, &mut Report) -> Result<()>;
 
 fn run(o: Opts) -> Result<()> {
     if !o.fleet.is_file() {
@@ -2280,14 +2300,15 @@ fn run(o: Opts) -> Result<()> {
     progress!("machine: {mtext}");
     progress!("work directory: {}", work.display());
     let mut r = Report::default();
-    let rows: [(u32, &str, fn(&Ctx, &mut Report) -> Result<()>); 7] = [
+    let rows: [(u32, &str, RowFn); 8] = [
         (1, "per-job overhead", row1),
         (2, "per-step overhead", row2),
         (3, "file_editor round trip", row3),
         (4, "concurrent slow jobs", row4),
         (5, "submit throughput and latency", row5),
-        (6, "batch through two workers", row6),
+        (6, "batch through two workers", batch::row6),
         (7, "OpenHands SDK side by side", row7),
+        (8, "local-workspace batch through two workers", batch::row8),
     ];
     for (n, name, f) in rows {
         if !o.only.contains(&n) {
@@ -2324,7 +2345,7 @@ fn run(o: Opts) -> Result<()> {
     if o.quick {
         let _ = writeln!(
             out,
-            "--quick: rows marked (quick) ran fewer jobs than the aims are stated for (200 / 50 concurrent, 10,000 submitted, 1,000 in the batch)."
+            "--quick: rows marked (quick) ran fewer jobs than the aims are stated for (200 / 50 concurrent, 10,000 submitted, 1,000 in each batch)."
         );
     }
     let _ = writeln!(out);
