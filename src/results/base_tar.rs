@@ -12,8 +12,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::base::Base;
-use crate::workspace::spill::Builder;
-use crate::workspace::{MODE_EXEC, MODE_LINK};
+use crate::workspace::spill::{Added, Builder};
 
 /// The base of a workdir that held nothing before `tar` was unpacked into it,
 /// its contents written to the new file `spill`; `None` when the archive is not
@@ -58,36 +57,10 @@ fn read_plain(r: impl Read, max_file: u64, b: &mut Builder) -> std::io::Result<b
         if ancestors(&rel).any(|a| !b.snap.dirs.contains(&a.to_string()) && seen.contains(a)) {
             return Ok(false);
         }
-        let content = match kind {
-            tar::EntryType::Directory => {
-                b.snap.dirs.push(rel);
-                continue;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if entry.size() > max_file {
-                    let mtime = entry.header().mtime().unwrap_or(0);
-                    b.snap.stats.insert(rel.clone(), (entry.size(), mtime));
-                    b.snap.files.insert(rel, None);
-                    continue;
-                }
-                if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
-                    b.snap.modes.insert(rel.clone(), MODE_EXEC);
-                }
-                let mut data = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut data)?;
-                data
-            }
-            tar::EntryType::Symlink => {
-                b.snap.modes.insert(rel.clone(), MODE_LINK);
-                entry
-                    .link_name_bytes()
-                    .map(|l| l.into_owned())
-                    .unwrap_or_default()
-            }
-            _ => return Ok(false),
-        };
-        if !b.content(rel, content)? {
-            break;
+        match b.entry(rel, &mut entry, max_file)? {
+            Added::Listed => {}
+            Added::Full => break,
+            Added::Other => return Ok(false),
         }
     }
     Ok(true)
@@ -118,6 +91,7 @@ fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::{MODE_EXEC, MODE_LINK};
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> tempfile::NamedTempFile {
         let mut t = tar::Builder::new(Vec::new());

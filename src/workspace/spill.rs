@@ -109,7 +109,61 @@ pub struct Builder {
     out: Option<Out>,
 }
 
+/// What [`Builder::entry`] made of an archive entry.
+pub enum Added {
+    /// Listed (and read, when small enough); go on.
+    Listed,
+    /// The total was reached: the snapshot is truncated, stop reading.
+    Full,
+    /// Not a directory, regular file or symlink: the caller's to handle.
+    Other,
+}
+
 impl Builder {
+    /// Adds a directory, a regular file (its content when at most `max_file`
+    /// bytes, else its size and mtime only) or a symlink (its target as content)
+    /// read from an archive, at `rel`.
+    pub fn entry<R: Read>(
+        &mut self,
+        rel: String,
+        entry: &mut tar::Entry<'_, R>,
+        max_file: u64,
+    ) -> std::io::Result<Added> {
+        let content = match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                self.snap.dirs.push(rel);
+                return Ok(Added::Listed);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if entry.size() > max_file {
+                    let mtime = entry.header().mtime().unwrap_or(0);
+                    self.snap.stats.insert(rel.clone(), (entry.size(), mtime));
+                    self.snap.files.insert(rel, None);
+                    return Ok(Added::Listed);
+                }
+                if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
+                    self.snap.modes.insert(rel.clone(), super::MODE_EXEC);
+                }
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data)?;
+                data
+            }
+            tar::EntryType::Symlink => {
+                self.snap.modes.insert(rel.clone(), super::MODE_LINK);
+                entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default()
+            }
+            _ => return Ok(Added::Other),
+        };
+        Ok(if self.content(rel, content)? {
+            Added::Listed
+        } else {
+            Added::Full
+        })
+    }
+
     /// Contents kept in memory.
     pub fn in_memory(max_total: u64) -> Builder {
         Builder {

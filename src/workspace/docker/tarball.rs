@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use crate::workspace::WorkspaceError;
-use crate::workspace::spill::Builder;
+use crate::workspace::spill::{Added, Builder};
 
 /// An archive of directory entries (`rel_dirs`, in order, mode 0755) and at most
 /// one file, all relative to the directory it is uploaded to, owned by `owner`
@@ -120,57 +120,29 @@ pub(super) fn read_tree(
                 }
             }
         };
-        let content = match kind {
-            tar::EntryType::Directory => {
-                b.snap.dirs.push(rel);
-                continue;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if entry.size() > max_file {
-                    let mtime = entry.header().mtime().unwrap_or(0);
-                    b.snap.stats.insert(rel.clone(), (entry.size(), mtime));
-                    b.snap.files.insert(rel, None);
-                    continue;
-                }
-                if entry.header().mode().is_ok_and(|m| m & 0o111 != 0) {
-                    b.snap
-                        .modes
-                        .insert(rel.clone(), crate::workspace::MODE_EXEC);
-                }
-                let mut data = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut data)?;
-                data
-            }
-            tar::EntryType::Symlink => {
-                b.snap
-                    .modes
-                    .insert(rel.clone(), crate::workspace::MODE_LINK);
-                entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default()
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let data = match strip_root(&target) {
-                    Some(t) => b.get(&t)?,
-                    None => None,
-                };
-                match data {
-                    Some(data) => data,
-                    None => {
-                        b.snap.files.insert(rel, None);
-                        continue;
+        if kind == tar::EntryType::Link {
+            let target = entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let data = match strip_root(&target) {
+                Some(t) => b.get(&t)?,
+                None => None,
+            };
+            match data {
+                Some(data) => {
+                    if !b.content(rel, data)? {
+                        break;
                     }
                 }
+                None => {
+                    b.snap.files.insert(rel, None);
+                }
             }
-            // Devices, fifos: nothing to diff or collect.
-            _ => continue,
-        };
-        if !b.content(rel, content)? {
+            continue;
+        }
+        // Devices, fifos (`Other`): nothing to diff or collect.
+        if let Added::Full = b.entry(rel, &mut entry, max_file)? {
             break;
         }
     }
