@@ -177,10 +177,8 @@ impl DockerShell {
     /// main shell: once its exit record arrived). Cancel-safe.
     pub(crate) async fn read(&mut self) -> Result<Option<Vec<u8>>, WorkspaceError> {
         loop {
-            if let Kind::Main(end) = &mut self.kind {
-                if end.exited.is_some() {
-                    return Ok(None);
-                }
+            if matches!(&self.kind, Kind::Main(end) if end.exited.is_some()) {
+                return Ok(None);
             }
             let Some(frame) = self.output.next().await else {
                 return Ok(match &mut self.kind {
