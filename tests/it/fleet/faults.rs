@@ -84,10 +84,11 @@ fn drill_broker_restart() {
     let mut ids = Vec::new();
     for i in 0..12 {
         let (mut job, mut script) = few_steps(&format!("r{i}"));
-        // Slow enough that jobs are in flight when the broker goes.
+        // Slow enough that jobs are in flight, and others still queued, while
+        // the broker restarts (it takes longer than a round of jobs).
         job["limits"] = serde_json::json!({"command_timeout_secs": 60});
         script["steps"][1] = serde_json::json!(
-            {"tool": "terminal", "args": {"command": "sleep 1"}}
+            {"tool": "terminal", "args": {"command": "sleep 5"}}
         );
         ids.push(f.add_job(&format!("r{i:02}"), job, script));
     }
