@@ -20,6 +20,7 @@ pub mod fence;
 pub mod lease;
 pub mod message;
 mod place;
+mod prepare;
 pub mod records;
 pub mod runner;
 pub mod settle;

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::fence::Fence;
+use super::prepare::workspace_spec;
+pub use super::prepare::{Prepared, prepare};
 use crate::agent::{self, AgentEnd, AgentReport, EventKind, EventLog, Masker, Source, ToolCount};
 use crate::config::RunSettings;
 use crate::job::{ErrorInfo, JobResult, JobSpec, Outcome, Phase, Price, Tokens};
@@ -30,7 +32,7 @@ use crate::results::match_artifacts;
 use crate::store::{JobKeys, Store, StoreError};
 use crate::telemetry::metrics;
 use crate::workspace::calls::{ApiCalls, CallPhase};
-use crate::workspace::{self, Snapshot, Workspace, WorkspaceError, WorkspaceSpec};
+use crate::workspace::{self, Snapshot, Workspace, WorkspaceError};
 
 /// Artifacts over this are not collected.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -141,7 +143,7 @@ pub(super) fn ws_err(e: &WorkspaceError, phase: Phase) -> ErrorInfo {
 
 /// Resolves the job's secrets and API key from this worker's environment. Under
 /// the policy, the worker's own `LLM_API_KEY` goes only to its own endpoint.
-fn resolve_secrets(
+pub(super) fn resolve_secrets(
     spec: &JobSpec,
     s: &RunSettings,
     enforce_policy: bool,
@@ -189,7 +191,7 @@ fn resolve_secrets(
     Ok((env, api_key))
 }
 
-fn llm_settings(
+pub(super) fn llm_settings(
     spec: &JobSpec,
     s: &RunSettings,
     api_key: Option<String>,
@@ -237,67 +239,6 @@ fn llm_settings(
 }
 
 /// Runs one attempt. Store errors while uploading are returned as `Retry`.
-/// A workspace started for a job before it was claimed (pipelining, see
-/// `consume.rs`): used when the claim gives the attempt it was started for,
-/// destroyed otherwise.
-pub struct Prepared {
-    pub ws: Workspace,
-    pub attempt: u32,
-    /// How long the start took.
-    pub secs: f64,
-}
-
-/// Starts the job's workspace ahead of its claim. `None` when the job cannot
-/// get one now (its secrets, its LLM settings or the start failed): the attempt
-/// then starts its own and reports why.
-pub async fn prepare(svc: &Services, spec: &JobSpec, attempt: u32) -> Option<Prepared> {
-    let (secret_env, key) = resolve_secrets(spec, &svc.settings, svc.enforce_policy).ok()?;
-    llm_settings(spec, &svc.settings, key).ok()?;
-    let ws_spec = workspace_spec(svc, spec, attempt, secret_env);
-    let t = Instant::now();
-    match svc.backend.start(&ws_spec).await {
-        Ok(ws) => Some(Prepared {
-            ws,
-            attempt,
-            secs: t.elapsed().as_secs_f64(),
-        }),
-        Err(e) => {
-            tracing::debug!(error = %e, "could not prepare the workspace ahead");
-            None
-        }
-    }
-}
-
-/// The workspace a job's attempt gets: its image, env (with the resolved
-/// secrets), limits and hardening.
-fn workspace_spec(
-    svc: &Services,
-    spec: &JobSpec,
-    attempt: u32,
-    secret_env: BTreeMap<String, String>,
-) -> WorkspaceSpec {
-    let mut env = spec.env.clone();
-    env.extend(secret_env);
-    WorkspaceSpec {
-        job_id: spec.id.clone(),
-        attempt,
-        worker_id: svc.settings.worker_id.clone(),
-        image: spec
-            .image
-            .clone()
-            .unwrap_or_else(crate::config::default_image),
-        workdir: spec.workdir.clone(),
-        env,
-        memory_mb: spec.limits.memory_mb,
-        cpus: spec.limits.cpus,
-        pids: spec.limits.pids,
-        network: spec.limits.network.clone(),
-        user: spec.limits.user.clone(),
-        read_only_root: spec.limits.read_only_root,
-        disk_mb: Some(svc.policy.disk_mb(spec)),
-    }
-}
-
 pub async fn run_attempt(
     svc: &Services,
     spec: &JobSpec,
