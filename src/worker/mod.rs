@@ -14,6 +14,7 @@
 
 pub mod admit;
 pub mod claim;
+mod collect;
 pub mod consume;
 pub mod embedded;
 pub mod fence;

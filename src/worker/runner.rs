@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::collect::{collect_large, make_patch};
 use super::fence::Fence;
 use super::prepare::workspace_spec;
 pub use super::prepare::{Prepared, prepare};
@@ -35,7 +36,7 @@ use crate::workspace::calls::{ApiCalls, CallPhase};
 use crate::workspace::{self, Snapshot, Workspace, WorkspaceError};
 
 /// Artifacts over this are not collected.
-const MAX_FILE_BYTES: u64 = 16 << 20;
+pub(super) const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Snapshot limits: files over this are listed but not read (nor diffed), and a
 /// snapshot stops reading at the total (`FLEET_SNAPSHOT_MAX_MB`, 256 MiB by
 /// default). Both snapshots go to scratch files as they are read, so the worker
@@ -576,9 +577,6 @@ impl InWorkspace {
     }
 }
 
-/// The longest the patch computation may take (it runs on a blocking thread).
-const DIFF_DEADLINE: Duration = Duration::from_secs(120);
-
 /// Everything that needs the live workspace. Never destroys it (the caller does).
 #[allow(clippy::too_many_arguments)]
 async fn in_workspace(
@@ -763,56 +761,6 @@ pub(super) fn snapshot_path(svc: &Services, spec: &JobSpec, which: &str) -> Path
         spec.id,
         uuid::Uuid::new_v4().simple()
     ))
-}
-
-/// An artifact the snapshot listed without reading it: read on its own when it
-/// is a regular file of at most [`MAX_FILE_BYTES`].
-async fn collect_large(ws: &Workspace, workdir: &str, path: &str) -> Option<Vec<u8>> {
-    let full = format!("{}/{path}", workdir.trim_end_matches('/'));
-    match ws.stat(&full).await {
-        Ok(Some(workspace::PathKind::File { size })) if size <= MAX_FILE_BYTES => {
-            ws.read_file(&full).await.ok().flatten()
-        }
-        _ => None,
-    }
-}
-
-/// The masked patch of `after` against `base`, in a scratch file of `scratch`
-/// (removed when the returned path is dropped), and whether it is complete. It is
-/// computed on a blocking thread under [`DIFF_DEADLINE`] (heartbeats and
-/// `/healthz` keep their runtime threads however large the workspace), one path
-/// at a time from both snapshots' scratch files.
-async fn make_patch(
-    scratch: &std::path::Path,
-    job_id: &str,
-    base: Base,
-    after: workspace::spill::Spilled,
-    masker: &Masker,
-) -> Result<(tempfile::TempPath, bool), ErrorInfo> {
-    let scratch_err = |e: std::io::Error| err("scratch_io", Phase::Collect, true, e.to_string());
-    let out = tempfile::Builder::new()
-        .prefix(&format!("{job_id}-"))
-        .suffix(".patch")
-        .tempfile_in(scratch)
-        .map_err(scratch_err)?
-        .into_temp_path();
-    let masker = masker.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let mask = |s: &str| masker.mask(s);
-        let done = base.write_patch(&after, MAX_DIFF_FILE_BYTES, &mask, &out)?;
-        Ok::<_, std::io::Error>((out, done.complete))
-    });
-    match tokio::time::timeout(DIFF_DEADLINE, job).await {
-        Ok(Ok(Ok(done))) => Ok(done),
-        Ok(Ok(Err(e))) => Err(scratch_err(e)),
-        Ok(Err(e)) => Err(err("diff_failed", Phase::Collect, false, e.to_string())),
-        Err(_) => Err(err(
-            "diff_deadline",
-            Phase::Collect,
-            false,
-            format!("computing the patch took longer than {DIFF_DEADLINE:?}"),
-        )),
-    }
 }
 
 /// Where an attempt's live event log is written before it is uploaded.
