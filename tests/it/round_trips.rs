@@ -1,7 +1,8 @@
 //! What a job asks of the Docker engine, seen from outside the fleet: `fleet run`
-//! talks to the engine through a socat relay whose own dump (`-v`) shows every
-//! request line, and each job's metrics.json `docker_api_calls` must add up to
-//! exactly what passed the relay. A short job without input costs the round
+//! talks to the engine through the benchmark's counting proxy (and, for the
+//! order of requests, a socat relay whose dump shows every request line), and
+//! each job's metrics.json `docker_api_calls` must add up to exactly what passed
+//! the proxy. A short job without input costs the round
 //! trips of a bare `docker run` plus one archive read (the collect): no exec
 //! (the first shell is the container's main process), no base snapshot once
 //! the image is known to ship nothing at the workdir. With one slot, the next
@@ -15,6 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::util::{Batch, containers_for};
+
+#[allow(dead_code)]
+#[path = "../../benches/fleet/apicount.rs"]
+mod apicount;
 
 const ENGINE_SOCKET: &str = "/var/run/docker.sock";
 
@@ -114,8 +119,12 @@ fn calls(b: &Batch, id: &str) -> Value {
 #[test]
 fn a_jobs_round_trips_are_counted_exactly_and_few() {
     let mut b = Batch::new();
-    let relay = Relay::start(b.dir.path());
-    b.env("DOCKER_HOST", &format!("unix://{}", relay.socket.display()));
+    // The benchmark's counting proxy: it parses each connection's own byte
+    // stream, so requests of concurrent connections never run together.
+    let proxy =
+        apicount::ApiCounter::start(&b.dir.path().join("count.sock"), Path::new(ENGINE_SOCKET))
+            .expect("the counting proxy");
+    b.env("DOCKER_HOST", &proxy.url());
     // One job at a time, none started ahead: the first job alone learns that
     // the image ships nothing at the workdir.
     b.env("FLEET_PREPARE_AHEAD", "0");
@@ -129,9 +138,12 @@ fn a_jobs_round_trips_are_counted_exactly_and_few() {
         assert!(b.store_text(id, "patch.diff").contains("+out"), "{id}");
         assert_eq!(containers_for(id), 0, "{id} left a container");
     }
-    let seen: Vec<String> = relay
-        .requests()
+    let seen: Vec<String> = proxy
+        .counts()
+        .snapshot()
+        .by_endpoint
         .into_iter()
+        .flat_map(|(endpoint, n)| std::iter::repeat_n(endpoint, n as usize))
         .filter(|l| !backend_call(l))
         .collect();
     let counted: u64 = ids
