@@ -47,6 +47,9 @@ pub struct Tally {
     pub connections: u64,
     /// Requests that upgraded (hijacked) their connection.
     pub upgrades: u64,
+    /// Every request as sent ("METHOD /v1.41/containers/fleet-…/start?…"), in
+    /// the order the proxy read their heads, across all connections.
+    pub requests: Vec<String>,
 }
 
 impl Tally {
@@ -72,6 +75,7 @@ impl Counts {
     fn request(&self, r: &Request) {
         let mut t = self.0.lock().unwrap();
         *t.by_endpoint.entry(r.endpoint()).or_default() += 1;
+        t.requests.push(format!("{} {}", r.method, r.target));
         if r.upgrade {
             t.upgrades += 1;
         }
@@ -540,7 +544,8 @@ fn copy_counting(mut from: &UnixStream, mut to: &UnixStream, counts: &Counts) ->
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
-        to.write_all(&buf[..n])?;
+        // Counted before it is forwarded: the order of `requests` is never later
+        // than the order the engine got them in.
         if !parser.is_raw() {
             parser.feed(&buf[..n], &mut reqs);
             for r in reqs.drain(..) {
@@ -551,6 +556,7 @@ fn copy_counting(mut from: &UnixStream, mut to: &UnixStream, counts: &Counts) ->
                 parser.broken = false;
             }
         }
+        to.write_all(&buf[..n])?;
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a job asks of the Docker engine, seen from outside the fleet: `fleet run`
-//! talks to the engine through the benchmark's counting proxy (and, for the
-//! order of requests, a socat relay whose dump shows every request line), and
+//! talks to the engine through the benchmark's counting proxy (which also keeps
+//! every request line in the order it read them), and
 //! each job's metrics.json `docker_api_calls` must add up to exactly what passed
 //! the proxy. A short job without input costs the round
 //! trips of a bare `docker run` plus one archive read (the collect): no exec
@@ -9,9 +9,7 @@
 //! job's container is started while the current one runs (pipelining), and
 //! every container is gone at the end.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
@@ -23,68 +21,26 @@ mod apicount;
 
 const ENGINE_SOCKET: &str = "/var/run/docker.sock";
 
-/// socat relaying a unix socket to the engine's, dumping what passes.
-struct Relay {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+/// The counting proxy on the engine socket, for a `Batch` to talk through.
+fn counting_proxy(b: &mut Batch) -> apicount::ApiCounter {
+    let proxy =
+        apicount::ApiCounter::start(&b.dir.path().join("count.sock"), Path::new(ENGINE_SOCKET))
+            .expect("the counting proxy");
+    b.env("DOCKER_HOST", &proxy.url());
+    proxy
 }
 
-impl Relay {
-    fn start(dir: &Path) -> Relay {
-        let socket = dir.join("engine.sock");
-        let log = dir.join("relay.log");
-        let child = Command::new("socat")
-            .arg("-v")
-            .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
-            .arg(format!("UNIX-CONNECT:{ENGINE_SOCKET}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("socat (scripts/services/tools.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "socat made no socket");
-            std::thread::sleep(Duration::from_millis(20));
+/// "POST /v1.41/containers/fleet-x-1/start?a=b" → ("POST", "/containers/fleet-x-1/start").
+fn method_and_path(line: &str) -> (&str, &str) {
+    let (method, target) = line.split_once(' ').unwrap_or((line, ""));
+    let path = target.split('?').next().unwrap_or("");
+    let path = match path.strip_prefix("/v") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            rest.find('/').map_or("", |i| &rest[i..])
         }
-        Relay { child, socket, log }
-    }
-
-    /// Request lines the clients sent (`METHOD /path HTTP/1.1`), in order. A
-    /// request may follow the end of the previous one's body on the same line of
-    /// the dump (an archive upload ends without a newline), so they are looked
-    /// for anywhere in a line.
-    fn requests(&self) -> Vec<String> {
-        let dump = std::fs::read(&self.log).unwrap_or_default();
-        let text = String::from_utf8_lossy(&dump);
-        let mut found = Vec::new();
-        for line in text.lines() {
-            let mut rest = line;
-            while let Some(end) = rest.find(" HTTP/1.1") {
-                let head = &rest[..end];
-                if let Some(start) = ["GET /", "POST /", "PUT /", "HEAD /", "DELETE /"]
-                    .iter()
-                    .filter_map(|m| head.rfind(m))
-                    .max()
-                {
-                    let req = &head[start..];
-                    if req.split(' ').count() == 2 {
-                        found.push(req.to_string());
-                    }
-                }
-                rest = &rest[end + 9..];
-            }
-        }
-        found
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        _ => path,
+    };
+    (method, path)
 }
 
 /// Calls the backend makes for itself, not for a job: connecting (`/_ping`,
@@ -121,10 +77,7 @@ fn a_jobs_round_trips_are_counted_exactly_and_few() {
     let mut b = Batch::new();
     // The benchmark's counting proxy: it parses each connection's own byte
     // stream, so requests of concurrent connections never run together.
-    let proxy =
-        apicount::ApiCounter::start(&b.dir.path().join("count.sock"), Path::new(ENGINE_SOCKET))
-            .expect("the counting proxy");
-    b.env("DOCKER_HOST", &proxy.url());
+    let proxy = counting_proxy(&mut b);
     // One job at a time, none started ahead: the first job alone learns that
     // the image ships nothing at the workdir.
     b.env("FLEET_PREPARE_AHEAD", "0");
@@ -187,8 +140,7 @@ fn a_jobs_round_trips_are_counted_exactly_and_few() {
 #[test]
 fn the_next_jobs_workspace_is_started_while_the_slot_is_busy() {
     let mut b = Batch::new();
-    let relay = Relay::start(b.dir.path());
-    b.env("DOCKER_HOST", &format!("unix://{}", relay.socket.display()));
+    let proxy = counting_proxy(&mut b);
     // Both jobs sleep, so whichever takes the one slot first keeps it busy while
     // the other waits (which one is up to the scheduler).
     let sleeper = |b: &mut Batch, name: &str| {
@@ -214,23 +166,21 @@ fn the_next_jobs_workspace_is_started_while_the_slot_is_busy() {
         (true, false) => (&second, &first),
         other => panic!("expected exactly one job started ahead, got {other:?}"),
     };
-    let seen = relay.requests();
-    let at = |what: &str, job: &str| {
+    let seen = proxy.counts().snapshot().requests;
+    let at = |method: &str, what: &str, job: &str| {
         seen.iter()
-            .position(|l| l.starts_with(what) && l.contains(&format!("fleet-{job}-")))
-            .unwrap_or_else(|| panic!("no {what} for {job}:\n{}", seen.join("\n")))
+            .position(|l| {
+                let (m, path) = method_and_path(l);
+                m == method && path.ends_with(what) && l.contains(&format!("fleet-{job}-"))
+            })
+            .unwrap_or_else(|| panic!("no {method} …{what} for {job}:\n{}", seen.join("\n")))
     };
     // What the engine saw: the waiting job's container was made and started
     // while the running one's was still there.
+    let removed = at("DELETE", "", ran);
     assert!(
-        at("POST /containers/create", waited) < at("DELETE", ran)
-            && seen
-                .iter()
-                .position(|l| l.starts_with("POST")
-                    && l.ends_with("/start")
-                    && l.contains(&format!("fleet-{waited}-")))
-                .unwrap()
-                < at("DELETE", ran),
+        at("POST", "/containers/create", waited) < removed
+            && at("POST", "/start", waited) < removed,
         "the waiting job's container was not started before the running one ended:\n{}",
         seen.join("\n")
     );
