@@ -38,6 +38,7 @@ progress, or call `finish` with a short summary when the task is done.";
 pub(super) async fn run(run: AgentRun<'_>) -> AgentReport {
     let mut agent = Agent::new(run);
     let end = agent.run().await;
+    agent.tools.park(agent.run.workspace);
     agent.close(end)
 }
 

@@ -25,6 +25,7 @@ mod paths;
 pub mod pull;
 mod seed;
 pub(crate) mod session;
+pub(crate) mod shelltar;
 mod tarball;
 
 pub use pull::{PullPolicy, PullSettings};
@@ -177,6 +178,7 @@ impl DockerBackend {
             docker: self.docker.clone(),
             meter,
             main_shell: std::sync::Mutex::new(None),
+            parked: std::sync::Mutex::new(None),
             empty_key,
             empty_seeds: self.empty_seeds.clone(),
             name,
@@ -256,6 +258,9 @@ pub struct DockerWorkspace {
     meter: CallMeter,
     /// The main process's streams until the first shell session takes them.
     main_shell: std::sync::Mutex<Option<session::Attached>>,
+    /// The conversation's shell, idle, handed back when the agent ended: the
+    /// collect reads the workspace's archive through it (`shelltar.rs`).
+    parked: std::sync::Mutex<Option<crate::workspace::session::Shell>>,
     /// (image id, workdir): the key of [`DockerBackend::empty_seeds`].
     empty_key: (String, String),
     empty_seeds: seed::EmptySeeds,
@@ -294,6 +299,18 @@ impl DockerWorkspace {
     /// taken before anything was placed there, was empty).
     pub fn note_workdir_empty(&self) {
         self.empty_seeds.insert(self.empty_key.clone());
+    }
+
+    /// Keeps the conversation's idle shell for the collect.
+    pub(crate) fn park_shell(&self, shell: crate::workspace::session::Shell) {
+        if let Ok(mut p) = self.parked.lock() {
+            *p = Some(shell);
+        }
+    }
+
+    /// The shell [`DockerWorkspace::park_shell`] kept, if any.
+    pub(crate) fn take_parked_shell(&self) -> Option<crate::workspace::session::Shell> {
+        self.parked.lock().ok().and_then(|mut p| p.take())
     }
 
     /// The meter of this workspace's API calls.

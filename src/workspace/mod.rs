@@ -256,7 +256,38 @@ impl Workspace {
         max_total_bytes: u64,
         path: &std::path::Path,
     ) -> Result<spill::Spilled, WorkspaceError> {
+        if let Workspace::Docker(w) = self
+            && let Some(mut shell) = w.take_parked_shell()
+        {
+            match docker::shelltar::snapshot(
+                self,
+                &mut shell,
+                dir,
+                max_file_bytes,
+                max_total_bytes,
+                path,
+            )
+            .await
+            {
+                Ok(b) => return Ok(b.into_spilled()?),
+                Err(why) => tracing::debug!(
+                    %why,
+                    "the archive did not come through the shell; reading it through the engine"
+                ),
+            }
+        }
         dispatch!(self, w => w.snapshot_to(dir, max_file_bytes, max_total_bytes, path).await)
+    }
+
+    /// Hands the conversation's shell back when the agent is done with it: an
+    /// idle container shell is kept for the collect (no round trip to the
+    /// engine for it); anything else is dropped.
+    pub fn park_shell(&self, shell: session::Shell) {
+        if let Workspace::Docker(w) = self
+            && shell.idle()
+        {
+            w.park_shell(shell);
+        }
     }
 
     /// Whether the workdir is known to be empty when nothing was placed in it

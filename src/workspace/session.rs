@@ -40,8 +40,12 @@ use super::{HeadTail, Workspace, WorkspaceError};
 
 /// Starts the shell: bash when the image has it (no rc files, no line editing:
 /// the session sets everything it needs), else the image's `sh`. stderr goes to
-/// stdout, so output and prompts arrive in the order they were written.
-pub(crate) const LAUNCH: &str = "exec 2>&1; if command -v bash >/dev/null 2>&1; then \
+/// stdout, so output and prompts arrive in the order they were written. The
+/// shell's own stderr stays open as fd 9, the side channel: in a container that
+/// is the container's stderr, a stream of the attach apart from everything the
+/// shell prints, which the collect reads the workspace's archive from
+/// (`docker/shelltar.rs`). The model's commands run with fd 9 closed.
+pub(crate) const LAUNCH: &str = "exec 9>&2 2>&1; if command -v bash >/dev/null 2>&1; then \
      exec bash --norc --noprofile --noediting -i; fi; exec sh -i";
 
 /// How long a new shell may take to show its first prompt.
@@ -209,6 +213,93 @@ impl Shell {
         self.running.is_some()
     }
 
+    /// Whether the shell waits for a command: none runs, its input is open, it
+    /// has not exited.
+    pub fn idle(&self) -> bool {
+        self.running.is_none() && !self.stdin_closed && !self.eof
+    }
+
+    /// Runs `script`, a line of the worker's own (not the model's: fd 9 stays
+    /// open), in a Docker shell, and sends what it writes to fd 9 — the side
+    /// channel — to `side` as it arrives. Returns the script's exit code once its
+    /// record arrived and `side`'s receiver is gone (it read all it wanted), or
+    /// at once when the code is not 0. `Ok(None)` when no record came: the shell
+    /// ended, or nothing arrived for `idle` (a shell whose output was redirected
+    /// never shows one). A session that ran this is spent: it is not handed to
+    /// the model again.
+    pub(crate) async fn run_side(
+        &mut self,
+        ws: &Workspace,
+        script: &str,
+        side: tokio::sync::mpsc::Sender<bytes::Bytes>,
+        idle: Duration,
+        until: Instant,
+    ) -> Result<Option<i64>, WorkspaceError> {
+        if !self.idle() {
+            return Err(WorkspaceError::Docker("the shell is not idle".into()));
+        }
+        self.seq += 1;
+        let line = format!(
+            "__fleet_n={seq}; PS1=$__fleet_ps1; {script}\n__fleet_ret \"$?\"\n",
+            seq = self.seq
+        );
+        self.write(ws, line.as_bytes()).await?;
+        let ShellIo::Docker(io) = &mut self.io else {
+            return Err(WorkspaceError::Docker(
+                "only a container's shell has a side channel".into(),
+            ));
+        };
+        let mut side = Some(side);
+        let mut code = None;
+        loop {
+            if code.is_none()
+                && let Some(rec) = scan(&mut self.pending, &self.marker, self.seq, &mut |_| {})
+            {
+                code = Some(rec.exit_code);
+            }
+            match code {
+                Some(c) if c != 0 || side.is_none() => return Ok(Some(c)),
+                _ => {}
+            }
+            let wait = (Instant::now() + idle).min(until);
+            let reader_gone = async {
+                match &side {
+                    Some(s) => s.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let piece = tokio::select! {
+                r = tokio::time::timeout_at(wait, io.read_piece()) => Some(r),
+                _ = reader_gone => None,
+            };
+            let Some(piece) = piece else {
+                side = None;
+                continue;
+            };
+            match piece {
+                Err(_) => return Ok(None),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(None)) => {
+                    self.eof = true;
+                    return Ok(None);
+                }
+                Ok(Ok(Some(super::docker::session::Piece::Out(b)))) => {
+                    self.pending.extend_from_slice(&b)
+                }
+                Ok(Ok(Some(super::docker::session::Piece::Side(b)))) => {
+                    if let Some(s) = &side {
+                        match tokio::time::timeout_at(until, s.send(bytes::Bytes::from(b))).await {
+                            Err(_) => return Ok(None),
+                            // The reader has what it wants; the rest is drained.
+                            Ok(Err(_)) => side = None,
+                            Ok(Ok(())) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The shell's working directory as of its last record.
     pub fn cwd(&self) -> &str {
         &self.cwd
@@ -235,7 +326,7 @@ impl Shell {
             command.push('\n');
         }
         let line = format!(
-            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd}; __fleet_rc=$?; {PYTHON}; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
+            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd} 9>&-; __fleet_rc=$?; {PYTHON}; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
             seq = self.seq,
             cmd = sh_quote(&command),
         );

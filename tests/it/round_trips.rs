@@ -2,10 +2,10 @@
 //! talks to the engine through the benchmark's counting proxy (which also keeps
 //! every request line in the order it read them), and
 //! each job's metrics.json `docker_api_calls` must add up to exactly what passed
-//! the proxy. A short job without input costs the round
-//! trips of a bare `docker run` plus one archive read (the collect): no exec
-//! (the first shell is the container's main process), no base snapshot once
-//! the image is known to ship nothing at the workdir. With one slot, the next
+//! the proxy. A short job without input costs fewer round trips than a bare
+//! `docker run`: no exec (the first shell is the container's main process), no
+//! base snapshot once the image is known to ship nothing at the workdir, no
+//! archive read for the collect (it comes through the job's shell). With one slot, the next
 //! job's container is started while the current one runs (pipelining), and
 //! every container is gone at the end.
 
@@ -117,23 +117,23 @@ fn a_jobs_round_trips_are_counted_exactly_and_few() {
         seen.join("\n")
     );
     // Once the image is known (the first job looked), a job is: create, attach,
-    // start, one archive read, one remove.
+    // start, one remove. The collect came through the job's own shell (its
+    // archive on the container's stderr), so the engine read no archive for it.
     for id in &ids[1..] {
         let c = calls(&b, id);
         assert_eq!(c["input"], 0, "{id}: {c}");
         assert_eq!(c["agent"], 0, "{id}: {c}");
-        assert_eq!(c["collect"], 1, "{id}: {c}");
+        assert_eq!(c["collect"], 0, "{id}: {c}");
         assert_eq!(c["teardown"], 1, "{id}: {c}");
-        assert!(c["total"].as_u64().unwrap() <= 5, "{id}: {c}");
+        assert!(c["total"].as_u64().unwrap() <= 4, "{id}: {c}");
     }
     let reads = seen
         .iter()
         .filter(|l| l.starts_with("GET") && l.contains("/archive"))
         .count();
     assert_eq!(
-        reads,
-        ids.len() + 1,
-        "one collect per job, one base snapshot in all"
+        reads, 1,
+        "one base snapshot in all, no collect through the engine"
     );
 }
 
@@ -185,4 +185,93 @@ fn the_next_jobs_workspace_is_started_while_the_slot_is_busy() {
         seen.join("\n")
     );
     assert_eq!(containers_for(&first) + containers_for(&second), 0);
+}
+
+/// The collect reads the workspace's archive through the job's shell: `tar`
+/// writes it to the shell's fd 9, the container's stderr. Jobs that break that
+/// path — a background process flooding that stream with a forged archive
+/// naming a file outside the workdir, a shell whose output the model
+/// redirected — still get the patch of their real workspace: the forged archive
+/// is refused and the engine's archive read takes over (seen at the proxy), and
+/// nothing the forged archive names reaches the store. A background process
+/// printing all along on the shell's own output does not disturb the path.
+#[test]
+fn a_job_that_breaks_the_shell_collect_gets_its_real_workspace() {
+    let mut b = Batch::new();
+    let proxy = counting_proxy(&mut b);
+    let job = |b: &mut Batch, name: &str, sabotage: Value| {
+        b.job(
+            name,
+            json!({"task": "t", "artifacts": ["**"]}),
+            json!({"steps": [
+                {"tool": "terminal", "args": {"command": "echo real > real.txt"}},
+                {"tool": "terminal", "args": sabotage},
+                {"tool": "finish", "args": {"message": "done"}}
+            ]}),
+        )
+    };
+    // A forged archive whose one entry is below a directory that is not the
+    // workdir, written to the container's stderr (the stream fd 9 of the shell
+    // is; PID 1, docker-init, holds it too) over and over.
+    let forge = "mkdir -p /tmp/f/elsewhere && echo evil > /tmp/f/elsewhere/evil.txt \
+                 && (cd /tmp/f && tar -cf /tmp/forged.tar elsewhere/evil.txt) \
+                 && (while :; do cat /tmp/forged.tar; done > /proc/1/fd/2 2>/dev/null &)";
+    let forged = job(&mut b, "forged", json!({"command": forge}));
+    // The prompt goes to /dev/null too: the call returns with the command
+    // still running, and the shell is not idle at the end.
+    let redirected = job(
+        &mut b,
+        "redirected",
+        json!({"command": "exec >/dev/null", "timeout": 1}),
+    );
+    let noisy = job(
+        &mut b,
+        "noisy",
+        json!({"command": "(while :; do echo noise; sleep 0.01; done) &"}),
+    );
+    let out = b.run_with(&["--concurrency", "3"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let seen = proxy.counts().snapshot().requests;
+    // Reads of the job's own container (not of the one that looks for the
+    // image's files at the workdir, `…-seed`).
+    let collect_reads = |id: &str| {
+        seen.iter()
+            .filter(|l| {
+                let (m, path) = method_and_path(l);
+                m == "GET"
+                    && path.ends_with("/archive")
+                    && path.contains(&format!("fleet-{id}-"))
+                    && !path.contains("-seed/")
+            })
+            .count()
+    };
+    for id in [&forged, &redirected, &noisy] {
+        assert_eq!(out.result(id)["outcome"], "succeeded", "{id}");
+        let patch = b.store_text(id, "patch.diff");
+        assert!(
+            patch.contains("+++ b/real.txt") && patch.contains("+real"),
+            "{id}:\n{patch}"
+        );
+        assert!(
+            !patch.contains("evil") && !patch.contains("noise"),
+            "{id}:\n{patch}"
+        );
+        assert_eq!(containers_for(id), 0, "{id} left a container");
+    }
+    for (path, _) in b.all_store_files() {
+        assert!(
+            !path.contains("evil"),
+            "a forged entry reached the store: {path}"
+        );
+    }
+    for id in [&forged, &redirected] {
+        assert_eq!(
+            collect_reads(id),
+            1,
+            "{id}: its broken shell collect was not replaced by the engine's read:\n{}",
+            seen.join("\n")
+        );
+    }
+    // Noise on the shell's output does not reach the side channel.
+    assert_eq!(collect_reads(&noisy), 0, "{}", seen.join("\n"));
 }

@@ -103,6 +103,14 @@ impl Tools {
         }
     }
 
+    /// The conversation is over: its shell goes back to the workspace, which
+    /// keeps an idle one for the collect.
+    pub fn park(&mut self, workspace: &Workspace) {
+        if let Some(shell) = self.terminal.take_shell() {
+            workspace.park_shell(shell);
+        }
+    }
+
     /// Runs the call `name(args)`; `raw` is the arguments' text as the model sent it.
     pub async fn call(
         &mut self,

@@ -105,6 +105,12 @@ impl Terminal {
         }
     }
 
+    /// The conversation's shell, for the workspace to keep once the agent is
+    /// done (see [`Workspace::park_shell`]).
+    pub fn take_shell(&mut self) -> Option<Shell> {
+        self.shell.take()
+    }
+
     /// The directory the next command starts in.
     pub fn cwd(&self) -> &str {
         &self.cwd

@@ -35,7 +35,7 @@ const MAX_LINK_HOPS: usize = 8;
 const GO_MODE_DIR: u32 = 1 << 31;
 const GO_MODE_SYMLINK: u32 = 1 << 27;
 /// Chunks in flight between the HTTP body and the tar reader.
-const CHANNEL_CHUNKS: usize = 8;
+pub(super) const CHANNEL_CHUNKS: usize = 8;
 
 /// What Docker says is at a path, symlinks not followed.
 struct RawStat {
@@ -301,7 +301,11 @@ pub(super) async fn snapshot(
     for _ in 0..MAX_LINK_HOPS {
         let shown = dir.clone();
         let b = Builder::new(spill, max_total_bytes)?;
-        match download(ws, &dir, move |r| read_tree(r, &shown, max_file_bytes, b)).await? {
+        match download(ws, &dir, move |r| {
+            read_tree(r, &shown, max_file_bytes, b, None)
+        })
+        .await?
+        {
             None => return Ok(Builder::new(spill, max_total_bytes)?),
             Some(Tree::Dir(b)) => return Ok(b),
             Some(Tree::Link(target)) => {
@@ -420,9 +424,18 @@ async fn download<T: Send + 'static>(
 }
 
 /// A blocking `Read` over the chunks of an async stream.
-struct ChannelReader {
+pub(super) struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     chunk: Bytes,
+}
+
+impl ChannelReader {
+    pub(super) fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {

@@ -94,6 +94,23 @@ struct MainEnd {
     exited: Option<Option<i64>>,
 }
 
+/// A piece of a shell's output, by the stream it came on.
+pub(crate) enum Piece {
+    /// What the shell and its commands printed.
+    Out(Vec<u8>),
+    /// What reached the container's stderr: the side channel (see
+    /// `workspace::session::LAUNCH`).
+    Side(Vec<u8>),
+}
+
+impl Piece {
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Piece::Out(b) | Piece::Side(b) => b,
+        }
+    }
+}
+
 pub(crate) struct DockerShell {
     kind: Kind,
     /// The value of [`MARKER_VAR`] in the shell's environment.
@@ -176,30 +193,36 @@ impl DockerShell {
     /// The next piece of output; `None` once the shell's output ended (for the
     /// main shell: once its exit record arrived). Cancel-safe.
     pub(crate) async fn read(&mut self) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        Ok(self.read_piece().await?.map(Piece::into_bytes))
+    }
+
+    /// [`DockerShell::read`], telling what the shell printed (stdout, where
+    /// stderr is sent too) from what reached the container's own stderr (the
+    /// session's side channel, fd 9 of the shell). Cancel-safe.
+    pub(crate) async fn read_piece(&mut self) -> Result<Option<Piece>, WorkspaceError> {
         loop {
             if matches!(&self.kind, Kind::Main(end) if end.exited.is_some()) {
                 return Ok(None);
             }
             let Some(frame) = self.output.next().await else {
                 return Ok(match &mut self.kind {
-                    Kind::Main(end) => {
-                        Some(std::mem::take(&mut end.held)).filter(|h| !h.is_empty())
-                    }
+                    Kind::Main(end) => Some(std::mem::take(&mut end.held))
+                        .filter(|h| !h.is_empty())
+                        .map(Piece::Out),
                     Kind::Exec { .. } => None,
                 });
             };
             let message = match frame.map_err(from_bollard)? {
-                LogOutput::StdOut { message }
-                | LogOutput::StdErr { message }
-                | LogOutput::Console { message } => message,
+                LogOutput::StdErr { message } => return Ok(Some(Piece::Side(message.to_vec()))),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => message,
                 LogOutput::StdIn { .. } => continue,
             };
             match &mut self.kind {
-                Kind::Exec { .. } => return Ok(Some(message.to_vec())),
+                Kind::Exec { .. } => return Ok(Some(Piece::Out(message.to_vec()))),
                 Kind::Main(end) => {
                     let out = end.scan(&message);
                     if !out.is_empty() {
-                        return Ok(Some(out));
+                        return Ok(Some(Piece::Out(out)));
                     }
                     if end.exited.is_some() {
                         return Ok(None);

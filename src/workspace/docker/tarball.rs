@@ -88,17 +88,41 @@ pub(super) enum Tree {
 /// builder `b` (which keeps the contents in memory or spills them to disk).
 /// Symlinks are kept as files whose content is the link target (as git does), and
 /// hard links as a copy of the file they point at.
+///
+/// With `root`, the archive is not the engine's but one a program in the
+/// workspace wrote (`shelltar.rs`), so nothing in it is taken on trust: every
+/// entry (and every hard link's target) must be `root` or below it, named
+/// without `..` or a leading `/`, or the whole archive is refused.
 pub(super) fn read_tree(
     reader: &mut dyn Read,
     shown: &str,
     max_file: u64,
     mut b: Builder,
+    root: Option<&str>,
 ) -> Result<Tree, WorkspaceError> {
     let mut archive = tar::Archive::new(reader);
+    let refuse = |name: &str| WorkspaceError::Path {
+        path: shown.to_string(),
+        message: format!("the archive names {name:?}, outside the directory"),
+    };
     for (i, entry) in archive.entries()?.enumerate() {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if let Some(root) = root {
+            if !confined(&name, root) {
+                return Err(refuse(&name));
+            }
+            if kind == tar::EntryType::Link {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                if !confined(&target, root) {
+                    return Err(refuse(&target));
+                }
+            }
+        }
         let Some(rel) = strip_root(&name) else {
             if i > 0 {
                 continue;
@@ -147,6 +171,16 @@ pub(super) fn read_tree(
         }
     }
     Ok(Tree::Dir(b))
+}
+
+/// Whether `name` is `root` or below it: relative, `.` segments aside its first
+/// segment is `root`, and no segment is `..`.
+fn confined(name: &str, root: &str) -> bool {
+    if name.starts_with('/') {
+        return false;
+    }
+    let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+    parts.next() == Some(root) && parts.all(|p| p != "..")
 }
 
 /// `dirname/a/b` → `a/b`; `None` for the root entry itself (`dirname`, `dirname/`, `.`).
@@ -205,6 +239,7 @@ mod tests {
             "/workspace",
             max_file,
             Builder::in_memory(max_total),
+            None,
         )
         .unwrap()
     }
@@ -245,7 +280,8 @@ mod tests {
     fn a_spilled_snapshot_keeps_the_same_contents_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let b = Builder::spilling(&dir.path().join("s"), 1000).unwrap();
-        let Tree::Dir(b) = read_tree(&mut &docker_tar()[..], "/workspace", 50, b).unwrap() else {
+        let Tree::Dir(b) = read_tree(&mut &docker_tar()[..], "/workspace", 50, b, None).unwrap()
+        else {
             panic!("not a dir")
         };
         let spilled = b.into_spilled().unwrap();
@@ -262,6 +298,81 @@ mod tests {
         assert!(!spilled.truncated);
     }
 
+    /// A tar with one entry of each name, written raw (the tar crate's own
+    /// builder refuses `..`, as a hostile program's would not).
+    fn raw_tar(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(*kind);
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn an_archive_from_the_workspace_must_stay_below_its_root() {
+        let read = |t: &[u8]| {
+            read_tree(
+                &mut &t[..],
+                "/workspace",
+                50,
+                Builder::in_memory(100),
+                Some("workspace"),
+            )
+        };
+        let dir = tar::EntryType::Directory;
+        let file = tar::EntryType::Regular;
+        // What `tar -C / ./workspace` writes is read like the engine's archive.
+        let ok = raw_tar(&[("./workspace/", dir, None), ("./workspace/a", file, None)]);
+        let Tree::Dir(b) = read(&ok).unwrap() else {
+            panic!("not a dir")
+        };
+        assert!(b.into_snapshot().files.contains_key("a"));
+        for bad in [
+            raw_tar(&[
+                ("workspace/", dir, None),
+                ("workspace/../etc/passwd", file, None),
+            ]),
+            raw_tar(&[("workspace/", dir, None), ("/etc/passwd", file, None)]),
+            raw_tar(&[("workspace/", dir, None), ("other/a", file, None)]),
+            raw_tar(&[("../workspace/a", file, None)]),
+            raw_tar(&[
+                ("workspace/", dir, None),
+                (
+                    "workspace/h",
+                    tar::EntryType::Link,
+                    Some("workspace/../../etc/shadow"),
+                ),
+            ]),
+        ] {
+            assert!(
+                matches!(read(&bad), Err(WorkspaceError::Path { .. })),
+                "accepted {:?}",
+                String::from_utf8_lossy(&bad[..100])
+            );
+        }
+        // The engine's own archive is read as before.
+        assert!(
+            read_tree(
+                &mut &ok[..],
+                "/workspace",
+                50,
+                Builder::in_memory(100),
+                None
+            )
+            .is_ok()
+        );
+    }
+
     #[test]
     fn reads_single_entries() {
         let file = build_tar(&[], Some(("f.txt", b"data", 0o755)), None).unwrap();
@@ -274,7 +385,7 @@ mod tests {
             first_file(&mut &dir[..], "/d"),
             Err(WorkspaceError::Path { .. })
         ));
-        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, Builder::in_memory(10));
+        let not_dir = read_tree(&mut &file[..], "/f.txt", 10, Builder::in_memory(10), None);
         assert!(
             matches!(not_dir, Err(WorkspaceError::Path { .. })),
             "{not_dir:?}"
