@@ -27,7 +27,9 @@
 //!    detection, condensation (LLM-written summaries) and secret masking.
 //! 7. [`results`] — the patch (workspace vs input), artifacts, events and metrics
 //!    are collected and uploaded; then the terminal status is written, the webhook
-//!    sent, and the message acked.
+//!    sent, and the message acked. In a container the workdir's archive comes
+//!    through the conversation's own shell (`workspace::docker::shelltar`), and
+//!    through the engine's archive API whenever that path fails.
 //! 8. [`telemetry`] — tracing spans carry `job_id`/`attempt`; Prometheus series
 //!    (names in one place) are served on `/metrics` with `/healthz` and `/readyz`.
 //!

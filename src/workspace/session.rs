@@ -44,7 +44,9 @@ use super::{HeadTail, Workspace, WorkspaceError};
 /// shell's own stderr stays open as fd 9, the side channel: in a container that
 /// is the container's stderr, a stream of the attach apart from everything the
 /// shell prints, which the collect reads the workspace's archive from
-/// (`docker/shelltar.rs`). The model's commands run with fd 9 closed.
+/// (`docker/shelltar.rs`). The model's commands see it as any other open fd: a
+/// command that takes fd 9 for itself (`exec 9>lock`) keeps it, and the collect
+/// then falls back to the engine.
 pub(crate) const LAUNCH: &str = "exec 9>&2 2>&1; if command -v bash >/dev/null 2>&1; then \
      exec bash --norc --noprofile --noediting -i; fi; exec sh -i";
 
@@ -52,6 +54,10 @@ pub(crate) const LAUNCH: &str = "exec 9>&2 2>&1; if command -v bash >/dev/null 2
 const OPEN_DEADLINE: Duration = Duration::from_secs(30);
 /// A record longer than this (the cwd is at most PATH_MAX) is not one.
 const MAX_RECORD: usize = 4096 + 64;
+/// How long [`Shell::run_side`] waits for the side channel's last bytes once
+/// the script's record arrived (the two streams are copied apart, so the record
+/// may overtake them by a moment).
+const SIDE_AFTER_RECORD: Duration = Duration::from_secs(2);
 /// How long a call that only drains output (a new command refused while one
 /// runs) waits for it.
 const DRAIN: Duration = Duration::from_millis(200);
@@ -261,7 +267,12 @@ impl Shell {
                 Some(c) if c != 0 || side.is_none() => return Ok(Some(c)),
                 _ => {}
             }
-            let wait = (Instant::now() + idle).min(until);
+            let quiet = if code.is_some() {
+                SIDE_AFTER_RECORD.min(idle)
+            } else {
+                idle
+            };
+            let wait = (Instant::now() + quiet).min(until);
             let reader_gone = async {
                 match &side {
                     Some(s) => s.closed().await,
@@ -326,7 +337,7 @@ impl Shell {
             command.push('\n');
         }
         let line = format!(
-            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd} 9>&-; __fleet_rc=$?; {PYTHON}; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
+            "__fleet_n={seq}; PS1=$__fleet_ps1; eval {cmd}; __fleet_rc=$?; {PYTHON}; PS1=$__fleet_ps1; __fleet_ret \"$__fleet_rc\"\n",
             seq = self.seq,
             cmd = sh_quote(&command),
         );

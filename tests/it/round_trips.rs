@@ -191,7 +191,7 @@ fn the_next_jobs_workspace_is_started_while_the_slot_is_busy() {
 /// writes it to the shell's fd 9, the container's stderr. Jobs that break that
 /// path — a background process flooding that stream with a forged archive
 /// naming a file outside the workdir, a shell whose output the model
-/// redirected — still get the patch of their real workspace: the forged archive
+/// redirected, fd 9 taken for the model's own use — still get the patch of their real workspace: the forged archive
 /// is refused and the engine's archive read takes over (seen at the proxy), and
 /// nothing the forged archive names reaches the store. A background process
 /// printing all along on the shell's own output does not disturb the path.
@@ -224,12 +224,15 @@ fn a_job_that_breaks_the_shell_collect_gets_its_real_workspace() {
         "redirected",
         json!({"command": "exec >/dev/null", "timeout": 1}),
     );
+    // The model takes fd 9 for itself: its shell keeps it, so tar's archive
+    // goes to that file and never arrives.
+    let own_fd = job(&mut b, "ownfd", json!({"command": "exec 9>/tmp/lock"}));
     let noisy = job(
         &mut b,
         "noisy",
         json!({"command": "(while :; do echo noise; sleep 0.01; done) &"}),
     );
-    let out = b.run_with(&["--concurrency", "3"]);
+    let out = b.run_with(&["--concurrency", "4"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let seen = proxy.counts().snapshot().requests;
     // Reads of the job's own container (not of the one that looks for the
@@ -245,7 +248,7 @@ fn a_job_that_breaks_the_shell_collect_gets_its_real_workspace() {
             })
             .count()
     };
-    for id in [&forged, &redirected, &noisy] {
+    for id in [&forged, &redirected, &own_fd, &noisy] {
         assert_eq!(out.result(id)["outcome"], "succeeded", "{id}");
         let patch = b.store_text(id, "patch.diff");
         assert!(
@@ -264,7 +267,7 @@ fn a_job_that_breaks_the_shell_collect_gets_its_real_workspace() {
             "a forged entry reached the store: {path}"
         );
     }
-    for id in [&forged, &redirected] {
+    for id in [&forged, &redirected, &own_fd] {
         assert_eq!(
             collect_reads(id),
             1,
