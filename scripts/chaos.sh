@@ -507,10 +507,13 @@ drill_oom() {
     drill_env oom
     local j="c$RUN-oom-1"
     start_worker a || return
-    submit "$D/jobs.json" "$(job "$j" chaos-oom '"limits": {"memory_mb": 16, "command_timeout_secs": 60}')" || return
+    # The kernel may take half a minute to give up reclaiming (the container's
+    # own binaries are evicted and read back first), so the allocation's call
+    # waits up to 85 s for it (chaos/llm/chaos-oom.json), within a 90 s ceiling.
+    submit "$D/jobs.json" "$(job "$j" chaos-oom '"limits": {"memory_mb": 16, "command_timeout_secs": 90}')" || return
     # The kernel's count of OOM kills in the container's memory cgroup, read
     # while the container lives (the job's second command gives it 2 s).
-    local deadline=$((SECONDS + 120)) cid="" full="" kills=0 k
+    local deadline=$((SECONDS + 150)) cid="" full="" kills=0 k
     while [ "$SECONDS" -lt "$deadline" ]; do
         if [ -z "$cid" ]; then
             cid=$(containers_of "$j" | head -n1)
