@@ -2,8 +2,8 @@
 //! reaps orphans, an optional non-root user, an optional read-only root filesystem
 //! (the workdir and `/tmp` stay writable), and the disk limit.
 //!
-//! Whatever the job says, a container gets no bind mount, no device and no Docker
-//! socket: the only mounts are the ones made here (a volume at the workdir, a tmpfs
+//! Whatever the job says, a container gets no bind mount, no device, no Docker
+//! socket and no log file on the host (logging driver `none`): the only mounts are the ones made here (a volume at the workdir, a tmpfs
 //! at `/tmp`), and [`harden`] clears every other way in.
 //!
 //! # The disk limit
@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
     MountVolumeOptionsDriverConfig,
 };
 
@@ -84,6 +84,14 @@ pub fn harden(
     hc.device_cgroup_rules = None;
     hc.volumes_from = None;
     hc.readonly_rootfs = Some(spec.read_only_root);
+    // No logging driver: the worker reads the shell's output off the attach
+    // stream, and whatever a job prints (the workspace's archive at the collect
+    // included) would otherwise also be written to a log file on the host's
+    // disk, bounded by no limit of the job's, at the daemon's CPU.
+    hc.log_config = Some(HostConfigLogConfig {
+        typ: Some("none".into()),
+        config: None,
+    });
     let mut mounts = Vec::new();
     let workdir_volume = match (spec.disk_mb, disk) {
         (Some(mb), DiskLimit::StorageOpt) if !spec.read_only_root => {

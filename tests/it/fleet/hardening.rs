@@ -98,6 +98,14 @@ fn containers_get_no_host_mount_device_or_socket_and_hardening_holds() {
     );
     assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
     assert_eq!(hc["NetworkMode"], json!("none"));
+    // What the job prints goes to no log file on the host.
+    assert_eq!(
+        hc["LogConfig"]["Type"],
+        json!("none"),
+        "{}",
+        hc["LogConfig"]
+    );
+    assert_eq!(c["LogPath"], json!(""), "{}", c["LogPath"]);
     assert_eq!(c["Config"]["User"], json!("1000:1000"));
     for m in c["Mounts"].as_array().unwrap() {
         assert_eq!(
