@@ -129,15 +129,24 @@ const ID_KINDS: [&str; 9] = [
     "nodes",
 ];
 
+/// "/v1.41/containers/3f2a…/start?stream=1" → "/containers/3f2a…/start": the
+/// query and the API version prefix dropped, names and ids kept.
+pub fn path_of(target: &str) -> &str {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if is_version(first) {
+        let rest = &path.trim_start_matches('/')[first.len()..];
+        return if rest.is_empty() { "/" } else { rest };
+    }
+    path
+}
+
 /// "/v1.41/containers/3f2a…/start?stream=1" → "/containers/{id}/start".
 pub fn path_template(target: &str) -> String {
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let mut segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if let Some(first) = segs.first()
-        && is_version(first)
-    {
-        segs.remove(0);
-    }
+    let segs: Vec<&str> = path_of(target)
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let Some(&kind) = segs.first() else {
         return "/".into();
     };
@@ -616,6 +625,20 @@ pub fn self_test() -> Result<()> {
         let got = path_template(target);
         if got != want {
             bail!("path_template({target:?}) = {got:?}, want {want:?}");
+        }
+    }
+    for (target, want) in [
+        (
+            "/v1.41/containers/fleet-a-1/start?x=1",
+            "/containers/fleet-a-1/start",
+        ),
+        ("/containers/create?name=fleet-a-1", "/containers/create"),
+        ("/v1.41", "/"),
+        ("/volumes/v1.2", "/volumes/v1.2"),
+    ] {
+        let got = path_of(target);
+        if got != want {
+            bail!("path_of({target:?}) = {got:?}, want {want:?}");
         }
     }
 

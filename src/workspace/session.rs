@@ -36,6 +36,7 @@ use std::time::Duration;
 use memchr::memmem;
 use tokio::time::Instant;
 
+use super::docker::session::Piece;
 use super::{HeadTail, Workspace, WorkspaceError};
 
 /// Starts the shell: bash when the image has it (no rc files, no line editing:
@@ -244,6 +245,11 @@ impl Shell {
         if !self.idle() {
             return Err(WorkspaceError::Docker("the shell is not idle".into()));
         }
+        if !matches!(self.io, ShellIo::Docker(_)) {
+            return Err(WorkspaceError::Docker(
+                "only a container's shell has a side channel".into(),
+            ));
+        }
         self.seq += 1;
         let line = format!(
             "__fleet_n={seq}; PS1=$__fleet_ps1; {script}\n__fleet_ret \"$?\"\n",
@@ -251,9 +257,7 @@ impl Shell {
         );
         self.write(ws, line.as_bytes()).await?;
         let ShellIo::Docker(io) = &mut self.io else {
-            return Err(WorkspaceError::Docker(
-                "only a container's shell has a side channel".into(),
-            ));
+            unreachable!("checked above");
         };
         let mut side = Some(side);
         let mut code = None;
@@ -294,10 +298,8 @@ impl Shell {
                     self.eof = true;
                     return Ok(None);
                 }
-                Ok(Ok(Some(super::docker::session::Piece::Out(b)))) => {
-                    self.pending.extend_from_slice(&b)
-                }
-                Ok(Ok(Some(super::docker::session::Piece::Side(b)))) => {
+                Ok(Ok(Some(Piece::Out(b)))) => self.pending.extend_from_slice(&b),
+                Ok(Ok(Some(Piece::Side(b)))) => {
                     if let Some(s) = &side {
                         match tokio::time::timeout_at(until, s.send(bytes::Bytes::from(b))).await {
                             Err(_) => return Ok(None),

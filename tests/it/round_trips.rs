@@ -33,14 +33,7 @@ fn counting_proxy(b: &mut Batch) -> apicount::ApiCounter {
 /// "POST /v1.41/containers/fleet-x-1/start?a=b" → ("POST", "/containers/fleet-x-1/start").
 fn method_and_path(line: &str) -> (&str, &str) {
     let (method, target) = line.split_once(' ').unwrap_or((line, ""));
-    let path = target.split('?').next().unwrap_or("");
-    let path = match path.strip_prefix("/v") {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
-            rest.find('/').map_or("", |i| &rest[i..])
-        }
-        _ => path,
-    };
-    (method, path)
+    (method, apicount::path_of(target))
 }
 
 /// Calls the backend makes for itself, not for a job: connecting (`/_ping`,

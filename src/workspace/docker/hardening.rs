@@ -3,8 +3,9 @@
 //! (the workdir and `/tmp` stay writable), and the disk limit.
 //!
 //! Whatever the job says, a container gets no bind mount, no device, no Docker
-//! socket and no log file on the host (logging driver `none`): the only mounts are the ones made here (a volume at the workdir, a tmpfs
-//! at `/tmp`), and [`harden`] clears every other way in.
+//! socket and no log file on the host (logging driver `none`): the only mounts
+//! are the ones made here (a volume at the workdir, a tmpfs at `/tmp`), and
+//! [`harden`] clears every other way in.
 //!
 //! # The disk limit
 //!

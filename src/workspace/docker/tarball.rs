@@ -179,13 +179,18 @@ fn confined(name: &str, root: &str) -> bool {
     if name.starts_with('/') {
         return false;
     }
-    let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+    let mut parts = segments(name);
     parts.next() == Some(root) && parts.all(|p| p != "..")
+}
+
+/// The segments of an archive entry's name, empty and `.` ones left out.
+fn segments(name: &str) -> impl Iterator<Item = &str> {
+    name.split('/').filter(|p| !p.is_empty() && *p != ".")
 }
 
 /// `dirname/a/b` → `a/b`; `None` for the root entry itself (`dirname`, `dirname/`, `.`).
 fn strip_root(name: &str) -> Option<String> {
-    let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+    let mut parts = segments(name);
     parts.next()?;
     let rest: Vec<&str> = parts.collect();
     (!rest.is_empty()).then(|| rest.join("/"))
