@@ -8,29 +8,36 @@
 //! the S3 API (`FLEET_TEST_S3_ENDPOINT`, default http://127.0.0.1:9000, bucket
 //! fleet-test, credentials test/test) and Docker with the test image. A missing one
 //! fails the test.
+//!
+//! `broker.rs` holds the fleet's broker side (raw publishes, dead letters, queue
+//! depths, cutting a consumer); `support.rs` what tests use beside a `Fleet`
+//! (a webhook receiver, status-history counts, job builders, Docker CLI views).
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_fleet::job::{JobResult, State, StatusRecord};
-use agent_fleet::queue::amqp::wire;
-use agent_fleet::queue::{AmqpOptions, JobMessage, Queue};
+use agent_fleet::queue::Queue;
 use agent_fleet::store::s3::{S3Settings, S3Store};
 use agent_fleet::store::{JobKeys, Store};
 use aws_sdk_s3::config::Credentials;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use crate::util::{TEST_IMAGE, containers_for, fleet};
+
+mod broker;
+mod support;
+
+use broker::producer_options;
+pub use support::{HookReceiver, few_steps, runs, slow, states, terminal_transitions};
+use support::{check_docker, docker_ps, remove_containers};
 
 pub const BUCKET: &str = "fleet-test";
 /// Generous bound for anything a test waits for (a loaded 2-core machine).
@@ -183,67 +190,6 @@ impl Fleet {
     /// Runs of a job as the scripted LLM saw them: requests for its first step.
     pub fn llm_runs(&self, model: &str) -> usize {
         self.llm_requests(model).iter().filter(|s| **s == 0).count()
-    }
-
-    /// Closes every broker connection that consumes from this fleet's `name`
-    /// queue (a lost connection, as the broker's `consumer_timeout` or a network
-    /// cut makes it), with `rabbitmqctl close_connection` on that one connection:
-    /// the broker and its other clients are untouched. Returns how many.
-    pub fn close_consumer_connections(&self, name: &str) -> usize {
-        let queue = format!("{}{name}", self.prefix);
-        let ctl = |args: &[&str]| -> String {
-            let out = Command::new("rabbitmqctl")
-                .args(args)
-                .output()
-                .expect("rabbitmqctl (the broker runs on this host)");
-            assert!(
-                out.status.success(),
-                "rabbitmqctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let channels: Vec<String> = ctl(&[
-                "-q",
-                "list_consumers",
-                "-p",
-                "/",
-                "queue_name",
-                "channel_pid",
-                "--no-table-headers",
-            ])
-            .lines()
-            .filter_map(|l| {
-                let (q, ch) = l.split_once('\t')?;
-                (q.trim() == queue).then(|| ch.trim().to_string())
-            })
-            .collect();
-            if !channels.is_empty() {
-                let conns: BTreeSet<String> = ctl(&[
-                    "-q",
-                    "list_channels",
-                    "pid",
-                    "connection",
-                    "--no-table-headers",
-                ])
-                .lines()
-                .filter_map(|l| {
-                    let (ch, conn) = l.split_once('\t')?;
-                    channels
-                        .contains(&ch.trim().to_string())
-                        .then(|| conn.trim().to_string())
-                })
-                .collect();
-                for c in &conns {
-                    ctl(&["close_connection", c, "fleet test: connection cut"]);
-                }
-                return conns.len();
-            }
-            assert!(Instant::now() < deadline, "no consumer on {queue} to cut");
-            std::thread::sleep(Duration::from_millis(250));
-        }
     }
 
     /// A fleet whose store is on `endpoint` (an S3 API with the bucket fleet-test).
@@ -780,97 +726,6 @@ impl Fleet {
             || format!("{}\n--- docker ps\n{}", self.diagnostics(), docker_ps(id)),
         );
     }
-
-    /// Publishes raw bytes to this fleet's jobs queue (confirmed), with a message
-    /// id or none.
-    pub fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
-        let jobs = format!("{}fleet.jobs", self.prefix);
-        self.rt.block_on(async {
-            let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-                .await
-                .expect("raw AMQP connection");
-            let ch = conn.create_channel().await.unwrap();
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .unwrap();
-            let mut props = BasicProperties::default().with_delivery_mode(2);
-            if let Some(id) = message_id {
-                props = props.with_message_id(id.into());
-            }
-            let confirm = ch
-                .basic_publish(
-                    "".into(),
-                    jobs.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    body,
-                    props,
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            assert!(confirm.is_ack(), "the broker did not take it: {confirm:?}");
-            let _ = conn.close(200, "OK".into()).await;
-        });
-    }
-
-    /// Publishes a message through the crate's queue API.
-    pub fn publish(&self, msg: JobMessage) {
-        self.rt.block_on(self.queue.publish(msg)).expect("publish");
-    }
-
-    /// Takes every message now in this fleet's `fleet.dead`: (message id, reason
-    /// header, body length).
-    pub fn take_dead_letters(&self) -> Vec<(String, String, usize)> {
-        let dead = format!("{}fleet.dead", self.prefix);
-        self.rt.block_on(async {
-            let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-                .await
-                .expect("raw AMQP connection");
-            let ch = conn.create_channel().await.unwrap();
-            let mut out = Vec::new();
-            while let Some(m) = ch
-                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                let props = &m.delivery.properties;
-                let header = |k: &str| -> Option<AMQPValue> {
-                    props.headers().as_ref()?.inner().get(k).cloned()
-                };
-                out.push((
-                    props
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    header(wire::H_REASON)
-                        .and_then(|v| wire::as_str(&v))
-                        .unwrap_or_default(),
-                    m.delivery.data.len(),
-                ));
-            }
-            let _ = conn.close(200, "OK".into()).await;
-            out
-        })
-    }
-
-    /// Ready messages in one of this fleet's queues (`fleet.jobs`, `fleet.dead`, …).
-    pub fn depth(&self, name: &str) -> u32 {
-        let full = format!("{}{name}", self.prefix);
-        let stats = self
-            .rt
-            .block_on(self.queue.queue_stats())
-            .expect("queue stats");
-        stats
-            .iter()
-            .find(|s| s.name == full)
-            .unwrap_or_else(|| panic!("no {full} in {stats:?}"))
-            .messages
-    }
 }
 
 impl Drop for Fleet {
@@ -899,159 +754,4 @@ impl Drop for Fleet {
             .await;
         });
     }
-}
-
-/// Records the webhook deliveries it receives (the `X-Fleet-Delivery` header of
-/// each POST), answering 200: an observer outside the fleet.
-pub struct HookReceiver {
-    pub url: String,
-    pub received: std::sync::Arc<Mutex<Vec<String>>>,
-}
-
-impl HookReceiver {
-    pub fn start(f: &Fleet) -> HookReceiver {
-        use axum::routing::post;
-        let received: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
-        let got = received.clone();
-        let listener =
-            f.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = axum::Router::new().route(
-            "/hook",
-            post(move |headers: axum::http::HeaderMap| {
-                let got = got.clone();
-                async move {
-                    let id = headers
-                        .get("x-fleet-delivery")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    got.lock().unwrap().push(id);
-                    "ok"
-                }
-            }),
-        );
-        f.rt.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        HookReceiver { url, received }
-    }
-
-    pub fn deliveries(&self) -> Vec<String> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-/// The producer's options: this fleet's prefix and the workers' retry tiers, so
-/// both declare the same topology.
-fn producer_options(prefix: &str) -> AmqpOptions {
-    AmqpOptions {
-        prefix: prefix.to_string(),
-        retry_tiers: RETRY_TIERS_SECS
-            .split(',')
-            .map(|s| Duration::from_secs(s.parse().unwrap()))
-            .collect(),
-        connect_timeout: Duration::from_secs(10),
-        ..AmqpOptions::default()
-    }
-}
-
-fn check_docker() {
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
-        .output()
-        .expect("the docker CLI (Docker is required)");
-    assert!(
-        out.status.success(),
-        "Docker or the image {TEST_IMAGE} is missing (run scripts/build-images.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `docker ps -a` of the job's containers, for diagnostics.
-pub fn docker_ps(job_id: &str) -> String {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=fleet.job_id={job_id}"),
-            "--format",
-            "{{.ID}} {{.Names}} {{.Status}} {{.Labels}}",
-        ])
-        .output()
-        .expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Removes every container labelled with the job id (test teardown).
-pub fn remove_containers(job_id: &str) {
-    let Ok(out) = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=fleet.job_id={job_id}"),
-        ])
-        .output()
-    else {
-        return;
-    };
-    for cid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", cid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// The states of a status history, in order.
-pub fn states(s: &StatusRecord) -> Vec<State> {
-    s.history.iter().map(|t| t.state).collect()
-}
-
-/// How many transitions to a terminal state a history holds.
-pub fn terminal_transitions(s: &StatusRecord) -> usize {
-    s.history.iter().filter(|t| t.state.is_terminal()).count()
-}
-
-/// How many `running` transitions (runs started) a history holds.
-pub fn runs(s: &StatusRecord) -> usize {
-    s.history
-        .iter()
-        .filter(|t| t.state == State::Running)
-        .count()
-}
-
-/// A job of a few steps that ends with `finish`: writes a file, runs a command,
-/// finishes. `marker` lands in `out.txt`.
-pub fn few_steps(marker: &str) -> (Value, Value) {
-    (
-        json!({"task": format!("write {marker}"), "artifacts": ["out.txt"]}),
-        json!({"steps": [
-            {"tool": "terminal", "args": {"command": format!("echo {marker} > out.txt")}},
-            {"tool": "think", "args": {"thought": "check it"}},
-            {"tool": "terminal", "args": {"command": "cat out.txt"}},
-            {"tool": "finish", "args": {"message": format!("wrote {marker}")}}
-        ], "usage": {"prompt_tokens": 100, "completion_tokens": 10}}),
-    )
-}
-
-/// A job whose first command takes `secs` seconds, then finishes.
-pub fn slow(secs: u64) -> (Value, Value) {
-    (
-        json!({"task": "sleep", "limits": {"command_timeout_secs": 600}}),
-        json!({"steps": [
-            // With a `timeout`, the call waits for the whole command (no early
-            // return after a quiet spell).
-            {"tool": "terminal", "args": {"command": format!("sleep {secs} && echo slept > slept.txt"), "timeout": secs + 60}},
-            {"tool": "finish", "args": {"message": "slept"}}
-        ]}),
-    )
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
