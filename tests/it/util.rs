@@ -14,8 +14,9 @@ pub fn fleet() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleet"))
 }
 
-/// Containers (any state) labelled with this job id.
-pub fn containers_for(job_id: &str) -> usize {
+/// Ids of the containers (any state) labelled with this job id; `None` when
+/// the docker CLI fails (for teardown, which must not panic).
+pub fn try_container_ids(job_id: &str) -> Option<Vec<String>> {
     let out = Command::new("docker")
         .args([
             "ps",
@@ -24,13 +25,24 @@ pub fn containers_for(job_id: &str) -> usize {
             &format!("label=fleet.job_id={job_id}"),
         ])
         .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker ps failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).lines().count()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// Ids of the containers (any state) labelled with this job id.
+pub fn container_ids(job_id: &str) -> Vec<String> {
+    try_container_ids(job_id).expect("`docker ps` of a job's containers")
+}
+
+/// Containers (any state) labelled with this job id.
+pub fn containers_for(job_id: &str) -> usize {
+    container_ids(job_id).len()
 }
 
 /// A job file plus the scripts of the scripted LLM, in a temporary directory.

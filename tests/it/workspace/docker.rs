@@ -11,34 +11,12 @@ struct Containers(String);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        for id in containers_of(&self.0) {
+        for id in crate::util::container_ids(&self.0) {
             let _ = std::process::Command::new("docker")
                 .args(["rm", "-f", &id])
                 .output();
         }
     }
-}
-
-/// Ids of all containers (running or not) labelled with this job id.
-fn containers_of(job_id: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=fleet.job_id={job_id}"),
-        ])
-        .output()
-        .expect("docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker ps failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
 }
 
 /// A Docker workspace for one test, with its own host prefix so parallel tests
@@ -120,10 +98,10 @@ async fn put_tar_and_snapshot() {
 #[tokio::test]
 async fn destroy_leaves_no_container() {
     let (backend, ws, _g, job_id) = docker("destroy").await;
-    assert_eq!(containers_of(&job_id).len(), 1);
+    assert_eq!(crate::util::container_ids(&job_id).len(), 1);
     assert!(backend.ping().await);
     ws.destroy().await.unwrap();
-    assert!(containers_of(&job_id).is_empty());
+    assert!(crate::util::container_ids(&job_id).is_empty());
 }
 
 #[tokio::test]
@@ -131,7 +109,7 @@ async fn a_dropped_workspace_is_removed_in_the_background() {
     let (_b, ws, _g, job_id) = docker("dropped").await;
     drop(ws);
     let until = Instant::now() + 30 * SECOND;
-    while !containers_of(&job_id).is_empty() {
+    while !crate::util::container_ids(&job_id).is_empty() {
         assert!(Instant::now() < until, "container still there after drop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -140,7 +118,7 @@ async fn a_dropped_workspace_is_removed_in_the_background() {
 #[tokio::test]
 async fn limits_and_labels_are_applied() {
     let (_b, ws, _g, job_id) = docker("limits").await;
-    let ids = containers_of(&job_id);
+    let ids = crate::util::container_ids(&job_id);
     let out = std::process::Command::new("docker")
         .args(["inspect", &ids[0]])
         .output()
@@ -220,7 +198,7 @@ async fn unknown_image_is_not_retryable() {
     );
     assert!(!err.retryable());
     assert!(err.to_string().contains("agent-fleet/no-such-image:never"));
-    assert!(containers_of(&job_id).is_empty());
+    assert!(crate::util::container_ids(&job_id).is_empty());
 }
 
 #[tokio::test]
@@ -245,7 +223,7 @@ async fn workdir_is_created_and_a_file_in_its_place_fails_start() {
     s.workdir = "/bin/busybox".into();
     assert!(backend.start(&s).await.is_err());
     assert!(
-        containers_of(&job_id).is_empty(),
+        crate::util::container_ids(&job_id).is_empty(),
         "a failed start leaves nothing behind"
     );
 }
@@ -285,10 +263,10 @@ async fn cleanup_stale_removes_only_dead_owners() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dead = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(containers_of(&job_id).len(), 2);
+    assert_eq!(crate::util::container_ids(&job_id).len(), 2);
 
     assert_eq!(backend.cleanup_stale().await.unwrap(), 1);
-    let left = containers_of(&job_id);
+    let left = crate::util::container_ids(&job_id);
     assert_eq!(left.len(), 1);
     assert!(
         !dead.starts_with(&left[0]),

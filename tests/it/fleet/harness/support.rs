@@ -8,7 +8,7 @@ use agent_fleet::job::{State, StatusRecord};
 use serde_json::{Value, json};
 
 use super::Fleet;
-use crate::util::TEST_IMAGE;
+use crate::util::{TEST_IMAGE, try_container_ids};
 
 /// Records the webhook deliveries it receives (the `X-Fleet-Delivery` header of
 /// each POST), answering 200: an observer outside the fleet.
@@ -82,20 +82,9 @@ pub fn docker_ps(job_id: &str) -> String {
 
 /// Removes every container labelled with the job id (test teardown).
 pub fn remove_containers(job_id: &str) {
-    let Ok(out) = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=fleet.job_id={job_id}"),
-        ])
-        .output()
-    else {
-        return;
-    };
-    for cid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+    for cid in try_container_ids(job_id).unwrap_or_default() {
         let _ = Command::new("docker")
-            .args(["rm", "-f", cid])
+            .args(["rm", "-f", &cid])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
